@@ -1,0 +1,166 @@
+"""Pure glue between stages: batching and the joins that turn one stage's tables into the next one's inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.spec import Spec, load_spec
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a build writes: the published tree, the private reports and the work directory."""
+
+    out: Path
+
+    @property
+    def dataset(self) -> Path:
+        return self.out / "dataset"
+
+    @property
+    def staging(self) -> Path:
+        return self.out / "dataset.staging"
+
+    @property
+    def reports(self) -> Path:
+        return self.out / "reports"
+
+    @property
+    def masks(self) -> Path:
+        return self.out / "work" / "masks"
+
+
+def resolve_spec(cfg: Config) -> Spec:
+    """The spec the config names: a bundled name, or a path relative to the config file."""
+    ref = cfg.inputs.spec
+    return load_spec(cfg.path(ref) if ref.endswith((".yaml", ".yml")) else ref)
+
+
+def batches(df: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """Consecutive row batches of at most ``size`` rows (none for an empty table)."""
+    return [df.iloc[i: i + size] for i in range(0, len(df), size)]
+
+
+def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
+    """Photos that survive dedup, sorted by id."""
+    dropped = set(duplicates.loc[duplicates["action"] == "drop", "photo_id"])
+    return photos[~photos["photo_id"].isin(dropped)].sort_values("photo_id", ignore_index=True)
+
+
+def cross_user_links(duplicates: pd.DataFrame) -> list[tuple[str, str]]:
+    """Pairs of users joined by a duplicate cluster, so that the split keeps them together."""
+    keepers = duplicates[duplicates["action"] == "keep"].set_index("cluster")["user_id"]
+    drops = duplicates[duplicates["action"] == "drop"]
+    return sorted({(keepers[c], u) for c, u in zip(drops["cluster"], drops["user_id"], strict=True)
+                   if keepers[c] != u})
+
+
+def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """One row per published photo: ingest signals, merge results and split."""
+    cols = ["photo_id", "user_id", "path", "width", "height", "brightness"]
+    return (photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id")
+            .sort_values("photo_id", ignore_index=True))
+
+
+def split_summary(published: pd.DataFrame, ratios: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Photos, users and achieved vs target ratio per split."""
+    n = max(len(published), 1)
+    return {s: {"photos": int((published["split"] == s).sum()),
+                "users": int(published.loc[published["split"] == s, "user_id"].nunique()),
+                "target": r, "actual": round(float((published["split"] == s).sum()) / n, 4)}
+            for s, r in ratios.items()}
+
+
+def class_summary(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """Per class: photos containing it and its share of all pixels."""
+    total = sum(int(published[f"px_{c.name}"].sum()) for c in spec.classes) or 1
+    return pd.DataFrame([{"id": c.id, "class": c.name, "photos": int((published[f"px_{c.name}"] > 0).sum()),
+                          "pixel_share": round(float(published[f"px_{c.name}"].sum()) / total, 5)}
+                         for c in spec.classes])
+
+
+def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, size: int
+               ) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """Per batch of photos: the photos, their assignments and those assignments' shapes."""
+    jobs = []
+    for batch in batches(photos, size):
+        ids = set(batch["photo_id"])
+        a = assignments[assignments["photo_id"].isin(ids)]
+        jobs.append((batch, a, shapes[shapes["assignment"].isin(set(a["assignment"]))]))
+    return jobs
+
+
+def annotator_table(assignment_stats: pd.DataFrame, rejections: pd.DataFrame, repairs: pd.DataFrame,
+                    spec: Spec) -> pd.DataFrame:
+    """Per annotator: assignments merged, mean IoU overall and per class, shapes repaired and rejected."""
+    crowd = assignment_stats[~assignment_stats["golden"]]
+    iou_cols = [f"iou_{c.name}" for c in spec.classes[1:]]
+    table = crowd.groupby("annotator_id").agg(assignments=("assignment", "size"), mean_iou=("mean_iou", "mean"),
+                                              **{c: (c, "mean") for c in iou_cols})
+    shapes_rejected = rejections[rejections["item"] == "shape"].groupby("annotator_id").size()
+    table["shapes_repaired"] = repairs.groupby("annotator_id").size().reindex(table.index, fill_value=0)
+    table["shapes_rejected"] = shapes_rejected.reindex(table.index, fill_value=0)
+    return table.round(4).reset_index().sort_values("annotator_id", ignore_index=True)
+
+
+def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, merged: pd.DataFrame,
+                  assignment_stats: pd.DataFrame, repairs: pd.DataFrame, findings: pd.DataFrame,
+                  classes: pd.DataFrame, published: pd.DataFrame, cfg: Config, spec: Spec) -> dict[str, pd.DataFrame]:
+    """The tables written under ``reports/``; ``photo_map`` is private and never published."""
+    from pipeline.stages.export import image_name
+
+    photo_map = published[["photo_id", "user_id", "split"]].assign(
+        image_name=[image_name(p, cfg.export.name_salt) for p in published["photo_id"]])
+    return {
+        "rejections": rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True),
+        "duplicates": duplicates,
+        "agreement": merged.drop(columns="mask_path").sort_values("photo_id", ignore_index=True),
+        "assignments": assignment_stats.sort_values(["photo_id", "assignment"], ignore_index=True),
+        "annotators": annotator_table(assignment_stats, rejections, repairs, spec),
+        "repairs": repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),
+        "findings": findings,
+        "classes": classes,
+        "photo_map": photo_map[["photo_id", "image_name", "user_id", "split"]],
+    }
+
+
+def summary(spec: Spec, cfg: Config, ledger: dict[str, int], published: pd.DataFrame,
+            findings: pd.DataFrame) -> dict[str, object]:
+    """The machine-readable QA summary (``reports/qa.json``)."""
+    return {
+        "spec": spec.name, "ledger": ledger, "splits": split_summary(published, cfg.split.ratios),
+        "findings": {f"{lv}/{ck}": int(n) for (lv, ck), n in findings.groupby(["level", "check"]).size().items()},
+        "config": cfg.model_dump(),
+    }
+
+
+def refused_ids(manifest_rejected: pd.DataFrame, ingest_rejected: pd.DataFrame, manifest: pd.DataFrame) -> set[str]:
+    """Photo ids refused at ingest: failed photos, and manifest rows rejected under an id no valid row has."""
+    photo_rows = manifest_rejected[manifest_rejected["item"] == "photo"]
+    return set(ingest_rejected["photo_id"]) | (set(photo_rows["photo_id"]) - set(manifest["photo_id"]) - {""})
+
+
+def preflight(cfg: Config) -> Spec:
+    """Check everything a user can get wrong before the flow starts, so such errors come out as one line.
+
+    Row-level problems are not errors: they become rejections during the build.
+    """
+    from pipeline.errors import CrowdsegError
+    from pipeline.io.manifest import read_manifest, read_text
+    from pipeline.stages.merge import class_quorum
+
+    spec = resolve_spec(cfg)
+    try:
+        class_quorum(spec, cfg.merge.quorum)
+    except ValueError as e:
+        raise CrowdsegError(str(e), file="config") from None
+    unknown = sorted(set(cfg.inputs.label_map.values()) - set(spec.names))
+    if unknown:
+        raise CrowdsegError(f"inputs.label_map: {unknown[0]!r} is not a class of spec {spec.name!r}", file="config")
+    read_manifest(cfg.path(cfg.inputs.photos))
+    read_text(cfg.path(cfg.inputs.annotations))
+    return spec

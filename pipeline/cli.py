@@ -1,0 +1,128 @@
+"""The ``crowdseg`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.errors import CrowdsegError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Build image-segmentation datasets from crowdsourced photos and annotations.")
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected WxH such as 720x960, got {text!r}") from None
+    return w, h
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="folder to write the simulated crowd's files into")],
+    photos: Annotated[int, typer.Option(min=1, help="original photos (duplicates come on top)")] = 200,
+    users: Annotated[int, typer.Option(min=1, help="uploading users")] = 80,
+    annotators: Annotated[int, typer.Option(min=1, help="annotators per photo")] = 5,
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same bytes")] = 0,
+    size: Annotated[str | None, typer.Option(help="force one photo size WxH (default: a realistic mix)")] = None,
+    spec: Annotated[str, typer.Option(help="annotation spec name")] = "easyportrait",
+    careful: Annotated[bool, typer.Option(help="make every annotator careful")] = False,
+    broken: Annotated[bool, typer.Option(help="also write a few broken inputs")] = False,
+) -> None:
+    """Simulate a crowd: photos, manifest, annotations and config, plus truth/ that crowdseg never reads."""
+    from pipeline.simulate import simulate as run
+
+    counts = run(out, photos=photos, users=users, annotators=annotators, seed=seed, size=_size(size), spec=spec,
+                 profiles={"careful": 1.0} if careful else None, broken=broken)
+    typer.echo(f"simulated crowd in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@app.command()
+def build(
+    config: Annotated[Path | None, typer.Option(help="build config (TOML)")] = None,
+    photos: Annotated[Path | None, typer.Option(help="photos manifest; overrides inputs.photos")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="annotations JSONL; overrides inputs.annotations")] = None,
+    spec: Annotated[str | None, typer.Option(help="spec name or YAML; overrides inputs.spec")] = None,
+    out: Annotated[Path | None, typer.Option(help="build folder; overrides output.out")] = None,
+) -> None:
+    """Run the build flow: ingest, dedup, merge, QA, split, export and report."""
+    overrides: dict[str, Any] = {}
+    for key, value in (("inputs.photos", photos), ("inputs.annotations", annotations), ("output.out", out)):
+        if value is not None:
+            overrides[key] = str(value.resolve())
+    if spec is not None:
+        overrides["inputs.spec"] = str(Path(spec).resolve()) if spec.endswith((".yaml", ".yml")) else spec
+    _build(config, overrides)
+
+
+def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.build import preflight
+    from pipeline.config import load_config
+    from pipeline.flows import run_build
+
+    cfg = load_config(config, overrides)
+    spec = preflight(cfg)
+    result = run_build(cfg, spec)
+    typer.echo(f"dataset: {result['dataset']}")
+    typer.echo(f"QA report: {result['report']}")
+    typer.echo("ledger: " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("dataset", "report")))
+    return result
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Argument(help="demo folder")] = Path("crowdseg-demo")) -> None:
+    """Simulate a small crowd (200 photos, 80 users, 5 annotators per photo) and build it."""
+    from pipeline.simulate import simulate as run
+
+    crowd = out / "crowd"
+    run(crowd, photos=200, users=80, annotators=5, seed=0, broken=True)
+    _build(crowd / "config.toml", {"output.out": str((out / "build").resolve())})
+
+
+@app.command()
+def config(defaults: Annotated[bool, typer.Option("--defaults", help="print every key with its default")] = False,
+           check: Annotated[Path | None, typer.Option(help="validate a config file")] = None) -> None:
+    """Print the default config, or check one."""
+    from pipeline.config import load_config, render_toml
+
+    if check is not None:
+        load_config(check)
+        typer.echo(f"{check}: ok")
+    else:
+        typer.echo(render_toml(load_config(None)), nl=False)
+
+
+@app.command()
+def schemas(out: Annotated[Path | None, typer.Option(help="folder (default: the project's schemas/)")] = None
+            ) -> None:
+    """Regenerate the JSON Schemas of the native formats."""
+    from pipeline.schemas import SCHEMA_DIR, write_schemas
+
+    for p in write_schemas(out or SCHEMA_DIR):
+        typer.echo(str(p))
+
+
+PREFECT_DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+}
+
+
+def main() -> None:
+    """Entry point: user errors print one line, ``crowdseg: error: file:row: reason``, and exit 2."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        app()
+    except CrowdsegError as e:
+        print(f"crowdseg: error: {e.line()}", file=sys.stderr)
+        sys.exit(2)

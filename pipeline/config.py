@@ -1,0 +1,175 @@
+"""The build config: every threshold with its documented default, loaded from TOML."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from pipeline.errors import CrowdsegError
+from pipeline.spec import validation_reason
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class InputsConfig(Section):
+    """Where the raw material is. Relative paths are relative to the config file."""
+
+    photos: str = Field("photos.csv", description="photos manifest: CSV, JSONL or Parquet")
+    annotations: str = Field("annotations.jsonl", description="annotations, native JSONL (one line per assignment)")
+    spec: str = Field("easyportrait", description="annotation spec: a bundled name or a YAML path")
+    label_map: dict[str, str] = Field(default_factory=dict, description="source label -> spec class name")
+
+
+class OutputConfig(Section):
+    """Where the build writes."""
+
+    out: str = Field("build", description="build folder: dataset/, reports/ and work/ go under it")
+
+
+class IngestConfig(Section):
+    """Checks on every uploaded photo."""
+
+    min_side: int = Field(64, ge=1, description="photos whose shorter side is smaller are rejected")
+    max_pixels: int = Field(100_000_000, ge=1, description="decompression-bomb guard: larger photos are rejected")
+
+
+class DedupConfig(Section):
+    """Duplicate detection: exact copies across users, near copies within a user."""
+
+    phash_max_distance: int = Field(8, ge=0, le=64, description="near duplicates: max Hamming distance of 64-bit pHash")
+    mirror: bool = Field(True, description="also compare against the mirrored photo's hash (selfie cameras mirror)")
+
+
+class MergeConfig(Section):
+    """Fusing several annotators' polygons into one mask per photo."""
+
+    min_annotators: int = Field(1, ge=1, description="photos with fewer valid assignments are held back")
+    quorum: dict[str, float] = Field(
+        default_factory=dict, description="per-class share of annotators that must draw a pixel; overrides the spec")
+    min_shape_area_px: float = Field(2.0, ge=0, description="shapes smaller than this after repair are dropped")
+    use_golden: bool = Field(True, description="a golden (expert) assignment, when present, is the photo's mask")
+
+    @field_validator("quorum")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, q in v.items():
+            if not 0 < q <= 1:
+                raise ValueError(f"quorum for {k!r} must be in (0, 1], got {q}")
+        return v
+
+
+class QAConfig(Section):
+    """Thresholds of the QA checks; findings flag, they do not drop."""
+
+    min_photo_agreement: float = Field(0.8, ge=0, le=1, description="flag photos whose mean annotator IoU is lower")
+    min_annotator_agreement: float = Field(0.7, ge=0, le=1, description="flag annotators whose mean IoU is lower")
+    min_annotators_per_photo: int = Field(3, ge=1, description="flag photos merged from fewer assignments")
+
+
+class SplitConfig(Section):
+    """User-disjoint splits."""
+
+    ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2},
+                                     description="share of photos per split; groups of users never straddle splits")
+    seed: str = Field("crowdseg", description="key of the hash that orders groups")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(r < 0 for r in v.values()) or abs(sum(v.values()) - 1) > 1e-6:
+            raise ValueError(f"ratios must be non-negative and sum to 1, got {v}")
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"split name {name!r} must be a plain identifier")
+        return v
+
+
+class ExportConfig(Section):
+    """The published dataset."""
+
+    name_salt: str = Field("crowdseg", description="key of the hash that turns photo and user ids into public names")
+    jpeg_quality: int = Field(95, ge=50, le=100, description="quality of published JPEGs")
+
+
+class BuildConfig(Section):
+    """How the Prefect flow runs."""
+
+    batch_size: int = Field(32, ge=1, description="photos per Prefect task")
+
+
+class Config(Section):
+    """A whole build config. Every key has a default, so an empty file is valid."""
+
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    qa: QAConfig = Field(default_factory=QAConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    def path(self, p: str) -> Path:
+        """Resolve a config path against the config file's folder."""
+        return (self._base_dir / p).resolve()
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML config (or defaults when path is None) and apply dotted-key overrides."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise CrowdsegError(f"cannot read config: {e.strerror or e}", file=str(path)) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise CrowdsegError(f"invalid TOML: {e}", file=str(path)) from None
+        base = path.resolve().parent
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        data.setdefault(section, {})[name] = value
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise CrowdsegError(validation_reason(e), file=str(path or "<defaults>")) from None
+    cfg._base_dir = base
+    return cfg
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {type(v).__name__}")
+
+
+def render_toml(cfg: Config, comments: bool = True) -> str:
+    """A full config as TOML, each key preceded by its documentation."""
+    lines = ["# crowdseg build config. Every key is optional; these are the defaults.", ""]
+    for section, _field in Config.model_fields.items():
+        model = getattr(cfg, section)
+        if comments and type(model).__doc__:
+            lines.append(f"# {type(model).__doc__.strip()}")
+        lines.append(f"[{section}]")
+        for name, f in type(model).model_fields.items():
+            if comments and f.description:
+                lines.append(f"# {f.description}")
+            lines.append(f"{name} = {_toml_value(getattr(model, name))}")
+        lines.append("")
+    return "\n".join(lines)

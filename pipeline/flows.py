@@ -1,0 +1,159 @@
+"""Prefect flows and tasks: wiring, batching and task runners. No logic of its own lives here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.settings import temporary_settings
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline import build as b
+from pipeline.config import Config
+from pipeline.io.annotations import read_annotations
+from pipeline.io.manifest import read_manifest
+from pipeline.report.html import render_report
+from pipeline.report.write import write_csv, write_json
+from pipeline.spec import Spec
+from pipeline.stages import accounting, dedup, export, ingest, merge, qa, split
+from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
+
+STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="read-inputs", **STAGE)
+def read_inputs(cfg: Config, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
+    assignments, shapes, ann_rejected = read_annotations(cfg.path(cfg.inputs.annotations), spec,
+                                                         cfg.inputs.label_map)
+    get_run_logger().info("read %d photos (%d rows rejected), %d assignments, %d shapes (%d rejected)",
+                          len(manifest), len(rejected), len(assignments), len(shapes), len(ann_rejected))
+    return manifest, assignments, shapes, concat([rejected, ann_rejected], REJECTION_COLUMNS)
+
+
+@task(name="ingest-batch", **STAGE)
+def ingest_batch(batch: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    photos, rejected = ingest.ingest(batch, cfg.ingest)
+    get_run_logger().info("ingested %d photos, rejected %d", len(photos), len(rejected))
+    return photos, rejected
+
+
+@task(name="dedup", **STAGE)
+def dedup_photos(photos: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    found = dedup.find_duplicates(photos, cfg.dedup)
+    get_run_logger().info("%d duplicate clusters, %d photos dropped", found["cluster"].nunique(),
+                          int((found["action"] == "drop").sum()))
+    return found
+
+
+@task(name="merge-batch", **STAGE)
+def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
+                cfg: Config, layout: b.Layout) -> merge.MergeResult:
+    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, layout.masks)
+    get_run_logger().info("merged %d photos", len(result.photos))
+    return result
+
+
+@task(name="qa", **STAGE)
+def run_qa(merged: pd.DataFrame, assignments: pd.DataFrame, spec: Spec, cfg: Config) -> pd.DataFrame:
+    return qa.run_checks(merged, assignments, spec, cfg.qa)
+
+
+@task(name="split", **STAGE)
+def split_photos(photos: pd.DataFrame, links: list[tuple[str, str]], cfg: Config) -> pd.DataFrame:
+    return split.assign_splits(photos, cfg.split.ratios, cfg.split.seed, links)
+
+
+@task(name="export-batch", **STAGE)
+def export_batch(published: pd.DataFrame, cfg: Config, layout: b.Layout) -> int:
+    for p in published.itertuples(index=False):
+        export.export_photo(p.path, p.mask_path, layout.staging, p.split,
+                            export.image_name(p.photo_id, cfg.export.name_salt), cfg.export.jpeg_quality)
+    return len(published)
+
+
+@task(name="publish", **STAGE)
+def publish(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> pd.DataFrame:
+    meta = export.meta_table(published, cfg.export.name_salt)
+    write_csv(meta, layout.staging / "meta.csv")
+    classes = b.class_summary(published, spec)
+    card = export.dataset_card(meta, classes, spec, list(cfg.split.ratios))
+    (layout.staging / "README.md").write_text(card, encoding="utf-8")
+    export.publish(layout.staging, layout.dataset)
+    return classes
+
+
+@task(name="report", **STAGE)
+def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], layout: b.Layout) -> str:
+    for name, df in tables.items():
+        write_csv(df, layout.reports / f"{name}.csv")
+    write_json(summary, layout.reports / "qa.json")
+    html = render_report(summary, tables["findings"], tables["rejections"], tables["annotators"],
+                         tables["classes"])
+    path = layout.reports / "qa.html"
+    path.write_text(html, encoding="utf-8")
+    return str(path)
+
+
+@flow(name="crowdseg-build", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2),
+      log_prints=False, validate_parameters=False)
+def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
+    """ingest -> dedup -> merge -> qa -> split -> export -> report, batched over photos."""
+    layout = b.Layout(cfg.path(cfg.output.out))
+    for d in (layout.masks, layout.reports):
+        d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(layout.staging, ignore_errors=True)
+    size = cfg.build.batch_size
+
+    manifest, assignments, shapes, rejected = read_inputs(cfg, spec)
+    ingested = ingest_batch.map(b.batches(manifest, size), unmapped(cfg)).result()
+    photos = concat([p for p, _ in ingested], list(ingested[0][0].columns) if ingested else [])
+    ingest_rejected = concat([r for _, r in ingested], REJECTION_COLUMNS)
+    duplicates = dedup_photos(photos, cfg) if len(photos) else concat([], DUPLICATE_COLUMNS)
+
+    kept = b.kept_photos(photos, duplicates)
+    to_merge, orphans = accounting.route_orphans(
+        assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
+        set(duplicates.loc[duplicates["action"] == "drop", "photo_id"]))
+    jobs = b.merge_jobs(kept, to_merge, shapes, size)
+    merged_parts = merge_batch.map([j[0] for j in jobs], [j[1] for j in jobs], [j[2] for j in jobs],
+                                   unmapped(spec), unmapped(cfg), unmapped(layout)).result()
+    merged = pd.concat([m.photos for m in merged_parts], ignore_index=True) if merged_parts else pd.DataFrame()
+    assignment_stats = pd.concat([m.assignments for m in merged_parts], ignore_index=True)
+    rejections = concat([rejected, ingest_rejected, orphans, *[m.rejections for m in merged_parts]],
+                        REJECTION_COLUMNS)
+    repairs = pd.concat([m.repairs for m in merged_parts], ignore_index=True)
+
+    findings = run_qa.submit(merged, assignment_stats, spec, cfg)
+    splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], b.cross_user_links(duplicates), cfg)
+    published = b.published_table(kept, merged, splits)
+    export_batch.map(b.batches(published, size), unmapped(cfg), unmapped(layout)).result()
+    classes = publish(published, spec, cfg, layout)
+
+    ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
+                                len(assignments) + int((rejected["item"] == "assignment").sum()),
+                                published, len(assignment_stats), rejections, duplicates)
+    findings = findings.result()
+    summary = b.summary(spec, cfg, ledger, published, findings)
+    tables = b.report_tables(rejections, duplicates, merged, assignment_stats, repairs, findings,
+                             classes, published, cfg, spec)
+    return {"report": write_reports(summary, tables, layout), "dataset": str(layout.dataset), **ledger}
+
+
+@contextmanager
+def quiet_prefect() -> Iterator[None]:
+    """Turn off the flow heartbeat, which otherwise holds every sync flow ~1 s at its end."""
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
+
+
+def run_build(cfg: Config, spec: Spec) -> dict[str, Any]:
+    """Run the build flow on the embedded local server (or the server PREFECT_API_URL names)."""
+    with quiet_prefect():
+        return build_flow(cfg, spec)

@@ -1,0 +1,1 @@
+"""Readers and writers of the formats crowdseg takes and emits."""

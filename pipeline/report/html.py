@@ -1,0 +1,62 @@
+"""The QA report as one self-contained HTML file that opens offline."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+import pandas as pd
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+.cards{display:flex;flex-wrap:wrap;gap:.8rem}.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;
+min-width:9rem}.card b{display:block;font-size:1.4rem}table{border-collapse:collapse;margin:.5rem 0;width:100%}
+th,td{border:1px solid #e3e3e3;padding:.25rem .5rem;text-align:left}th{background:#f6f6f6}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.error{color:#b00020}.warning{color:#a15c00}
+.info{color:#555}.ok{color:#1b7f3b}.swatch{display:inline-block;width:.9rem;height:.9rem;border:1px solid #999;
+vertical-align:middle;margin-right:.3rem}details{margin:.4rem 0}
+"""
+
+
+def table(df: pd.DataFrame, limit: int = 500, table_id: str = "") -> str:
+    """An HTML table of at most ``limit`` rows, numbers right-aligned."""
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for rec in df.head(limit).itertuples(index=False):
+        cells = []
+        for v in rec:
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            text = f"{v:.4g}" if isinstance(v, float) else str(v)
+            cells.append(f'<td class="num">{escape(text)}</td>' if num else f"<td>{escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p>{len(df) - limit} more rows in the CSV.</p>" if len(df) > limit else ""
+    attr = f' id="{escape(table_id)}"' if table_id else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+
+
+def render_report(summary: dict[str, Any], findings: pd.DataFrame, rejections: pd.DataFrame,
+                  annotators: pd.DataFrame, classes: pd.DataFrame) -> str:
+    """The QA report page."""
+    ledger = summary["ledger"]
+    cards = "".join(f'<div class="card"><b>{v}</b>{escape(k.replace("_", " "))}</div>' for k, v in ledger.items())
+    splits = pd.DataFrame([{"split": s, **v} for s, v in summary["splits"].items()])
+    by_check = (findings.groupby(["level", "check", "severity"]).size().rename("count").reset_index()
+                if len(findings) else pd.DataFrame(columns=["level", "check", "severity", "count"]))
+    by_reason = (rejections.groupby(["stage", "item", "reason"]).size().rename("count").reset_index()
+                 if len(rejections) else pd.DataFrame(columns=["stage", "item", "reason", "count"]))
+    sections = [
+        f"<h1>QA report: {escape(summary['spec'])}</h1>",
+        f"<p>Build of {ledger['photos_in']} photos and {ledger['assignments_in']} assignments. Every input is "
+        "published, rejected, deduplicated or held back; the counts below balance.</p>",
+        f'<div class="cards" id="ledger">{cards}</div>',
+        "<h2>Splits</h2>", table(splits, table_id="splits"),
+        "<h2>Classes</h2>", table(classes, table_id="classes"),
+        "<h2>Findings</h2>", table(by_check, table_id="findings-summary"),
+        "<details><summary>All findings</summary>" + table(findings, table_id="findings") + "</details>",
+        "<h2>Annotators</h2>", table(annotators, table_id="annotators"),
+        "<h2>Rejections</h2>", table(by_reason, table_id="rejections-summary"),
+        "<details><summary>All rejections</summary>" + table(rejections, table_id="rejections") + "</details>",
+    ]
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>crowdseg QA report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")

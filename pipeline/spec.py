@@ -1,0 +1,138 @@
+"""Annotation specs: the class list, palette, draw order and per-class thresholds, as data."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import CrowdsegError
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "annotation_specs"
+
+
+def normalize_label(label: str) -> str:
+    """Fold case, spaces and dashes so that 'Left eye', 'left-eye' and 'left_eye' match."""
+    return re.sub(r"[\s\-]+", "_", label.strip().lower())
+
+
+class ClassDef(BaseModel):
+    """One class of a spec."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(ge=0, le=254)
+    name: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    color: tuple[int, int, int]
+    aliases: list[str] = Field(default_factory=list)
+    flip: str | None = Field(None, description="the class this one becomes when the image is mirrored")
+    quorum: float = Field(0.5, gt=0, le=1, description="share of a photo's annotators that must draw a pixel")
+    min_area_px: int = Field(0, ge=0, description="smaller merged regions are flagged by QA")
+
+
+class Spec(BaseModel):
+    """A validated annotation spec; class 0 is background and is never drawn."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: int = 1
+    ignore_index: int = Field(255, ge=0, le=255)
+    classes: list[ClassDef] = Field(min_length=2)
+    draw_order: list[str] = Field(description="classes painted bottom to top; every class but background")
+
+    @model_validator(mode="after")
+    def _check(self) -> Spec:
+        ids = [c.id for c in self.classes]
+        if ids != list(range(len(ids))):
+            raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
+        if self.classes[0].name != "background":
+            raise ValueError(f"class 0 must be 'background', got {self.classes[0].name!r}")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        if self.ignore_index in ids:
+            raise ValueError(f"ignore_index {self.ignore_index} collides with a class id")
+        if sorted(self.draw_order) != sorted(names[1:]):
+            raise ValueError(f"draw_order must list every class except background exactly once, got {self.draw_order}")
+        for c in self.classes:
+            if c.flip is not None:
+                if c.flip not in names:
+                    raise ValueError(f"class {c.name!r}: flip partner {c.flip!r} is not a class")
+                if self.by_name[c.flip].flip != c.name:
+                    raise ValueError(f"class {c.name!r}: flip partner {c.flip!r} does not flip back")
+        seen: dict[str, str] = {}
+        for c in self.classes:
+            for key in [c.name, *c.aliases]:
+                k = normalize_label(key)
+                if k in seen and seen[k] != c.name:
+                    raise ValueError(f"label {key!r} names both {seen[k]!r} and {c.name!r}")
+                seen[k] = c.name
+        return self
+
+    @cached_property
+    def by_name(self) -> dict[str, ClassDef]:
+        return {c.name: c for c in self.classes}
+
+    @cached_property
+    def label_map(self) -> dict[str, int]:
+        """Normalised label or alias -> class id."""
+        return {normalize_label(k): c.id for c in self.classes for k in [c.name, *c.aliases]}
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def draw_ids(self) -> list[int]:
+        """Class ids bottom to top."""
+        return [self.by_name[n].id for n in self.draw_order]
+
+    @property
+    def flip_lut(self) -> list[int]:
+        """Class id -> class id after a horizontal mirror."""
+        return [self.by_name[c.flip].id if c.flip else c.id for c in self.classes]
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        return [c.color for c in self.classes]
+
+    def class_id(self, label: str, extra: dict[str, str] | None = None) -> int | None:
+        """The class a label names (through aliases and an optional source label map), or None."""
+        if extra:
+            label = extra.get(label, extra.get(normalize_label(label), label))
+        return self.label_map.get(normalize_label(label))
+
+
+def load_spec(ref: str | Path) -> Spec:
+    """Load a spec from a YAML path, or by name from the bundled ``annotation_specs/``."""
+    path = Path(ref)
+    if not path.suffix and not path.exists():
+        path = SPEC_DIR / f"{ref}.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CrowdsegError(f"cannot read spec: {e.strerror or e}", file=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise CrowdsegError(f"invalid YAML: {getattr(e, 'problem', e)}", file=str(path),
+                            where=None if mark is None else mark.line + 1) from None
+    if not isinstance(data, dict):
+        raise CrowdsegError("a spec must be a YAML mapping", file=str(path))
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise CrowdsegError(validation_reason(e), file=str(path)) from None
+
+
+def validation_reason(e: ValidationError) -> str:
+    """The first pydantic error as 'dotted.key: message'."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg

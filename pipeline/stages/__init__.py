@@ -1,0 +1,1 @@
+"""Pure stage functions over tables and arrays. Stages never import prefect."""

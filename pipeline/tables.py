@@ -1,0 +1,40 @@
+"""Declared columns of the tables that flow between stages, and small helpers over them."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pandas as pd
+
+REJECTION_COLUMNS = ["stage", "item", "file", "row", "photo_id", "annotator_id", "reason", "message"]
+"""Every input that does not reach the dataset lands here with a stable reason code."""
+
+DUPLICATE_COLUMNS = ["photo_id", "user_id", "cluster", "action", "kept_photo_id", "kind", "distance"]
+FINDING_COLUMNS = ["level", "subject_id", "check", "severity", "value", "threshold", "message"]
+
+
+def rejection(stage: str, item: str, reason: str, message: str, *, file: str = "", row: int | None = None,
+              photo_id: str = "", annotator_id: str = "") -> dict[str, Any]:
+    """One row of the rejections table."""
+    return {"stage": stage, "item": item, "file": file, "row": row, "photo_id": photo_id,
+            "annotator_id": annotator_id, "reason": reason, "message": message}
+
+
+def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """A DataFrame with exactly the declared columns, even when there are no rows."""
+    df = pd.DataFrame(rows, columns=columns)
+    if "row" in df:
+        df["row"] = df["row"].astype("Int64")
+    return df
+
+
+def concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    """Concatenate same-schema tables, tolerating an empty list."""
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else frame([], columns)
+
+
+def keyed_hash(key: str, value: str, n: int = 16) -> str:
+    """A stable pseudonym: the first n hex digits of sha256(key + NUL + value)."""
+    return hashlib.sha256(f"{key}\x00{value}".encode()).hexdigest()[:n]

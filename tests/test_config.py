@@ -1,0 +1,72 @@
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from pipeline.config import Config, load_config, render_toml
+from pipeline.errors import CrowdsegError
+from pipeline.schemas import SCHEMA_DIR, schema_texts
+
+
+def test_defaults_render_to_toml_that_loads_back_equal(tmp_path):
+    text = render_toml(Config())
+    assert "# share of photos per split" in text
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert load_config(path).model_dump() == Config().model_dump()
+    assert tomllib.loads(text)["split"]["ratios"] == {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.toml"
+    path.write_text('[inputs]\nphotos = "m.csv"\n')
+    assert load_config(path).path(load_config(path).inputs.photos) == tmp_path / "sub" / "m.csv"
+
+
+@pytest.mark.parametrize("body,key", [
+    ("[merge]\nmin_annotators = 0\n", "merge.min_annotators"),
+    ("[split]\nratios = {train = 0.5, test = 0.2}\n", "split.ratios"),
+    ("[dedup]\nphash_max_distence = 3\n", "dedup.phash_max_distence"),
+    ("[merge]\nquorum = {teeth = 1.5}\n", "merge.quorum"),
+    ("[ingest]\nmin_side = 'big'\n", "ingest.min_side"),
+])
+def test_validation_errors_name_the_file_and_key(tmp_path, body, key):
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(CrowdsegError) as e:
+        load_config(path)
+    assert e.value.line().startswith(f"{path}: {key}:")
+
+
+def test_invalid_toml_is_one_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[merge\n")
+    with pytest.raises(CrowdsegError, match="invalid TOML"):
+        load_config(path)
+
+
+def test_overrides_apply_over_the_file(tmp_path):
+    assert load_config(None, {"output.out": "/x"}).output.out == "/x"
+
+
+def test_schemas_are_in_sync_with_the_models():
+    for name, text in schema_texts().items():
+        assert (SCHEMA_DIR / name).read_text() == text, f"{name} drifted: run `make schemas`"
+
+
+def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", *args],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_prints_defaults_and_reports_user_errors_in_one_line(tmp_path):
+    out = _cli("config", "--defaults")
+    assert out.returncode == 0 and "[merge]" in out.stdout
+    bad = tmp_path / "c.toml"
+    bad.write_text("[split]\nseed = 3\n")
+    out = _cli("config", "--check", str(bad))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"crowdseg: error: {bad}: split.seed: Input should be a valid string"]
+    assert "Traceback" not in out.stderr
