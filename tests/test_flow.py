@@ -1,0 +1,147 @@
+"""End-to-end builds through Prefect on one session-scoped test server, checked against the simulator's truth."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.build import preflight
+from pipeline.config import load_config
+from pipeline.flows import run_build
+from pipeline.simulate import simulate
+from pipeline.spec import load_spec
+
+SPEC = load_spec("easyportrait")
+
+
+def _build(crowd: Path, out: Path) -> dict:
+    cfg = load_config(crowd / "config.toml", {"output.out": str(out)})
+    return run_build(cfg, preflight(cfg))
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory) -> Path:
+    """A careful crowd with every kind of broken input, at a realistic phone size."""
+    out = tmp_path_factory.mktemp("crowd")
+    simulate(out, photos=36, users=14, annotators=5, seed=7, size=(720, 960), profiles={"careful": 1.0},
+             broken=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def builds(crowd, prefect_server, tmp_path_factory) -> tuple[Path, Path, dict]:
+    a, b = tmp_path_factory.mktemp("build_a"), tmp_path_factory.mktemp("build_b")
+    ledger = _build(crowd, a)
+    _build(crowd, b)
+    return a, b, ledger
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_dataset_tree_is_complete(builds):
+    out, _, ledger = builds
+    ds = out / "dataset"
+    meta = pd.read_csv(ds / "meta.csv", dtype={"image_name": str, "user_id": str})
+    assert list(meta.columns[:6]) == ["image_name", "user_id", "height", "width", "set", "brightness"]
+    assert len(meta) == ledger["photos_published"] > 0
+    for r in meta.itertuples():
+        img = Image.open(ds / "images" / r.set / f"{r.image_name}.jpg")
+        mask = Image.open(ds / "annotations" / r.set / f"{r.image_name}.png")
+        assert img.format == "JPEG" and mask.mode == "L" and img.size == mask.size == (r.width, r.height)
+        assert np.asarray(mask).max() < len(SPEC.classes)
+    assert (ds / "README.md").read_text().startswith("# easyportrait dataset")
+    assert not (out / "dataset.staging").exists()
+    assert "photo_id" not in (ds / "meta.csv").read_text()
+    assert (out / "reports" / "qa.html").stat().st_size > 0 and (out / "reports" / "photo_map.csv").exists()
+
+
+def test_rebuild_is_byte_identical(builds):
+    a, b, _ = builds
+    assert _tree(a / "dataset") == _tree(b / "dataset")
+    _, mismatch, errors = filecmp.cmpfiles(a / "dataset", b / "dataset", _tree(a / "dataset"), shallow=False)
+    assert not mismatch and not errors
+    for name in ("agreement.csv", "duplicates.csv", "findings.csv", "photo_map.csv"):
+        assert (a / "reports" / name).read_bytes() == (b / "reports" / name).read_bytes(), name
+
+
+def test_careful_crowd_merges_to_truth(builds, crowd):
+    out, _, _ = builds
+    pmap = pd.read_csv(out / "reports" / "photo_map.csv", dtype=str)
+    n = len(SPEC.classes)
+    inter, union = np.zeros(n), np.zeros(n)
+    for r in pmap.itertuples():
+        pred = np.asarray(Image.open(out / "dataset" / "annotations" / r.split / f"{r.image_name}.png"))
+        true = np.asarray(Image.open(crowd / "truth" / "masks" / f"{r.photo_id}.png"))
+        cm = np.bincount(pred.ravel().astype(np.int64) * n + true.ravel(), minlength=n * n).reshape(n, n)
+        inter += np.diag(cm)
+        union += cm.sum(0) + cm.sum(1) - np.diag(cm)
+    iou = inter / np.maximum(union, 1)
+    assert iou.mean() >= 0.95, dict(zip(SPEC.names, iou.round(3), strict=True))
+
+
+def test_no_user_in_two_splits_and_exact_duplicates_removed(builds, crowd):
+    out, _, _ = builds
+    pmap = pd.read_csv(out / "reports" / "photo_map.csv", dtype=str)
+    assert pmap.groupby("user_id")["split"].nunique().max() == 1
+    truth = pd.read_csv(crowd / "truth" / "duplicates.csv", dtype=str)
+    published = set(pmap["photo_id"])
+    exact = truth[truth["kind"] == "exact_cross_user"]
+    assert len(exact) > 0
+    for r in exact.itertuples():
+        assert not {r.photo_id, r.original_photo_id} <= published
+
+
+def test_every_input_is_accounted_for(builds, crowd):
+    out, _, ledger = builds
+    manifest_rows = len(pd.read_csv(crowd / "photos.csv"))
+    lines = sum(1 for line in (crowd / "annotations.jsonl").read_text().splitlines() if line.strip())
+    assert ledger["photos_in"] == manifest_rows and ledger["assignments_in"] == lines
+    assert (ledger["photos_published"] + ledger["photos_rejected"] + ledger["photos_deduplicated"]
+            + ledger["photos_held_back"]) == manifest_rows
+    rejections = pd.read_csv(out / "reports" / "rejections.csv", dtype=str)
+    published = pd.read_csv(out / "reports" / "photo_map.csv", dtype=str)["photo_id"]
+    dropped = pd.read_csv(out / "reports" / "duplicates.csv", dtype=str).query("action == 'drop'")["photo_id"]
+    photo_rejected = rejections.query("item == 'photo'")["photo_id"]
+    manifest_ids = pd.read_csv(crowd / "photos.csv", dtype=str)["photo_id"]
+    assert sorted([*published, *dropped, *photo_rejected]) == sorted(manifest_ids)
+    used = pd.read_csv(out / "reports" / "assignments.csv", dtype=str)
+    assert len(used) + int((rejections["item"] == "assignment").sum()) == lines
+
+
+def test_broken_inputs_are_rejected_with_reasons(builds, crowd):
+    out, _, _ = builds
+    rejections = pd.read_csv(out / "reports" / "rejections.csv", dtype=str)
+    reasons = set(zip(rejections["item"], rejections["reason"], strict=True))
+    assert {("photo", "corrupt_image"), ("shape", "unknown_label"), ("shape", "outside_image"),
+            ("assignment", "unknown_photo")} <= reasons
+    repairs = pd.read_csv(out / "reports" / "repairs.csv", dtype=str)
+    assert "made_valid" in set(repairs["repair"])
+    assert rejections["message"].notna().all()
+    summary = json.loads((out / "reports" / "qa.json").read_text())
+    assert summary["ledger"]["photos_rejected"] >= 1
+
+
+@pytest.mark.parametrize("manifest,expected", [
+    ("photo_id,path\np1,p.jpg\n", "photos.csv:1: missing required column(s) user_id"),
+    (b"photo_id,user_id,path\np1,\xff,p.jpg\n", "photos.csv:2: not UTF-8"),
+])
+def test_cli_build_reports_a_malformed_manifest_in_one_line(tmp_path, manifest, expected):
+    path = tmp_path / "photos.csv"
+    path.write_bytes(manifest.encode() if isinstance(manifest, str) else manifest)
+    (tmp_path / "annotations.jsonl").write_text("")
+    run = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", "build",
+                          "--photos", str(path), "--annotations", str(tmp_path / "annotations.jsonl"),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crowdseg: error: ") and expected in lines[0]
