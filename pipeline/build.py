@@ -157,10 +157,11 @@ def preflight(cfg: Config) -> Spec:
     try:
         class_quorum(spec, cfg.merge.quorum)
     except ValueError as e:
-        raise CrowdsegError(str(e), file="config") from None
+        raise CrowdsegError(str(e), file=cfg.source) from None
     unknown = sorted(set(cfg.inputs.label_map.values()) - set(spec.names))
     if unknown:
-        raise CrowdsegError(f"inputs.label_map: {unknown[0]!r} is not a class of spec {spec.name!r}", file="config")
+        raise CrowdsegError(f"inputs.label_map: {unknown[0]!r} is not a class of spec {spec.name!r}",
+                            file=cfg.source)
     read_manifest(cfg.path(cfg.inputs.photos))
     read_text(cfg.path(cfg.inputs.annotations))
     return spec

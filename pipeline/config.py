@@ -66,7 +66,8 @@ class MergeConfig(Section):
 class QAConfig(Section):
     """Thresholds of the QA checks; findings flag, they do not drop."""
 
-    min_photo_agreement: float = Field(0.8, ge=0, le=1, description="flag photos whose mean annotator IoU is lower")
+    min_photo_agreement: float = Field(
+        0.8, ge=0, le=1, description="flag photos whose median annotator IoU with the merged mask is lower")
     min_annotator_agreement: float = Field(0.7, ge=0, le=1, description="flag annotators whose mean IoU is lower")
     min_annotators_per_photo: int = Field(3, ge=1, description="flag photos merged from fewer assignments")
 
@@ -115,6 +116,12 @@ class Config(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _source: str = PrivateAttr("<defaults>")
+
+    @property
+    def source(self) -> str:
+        """The file this config came from, for error messages."""
+        return self._source
 
     def path(self, p: str) -> Path:
         """Resolve a config path against the config file's folder."""
@@ -142,6 +149,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     except ValidationError as e:
         raise CrowdsegError(validation_reason(e), file=str(path or "<defaults>")) from None
     cfg._base_dir = base
+    cfg._source = str(path or "<defaults>")
     return cfg
 
 

@@ -131,17 +131,36 @@ def test_broken_inputs_are_rejected_with_reasons(builds, crowd):
     assert summary["ledger"]["photos_rejected"] >= 1
 
 
-@pytest.mark.parametrize("manifest,expected", [
-    ("photo_id,path\np1,p.jpg\n", "photos.csv:1: missing required column(s) user_id"),
-    (b"photo_id,user_id,path\np1,\xff,p.jpg\n", "photos.csv:2: not UTF-8"),
+GOOD_MANIFEST = b"photo_id,user_id,path\np1,u1,p.jpg\n"
+
+
+@pytest.mark.parametrize("manifest,annotations,expected", [
+    (b"photo_id,path\np1,p.jpg\n", b"", "photos.csv:1: missing required column(s) user_id"),
+    (b"photo_id,user_id,path\np1,\xff,p.jpg\n", b"", "photos.csv:2: not UTF-8"),
+    (GOOD_MANIFEST, b'{"photo_id": "p1"}\n{"x": "\xff"}\n', "annotations.jsonl:2: not UTF-8"),
+    (GOOD_MANIFEST, None, "annotations.jsonl: cannot read: No such file or directory"),
 ])
-def test_cli_build_reports_a_malformed_manifest_in_one_line(tmp_path, manifest, expected):
-    path = tmp_path / "photos.csv"
-    path.write_bytes(manifest.encode() if isinstance(manifest, str) else manifest)
-    (tmp_path / "annotations.jsonl").write_text("")
+def test_cli_build_reports_malformed_inputs_in_one_line(tmp_path, manifest, annotations, expected):
+    (tmp_path / "photos.csv").write_bytes(manifest)
+    if annotations is not None:
+        (tmp_path / "annotations.jsonl").write_bytes(annotations)
     run = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", "build",
-                          "--photos", str(path), "--annotations", str(tmp_path / "annotations.jsonl"),
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+                          "--photos", str(tmp_path / "photos.csv"), "--annotations",
+                          str(tmp_path / "annotations.jsonl"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("crowdseg: error: ") and expected in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("crowdseg: error: ") and expected in lines[0], lines
+
+
+def test_cli_simulate_then_build_quorum_typo_is_one_line(tmp_path):
+    cli = [sys.executable, "-c", "from pipeline.cli import main; main()"]
+    run = subprocess.run([*cli, "simulate", str(tmp_path), "--photos", "3", "--users", "2", "--annotators", "2",
+                          "--size", "320x240"], capture_output=True, text=True)
+    assert run.returncode == 0 and "simulated crowd" in run.stdout
+    with (tmp_path / "config.toml").open("a") as f:
+        f.write("\n[merge]\nquorum = {eyes = 0.5}\n")
+    run = subprocess.run([*cli, "build", "--config", str(tmp_path / "config.toml")], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (f"crowdseg: error: {tmp_path / 'config.toml'}: merge.quorum: 'eyes' is not a "
+                                  "drawable class of spec 'easyportrait'")

@@ -15,7 +15,7 @@ min-width:9rem}.card b{display:block;font-size:1.4rem}table{border-collapse:coll
 th,td{border:1px solid #e3e3e3;padding:.25rem .5rem;text-align:left}th{background:#f6f6f6}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.error{color:#b00020}.warning{color:#a15c00}
 .info{color:#555}.ok{color:#1b7f3b}.swatch{display:inline-block;width:.9rem;height:.9rem;border:1px solid #999;
-vertical-align:middle;margin-right:.3rem}details{margin:.4rem 0}
+vertical-align:middle;margin-right:.3rem}details{margin:.4rem 0}.scroll{overflow-x:auto}
 """
 
 
@@ -32,7 +32,8 @@ def table(df: pd.DataFrame, limit: int = 500, table_id: str = "") -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     more = f"<p>{len(df) - limit} more rows in the CSV.</p>" if len(df) > limit else ""
     attr = f' id="{escape(table_id)}"' if table_id else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
+    return (f'<div class="scroll"><table{attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            f"</table></div>{more}")
 
 
 def render_report(summary: dict[str, Any], findings: pd.DataFrame, rejections: pd.DataFrame,

@@ -44,7 +44,7 @@ def meta_table(published: pd.DataFrame, salt: str) -> pd.DataFrame:
         "user_id": [public_user(u, salt) for u in published["user_id"]],
         "height": published["height"].astype(int), "width": published["width"].astype(int),
         "set": published["split"], "brightness": published["brightness"].round(4),
-        "n_annotators": published["n_assignments"].astype(int), "agreement": published["mean_iou"].round(4),
+        "n_annotators": published["n_assignments"].astype(int), "agreement": published["median_iou"].round(4),
         "source": published["source"],
     })
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]

@@ -267,6 +267,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         photo_rows.append({"photo_id": p.photo_id, "source": result.source, "n_assignments": n_crowd,
                            "n_golden": int(todo["golden"].sum()),
                            "mean_iou": float(np.mean(crowd_iou)) if crowd_iou else float("nan"),
+                           "median_iou": float(np.median(crowd_iou)) if crowd_iou else float("nan"),
                            "unanimous": result.unanimous, "mask_path": str(mask_path),
                            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}})
         assign_rows += [{"photo_id": p.photo_id, **r} for r in result.per_assignment]

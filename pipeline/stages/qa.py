@@ -25,10 +25,10 @@ def photo_findings(merged: pd.DataFrame, spec: Spec, cfg: QAConfig) -> list[dict
         if p["n_assignments"] < cfg.min_annotators_per_photo:
             out.append(finding("photo", pid, "few_annotators", "warning", p["n_assignments"],
                                cfg.min_annotators_per_photo, f"merged from {p['n_assignments']} assignment(s)"))
-        if p["mean_iou"] < cfg.min_photo_agreement:
-            out.append(finding("photo", pid, "low_agreement", "warning", round(p["mean_iou"], 4),
-                               cfg.min_photo_agreement, f"annotators' mean IoU with the merged mask is "
-                               f"{p['mean_iou']:.2f}"))
+        if p["median_iou"] < cfg.min_photo_agreement:
+            out.append(finding("photo", pid, "low_agreement", "warning", round(p["median_iou"], 4),
+                               cfg.min_photo_agreement, f"annotators' median IoU with the merged mask is "
+                               f"{p['median_iou']:.2f}"))
         if sum(p[f"px_{c.name}"] for c in spec.classes[1:]) == 0:
             out.append(finding("photo", pid, "empty_mask", "error", 0, 1, "the merged mask has no labelled pixel"))
         for c in spec.classes[1:]:
