@@ -33,6 +33,11 @@ class Layout:
     def masks(self) -> Path:
         return self.out / "work" / "masks"
 
+    @property
+    def index(self) -> Path:
+        """The hash index a later build can check its uploads against (``dedup.index``)."""
+        return self.out / "work" / "index.parquet"
+
 
 def resolve_spec(cfg: Config) -> Spec:
     """The spec the config names: a bundled name, or a path relative to the config file."""
@@ -49,14 +54,6 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     """Photos that survive dedup, sorted by id."""
     dropped = set(duplicates.loc[duplicates["action"] == "drop", "photo_id"])
     return photos[~photos["photo_id"].isin(dropped)].sort_values("photo_id", ignore_index=True)
-
-
-def cross_user_links(duplicates: pd.DataFrame) -> list[tuple[str, str]]:
-    """Pairs of users joined by a duplicate cluster, so that the split keeps them together."""
-    keepers = duplicates[duplicates["action"] == "keep"].set_index("cluster")["user_id"]
-    drops = duplicates[duplicates["action"] == "drop"]
-    return sorted({(keepers[c], u) for c, u in zip(drops["cluster"], drops["user_id"], strict=True)
-                   if keepers[c] != u})
 
 
 def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
@@ -115,8 +112,10 @@ def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, merged: pd
 
     photo_map = published[["photo_id", "user_id", "split"]].assign(
         image_name=[image_name(p, cfg.export.name_salt) for p in published["photo_id"]])
+    rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
     return {
-        "rejections": rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True),
+        "rejections": rejections,
+        "rejected_photos": rejections[rejections["item"] == "photo"].reset_index(drop=True),
         "duplicates": duplicates,
         "agreement": merged.drop(columns="mask_path").sort_values("photo_id", ignore_index=True),
         "assignments": assignment_stats.sort_values(["photo_id", "assignment"], ignore_index=True),
@@ -144,6 +143,24 @@ def refused_ids(manifest_rejected: pd.DataFrame, ingest_rejected: pd.DataFrame, 
     return set(ingest_rejected["photo_id"]) | (set(photo_rows["photo_id"]) - set(manifest["photo_id"]) - {""})
 
 
+def load_index(cfg: Config) -> pd.DataFrame | None:
+    """The earlier build's hash index named by ``dedup.index``, if any."""
+    from pipeline.errors import CrowdsegError
+    from pipeline.stages.dedup import INDEX_COLUMNS
+
+    if not cfg.dedup.index:
+        return None
+    path = cfg.path(cfg.dedup.index)
+    try:
+        index = pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise CrowdsegError(f"dedup.index: cannot read the hash index: {e}", file=str(path)) from None
+    missing = sorted(set(INDEX_COLUMNS) - set(index.columns))
+    if missing:
+        raise CrowdsegError(f"dedup.index: not a crowdseg hash index (missing {', '.join(missing)})", file=str(path))
+    return index.astype({"photo_id": str, "user_id": str, "submitted_at": str})
+
+
 def preflight(cfg: Config) -> Spec:
     """Check everything a user can get wrong before the flow starts, so such errors come out as one line.
 
@@ -164,4 +181,5 @@ def preflight(cfg: Config) -> Spec:
                             file=cfg.source)
     read_manifest(cfg.path(cfg.inputs.photos))
     read_text(cfg.path(cfg.inputs.annotations))
+    load_index(cfg)
     return spec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -36,13 +36,24 @@ class IngestConfig(Section):
 
     min_side: int = Field(64, ge=1, description="photos whose shorter side is smaller are rejected")
     max_pixels: int = Field(100_000_000, ge=1, description="decompression-bomb guard: larger photos are rejected")
+    formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "HEIF"],
+                               description="accepted formats, sniffed from the content (MPO counts as JPEG)")
+    detect_faces: bool = Field(True, description="run the offline face detector (OpenCV Haar cascade)")
 
 
 class DedupConfig(Section):
-    """Duplicate detection: exact copies across users, near copies within a user."""
+    """Duplicate detection: exact copies by bytes or pixels, near copies by mirror-aware 64-bit pHash."""
 
-    phash_max_distance: int = Field(8, ge=0, le=64, description="near duplicates: max Hamming distance of 64-bit pHash")
+    within_user_distance: int = Field(10, ge=0, le=32, description="max pHash Hamming distance of near duplicates "
+                                      "uploaded by one user")
+    cross_user_distance: int = Field(8, ge=0, le=32, description="max pHash Hamming distance of near duplicates "
+                                     "uploaded by different users")
     mirror: bool = Field(True, description="also compare against the mirrored photo's hash (selfie cameras mirror)")
+    cross_user_policy: Literal["group", "flag", "drop"] = Field(
+        "group", description="near duplicates across users: 'group' keeps both and puts the users in one split, "
+        "'flag' keeps both and reports them, 'drop' keeps the best copy only")
+    index: str = Field("", description="hash index of an earlier build (its work/index.parquet): new uploads are "
+                       "checked against it without re-hashing the old photos")
 
 
 class MergeConfig(Section):

@@ -45,8 +45,10 @@ def ingest_batch(batch: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.Dat
 
 
 @task(name="dedup", **STAGE)
-def dedup_photos(photos: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    found = dedup.find_duplicates(photos, cfg.dedup)
+def dedup_photos(photos: pd.DataFrame, cfg: Config, layout: b.Layout) -> pd.DataFrame:
+    previous = b.load_index(cfg)
+    found = dedup.find_duplicates(photos, cfg.dedup, previous)
+    dedup.index_table(photos, found, previous).to_parquet(layout.index, index=False)
     get_run_logger().info("%d duplicate clusters, %d photos dropped", found["cluster"].nunique(),
                           int((found["action"] == "drop").sum()))
     return found
@@ -115,7 +117,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     ingested = ingest_batch.map(b.batches(manifest, size), unmapped(cfg)).result()
     photos = concat([p for p, _ in ingested], list(ingested[0][0].columns) if ingested else [])
     ingest_rejected = concat([r for _, r in ingested], REJECTION_COLUMNS)
-    duplicates = dedup_photos(photos, cfg) if len(photos) else concat([], DUPLICATE_COLUMNS)
+    duplicates = dedup_photos(photos, cfg, layout) if len(photos) else concat([], DUPLICATE_COLUMNS)
 
     kept = b.kept_photos(photos, duplicates)
     to_merge, orphans = accounting.route_orphans(
@@ -131,7 +133,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     repairs = pd.concat([m.repairs for m in merged_parts], ignore_index=True)
 
     findings = run_qa.submit(merged, assignment_stats, spec, cfg)
-    splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], b.cross_user_links(duplicates), cfg)
+    links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
+    splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], links, cfg)
     published = b.published_table(kept, merged, splits)
     export_batch.map(b.batches(published, size), unmapped(cfg), unmapped(layout)).result()
     classes = publish(published, spec, cfg, layout)

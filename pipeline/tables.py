@@ -10,7 +10,8 @@ import pandas as pd
 REJECTION_COLUMNS = ["stage", "item", "file", "row", "photo_id", "annotator_id", "reason", "message"]
 """Every input that does not reach the dataset lands here with a stable reason code."""
 
-DUPLICATE_COLUMNS = ["photo_id", "user_id", "cluster", "action", "kept_photo_id", "kind", "distance"]
+DUPLICATE_COLUMNS = ["cluster", "photo_id", "user_id", "source", "action", "kept_photo_id", "kind", "distance",
+                     "reason"]
 FINDING_COLUMNS = ["level", "subject_id", "check", "severity", "value", "threshold", "message"]
 
 

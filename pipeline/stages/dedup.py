@@ -1,4 +1,9 @@
-"""Dedup: exact duplicates by bytes and by decoded pixels, near duplicates of one user by mirror-aware pHash."""
+"""Dedup: exact copies by bytes or decoded pixels, near copies by mirror-aware pHash, decided per cluster.
+
+Within one user a cluster keeps its best copy. Across users, exact copies collapse to one, and near copies follow
+``cross_user_policy``. New uploads can be checked against the hash index of an earlier build, whose photos rank
+first (they are already published) and are never re-hashed.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DedupConfig
+from pipeline.stages.hamming import near_pairs
 from pipeline.tables import DUPLICATE_COLUMNS, frame
+
+INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "sha256", "pixel_hash",
+                 "phash", "phash_mirror"]
 
 
 class UnionFind:
@@ -28,83 +37,162 @@ class UnionFind:
         if a != b:
             self.parent[max(a, b)] = min(a, b)
 
+    def groups(self, members: list[int]) -> list[list[int]]:
+        """Members split into their sets, each in the given order, sets ordered by first member."""
+        out: dict[int, list[int]] = {}
+        for m in members:
+            out.setdefault(self.find(m), []).append(m)
+        return list(out.values())
+
 
 def hashes_to_uint64(hex_hashes: pd.Series) -> np.ndarray:
     """16-hex-digit hashes as uint64."""
     return np.array([int(h, 16) for h in hex_hashes], dtype=np.uint64)
 
 
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between two uint64 hash vectors."""
-    return np.bitwise_count(a[:, None] ^ b[None, :]).astype(np.int16)
+def rank(photos: pd.DataFrame) -> pd.DataFrame:
+    """Photos best-first: already-published index photos, then most pixels, sharpest, earliest upload, id."""
+    order = photos.assign(_old=photos["source"].ne("index"), _px=-(photos["width"] * photos["height"]),
+                          _sharp=-photos["sharpness"], _undated=photos["submitted_at"].eq(""))
+    keys = ["_old", "_px", "_sharp", "_undated", "submitted_at", "photo_id"]
+    return order.sort_values(keys, kind="stable").drop(columns=keys[:4]).reset_index(drop=True)
 
 
-def near_pairs(phash: np.ndarray, mirror: np.ndarray | None, max_distance: int) -> list[tuple[int, int, int, bool]]:
-    """(i, j, distance, mirrored) for i < j within max_distance, comparing against mirrored hashes too."""
-    d = hamming(phash, phash)
-    flipped = np.zeros_like(d, dtype=bool)
-    if mirror is not None:
-        dm = hamming(phash, mirror)
-        dm = np.minimum(dm, dm.T)
-        flipped = dm < d
-        d = np.minimum(d, dm)
-    ii, jj = np.nonzero(np.triu(d <= max_distance, k=1))
-    return [(int(i), int(j), int(d[i, j]), bool(flipped[i, j])) for i, j in zip(ii, jj, strict=True)]
+def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFrame:
+    """Near-duplicate edges (i, j, distance, mirrored) between photos, each within its user-pair threshold.
 
-
-def _best_first(photos: pd.DataFrame) -> pd.DataFrame:
-    """Photos ordered so that the copy worth keeping comes first: most pixels, earliest upload, then id.
-
-    A photo with no upload time counts as uploaded after every dated one.
+    Rows ``< n_new`` are new uploads; only pairs touching a new upload are searched.
     """
-    order = photos.assign(_px=-(photos["width"] * photos["height"]), _undated=photos["submitted_at"].eq(""))
-    return order.sort_values(["_px", "_undated", "submitted_at", "photo_id"], kind="stable").drop(
-        columns=["_px", "_undated"])
+    ph = hashes_to_uint64(table["phash"])
+    mirror = hashes_to_uint64(table["phash_mirror"])
+    radius = max(cfg.within_user_distance, cfg.cross_user_distance)
+    new, old = ph[:n_new], ph[n_new:]
+    found = [(near_pairs(new, radius), 0, False), (near_pairs(new, radius, old), n_new, False)]
+    if cfg.mirror:
+        found += [(near_pairs(new, radius, mirror[:n_new]), 0, True),
+                  (near_pairs(new, radius, mirror[n_new:]), n_new, True)]
+    parts = [pd.DataFrame({"i": p.i, "j": p.j + offset, "distance": p.d.astype(int), "mirrored": flag})
+             for p, offset, flag in found if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=["i", "j", "distance", "mirrored"])
+    edges = pd.concat(parts, ignore_index=True)
+    edges = edges[edges["i"] != edges["j"]]
+    edges[["i", "j"]] = np.sort(edges[["i", "j"]].to_numpy(), axis=1)
+    edges = edges.sort_values(["i", "j", "distance", "mirrored"]).drop_duplicates(["i", "j"])
+    users = table["user_id"].to_numpy()
+    same = users[edges["i"]] == users[edges["j"]]
+    limit = np.where(same, cfg.within_user_distance, cfg.cross_user_distance)
+    return edges[edges["distance"].to_numpy() <= limit].reset_index(drop=True)
 
 
-def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig) -> pd.DataFrame:
-    """Duplicate clusters with a keep/drop decision per member; photos in no cluster are absent.
+def relation(a: pd.Series, b: pd.Series, mirror: bool) -> tuple[str, int]:
+    """How photo a relates to photo b: exact (bytes), pixel (decoded pixels), near or mirror, and the distance."""
+    if a["sha256"] == b["sha256"]:
+        return "exact", 0
+    if a["pixel_hash"] == b["pixel_hash"]:
+        return "pixel", 0
+    x = int(a["phash"], 16)
+    d = (x ^ int(b["phash"], 16)).bit_count()
+    dm = (x ^ int(b["phash_mirror"], 16)).bit_count() if mirror else 99
+    return ("mirror", dm) if dm < d else ("near", d)
 
-    Exact copies (same bytes, or same decoded pixels) are clustered across users; near duplicates (pHash
-    within ``phash_max_distance``, mirrored or not) within one user. Each cluster keeps its best copy; every
-    dropped row points at the kept one and says how it relates to it.
+
+def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every duplicate cluster with a decision per member; photos in no cluster are absent.
+
+    ``action`` is keep, drop (with ``kept_photo_id``), group (kept; users share a split) or flag (kept, reported).
+    Index photos appear with ``source`` index and action keep, as the reference their duplicates point to.
     """
-    photos = _best_first(photos).reset_index(drop=True)
-    uf = UnionFind(len(photos))
+    new = photos[INDEX_COLUMNS].assign(source="new")
+    old = (index if index is not None else pd.DataFrame(columns=INDEX_COLUMNS))[INDEX_COLUMNS]
+    old = old[~old["photo_id"].isin(new["photo_id"])].assign(source="index")
+    table = pd.concat([rank(new), rank(old)], ignore_index=True) if len(old) else rank(new)
+    n_new = len(new)
+    uf = UnionFind(len(table))
     for col in ("sha256", "pixel_hash"):
-        for idx in photos.groupby(col, sort=False).indices.values():
+        for idx in table.groupby(col, sort=False).indices.values():
             for j in idx[1:]:
                 uf.union(int(idx[0]), int(j))
-    ph = hashes_to_uint64(photos["phash"])
-    pm = hashes_to_uint64(photos["phash_mirror"]) if cfg.mirror else None
-    for idx in photos.groupby("user_id", sort=False).indices.values():
-        if len(idx) > 1:
-            for i, j, _, _ in near_pairs(ph[idx], None if pm is None else pm[idx], cfg.phash_max_distance):
-                uf.union(int(idx[i]), int(idx[j]))
-    roots = np.array([uf.find(i) for i in range(len(photos))])
+    edges = hash_edges(table, n_new, cfg)
+    for i, j in zip(edges["i"], edges["j"], strict=True):
+        uf.union(int(i), int(j))
+    best = rank(table.reset_index(names="_row"))["_row"].tolist()
     rows: list[dict[str, Any]] = []
-    for root in sorted(set(roots[np.bincount(roots, minlength=len(photos))[roots] > 1].tolist())):
-        kept = photos.iloc[root]
-        for m in np.flatnonzero(roots == root):
-            p = photos.iloc[m]
-            kind, dist = _relation(p, kept, cfg.mirror)
-            rows.append({"photo_id": p["photo_id"], "user_id": p["user_id"], "cluster": kept["photo_id"],
-                         "action": "keep" if m == root else "drop", "kept_photo_id": kept["photo_id"],
-                         "kind": kind if m != root else "", "distance": dist})
-    return frame(rows, DUPLICATE_COLUMNS).sort_values(["cluster", "action", "photo_id"],
-                                                       ascending=[True, False, True], ignore_index=True)
+    for members in uf.groups(best):
+        if len(members) > 1:
+            rows += decide(table, members, edges, cfg)
+    out = frame(rows, DUPLICATE_COLUMNS)
+    return out.sort_values(["cluster", "photo_id"], ignore_index=True)
 
 
-def _relation(p: pd.Series, kept: pd.Series, mirror: bool) -> tuple[str, int]:
-    """How a cluster member relates to the kept copy: exact, pixel, near or mirrored, and the pHash distance."""
-    if p["sha256"] == kept["sha256"]:
-        return "exact", 0
-    if p["pixel_hash"] == kept["pixel_hash"]:
-        return "pixel", 0
-    a = int(p["phash"], 16)
-    d = (a ^ int(kept["phash"], 16)).bit_count()
-    if mirror:
-        dm = (a ^ int(kept["phash_mirror"], 16)).bit_count()
-        if dm < d:
-            return "mirrored", dm
-    return "near", d
+def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: DedupConfig) -> list[dict[str, Any]]:
+    """Decisions for one cluster whose members are given best-first."""
+    users = table["user_id"]
+    inside = edges[edges["i"].isin(members) & edges["j"].isin(members)]
+    same_user = UnionFind(len(table))
+    exact = UnionFind(len(table))
+    for col in ("sha256", "pixel_hash"):
+        for idx in table.loc[members].groupby(col, sort=False).indices.values():
+            for j in idx[1:]:
+                exact.union(members[idx[0]], members[j])
+                if users[members[idx[0]]] == users[members[j]]:
+                    same_user.union(members[idx[0]], members[j])
+    for i, j in zip(inside["i"], inside["j"], strict=True):
+        if users[i] == users[j]:
+            same_user.union(int(i), int(j))
+    decision: dict[int, tuple[str, int, str]] = {}
+    for group in same_user.groups(members):
+        for m in group[1:]:
+            decision[m] = ("drop", group[0], "a better copy by the same user is kept")
+    survivors = [m for m in members if m not in decision]
+    for group in exact.groups(survivors):
+        for m in group[1:]:
+            decision[m] = ("drop", group[0], "an identical copy uploaded by another user is kept")
+    survivors = [m for m in members if m not in decision]
+    head = survivors[0]
+    cross = {users[m] for m in survivors}
+    for m in survivors:
+        if len(cross) == 1 or m == head:
+            decision[m] = ("keep", m, "best copy")
+        elif cfg.cross_user_policy == "drop":
+            decision[m] = ("drop", head, "near copy of another user's photo (cross_user_policy = drop)")
+        elif cfg.cross_user_policy == "group":
+            decision[m] = ("group", m, "near copy of another user's photo; the users share a split")
+        else:
+            decision[m] = ("flag", m, "near copy of another user's photo, kept for review")
+    if cfg.cross_user_policy == "group" and len(cross) > 1:
+        decision[head] = ("group", head, "best copy; near copies by other users share its split")
+    cluster = table.at[head, "photo_id"]
+    rows = []
+    for m in members:
+        action, ref, reason = decision[m]
+        if table.at[m, "source"] == "index" and action == "drop":
+            action, ref, reason = "keep", m, "published by an earlier build"
+        kind, distance = relation(table.loc[m], table.loc[ref], cfg.mirror) if ref != m else ("", 0)
+        if action in ("group", "flag") and m != head:
+            kind, distance = relation(table.loc[m], table.loc[head], cfg.mirror)
+        rows.append({"cluster": cluster, "photo_id": table.at[m, "photo_id"], "user_id": users[m],
+                     "source": table.at[m, "source"], "action": action,
+                     "kept_photo_id": table.at[ref, "photo_id"], "kind": kind, "distance": distance,
+                     "reason": reason})
+    return rows
+
+
+def user_links(duplicates: pd.DataFrame, policy: str) -> list[tuple[str, str]]:
+    """Pairs of users that must share a split: with policy 'group', every cross-user cluster binds its users."""
+    if policy != "group" or duplicates.empty:
+        return []
+    links = set()
+    for _, members in duplicates.groupby("cluster"):
+        users = sorted(set(members["user_id"]))
+        links.update((users[0], u) for u in users[1:])
+    return sorted(links)
+
+
+def index_table(photos: pd.DataFrame, duplicates: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
+    """The hash index a later build checks its uploads against: the previous index plus this build's keepers."""
+    dropped = set(duplicates.loc[duplicates["action"] == "drop", "photo_id"])
+    fresh = photos.loc[~photos["photo_id"].isin(dropped), INDEX_COLUMNS]
+    parts = [fresh] + ([previous.loc[~previous["photo_id"].isin(photos["photo_id"]), INDEX_COLUMNS]]
+                       if previous is not None and len(previous) else [])
+    return pd.concat(parts, ignore_index=True).sort_values("photo_id", ignore_index=True)

@@ -1,64 +1,149 @@
-"""Ingest: decode every photo once, check it, and record the signals later stages need."""
+"""Ingest: read and decode every photo exactly once, check it, and record the signals later stages need."""
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import imagehash
+import cv2
 import numpy as np
 import pandas as pd
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import IngestConfig
+from pipeline.stages.phash import phash_pair, to_hex
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 
-SIGNAL_COLUMNS = ["format", "width", "height", "orientation", "sha256", "pixel_hash", "phash", "phash_mirror",
-                  "brightness"]
+pillow_heif.register_heif_opener()
+
+SIGNAL_COLUMNS = ["format", "mode", "width", "height", "orientation", "bytes", "sha256", "pixel_hash", "phash",
+                  "phash_mirror", "brightness", "sharpness", "faces", "face_x", "face_y", "face_w", "face_h"]
+ANALYSIS_SIDE = 640  # sharpness and faces are measured at this longer side, so thresholds do not depend on size
+FACE_SIDE = 480
 
 
-def load_oriented(path: str | Path) -> Image.Image:
-    """Decode a photo with its EXIF orientation applied, as 8-bit RGB."""
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
+class Unusable(ValueError):
+    """A photo that cannot enter the dataset; ``code`` is the stable reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
-def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
-    """Signals of one encoded photo; raises ValueError with a reason code and message when it is unusable."""
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and 32-bit greys are scaled, not clipped; alpha and palettes are flattened."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        scale = 257.0 if a.max(initial=0) > 255 else 1.0
+        im = Image.fromarray(np.clip(np.round(a / scale), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "P":
+        im = im.convert("RGBA")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+_local = threading.local()
+
+
+def _face_detector() -> cv2.CascadeClassifier:
+    """OpenCV's bundled frontal-face Haar cascade, one instance per thread (detection is not thread-safe)."""
+    if not hasattr(_local, "faces"):
+        _local.faces = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    return _local.faces
+
+
+def shrink(grey: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The image with its longer side at most ``side`` pixels, and the scale applied."""
+    h, w = grey.shape
+    s = min(1.0, side / max(h, w))
+    if s == 1.0:
+        return grey, 1.0
+    return cv2.resize(grey, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA), s
+
+
+def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Frontal faces as (x, y, w, h) in the image's pixels, largest first."""
+    small, s = shrink(grey, FACE_SIDE)
+    found = _face_detector().detectMultiScale(cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5,
+                                              minSize=(max(12, int(0.06 * min(small.shape))),) * 2)
+    boxes = [tuple(round(v / s) for v in box) for box in found]
+    return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
+
+
+def decode(data: bytes, cfg: IngestConfig) -> tuple[Image.Image, str, str, int]:
+    """Decode one upload: (oriented 8-bit RGB image, format, original mode, EXIF orientation).
+
+    Raises Unusable for empty, unreadable, corrupt, animated, oversized or unsupported files.
+    """
+    if not data:
+        raise Unusable("empty_file", "the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(BytesIO(data))
-            fmt = im.format or ""
+            fmt = "JPEG" if im.format == "MPO" else (im.format or "")
+            if fmt not in cfg.formats:
+                raise Unusable("unsupported_format", f"{fmt or 'unknown'} is not an accepted format "
+                               f"({', '.join(cfg.formats)})")
             if im.width * im.height > cfg.max_pixels:
-                raise ValueError("too_many_pixels", f"{im.width}x{im.height} exceeds max_pixels={cfg.max_pixels}")
+                raise Unusable("too_many_pixels", f"{im.width}x{im.height} exceeds ingest.max_pixels="
+                               f"{cfg.max_pixels}")
+            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":
+                raise Unusable("animated", f"animated image with {im.n_frames} frames; a still photo is needed")
             orientation = int(im.getexif().get(0x0112, 1) or 1)
+            mode = im.mode
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError("too_many_pixels", str(e)) from None
+        raise Unusable("too_many_pixels", str(e)) from None
     except UnidentifiedImageError:
-        raise ValueError("not_an_image", "the file is not a readable image") from None
-    except (OSError, SyntaxError) as e:
-        raise ValueError("corrupt_image", f"cannot decode: {e}") from None
-    rgb = ImageOps.exif_transpose(im).convert("RGB")
+        raise Unusable("not_an_image", "the content is not a readable image") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, Unusable):
+            raise
+        raise Unusable("corrupt_image", f"cannot decode: {e}") from None
+    return to_rgb(ImageOps.exif_transpose(im)), fmt, mode, orientation
+
+
+def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
+    """Everything later stages need from one photo, from a single decode."""
+    rgb, fmt, mode, orientation = decode(data, cfg)
     w, h = rgb.size
     if min(w, h) < cfg.min_side:
-        raise ValueError("too_small", f"{w}x{h} has a side below min_side={cfg.min_side}")
+        raise Unusable("too_small", f"{w}x{h} has a side below ingest.min_side={cfg.min_side}")
     pixels = np.asarray(rgb)
-    grey = rgb.convert("L")
+    grey = np.asarray(rgb.convert("L"))
+    ph, mirror = phash_pair(grey)
+    small, _ = shrink(grey, ANALYSIS_SIDE)
+    faces = detect_faces(grey) if cfg.detect_faces else []
+    fx, fy, fw, fh = faces[0] if faces else (0, 0, 0, 0)
     return {
-        "format": fmt, "width": w, "height": h, "orientation": orientation,
+        "format": fmt, "mode": mode, "width": w, "height": h, "orientation": orientation, "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
-        "pixel_hash": hashlib.sha256(f"{w}x{h}".encode() + pixels.tobytes()).hexdigest(),
-        "phash": str(imagehash.phash(grey)),
-        "phash_mirror": str(imagehash.phash(ImageOps.mirror(grey))),
-        "brightness": round(float(np.asarray(grey, dtype=np.float32).mean()) / 255.0, 4),
+        "pixel_hash": hashlib.sha256(f"{w}x{h}:".encode() + pixels.tobytes()).hexdigest(),
+        "phash": to_hex(ph), "phash_mirror": to_hex(mirror),
+        "brightness": round(float(grey.mean()) / 255.0, 4),
+        "sharpness": round(float(cv2.Laplacian(small, cv2.CV_64F).var()), 2),
+        "faces": len(faces), "face_x": fx, "face_y": fy, "face_w": fw, "face_h": fh,
     }
+
+
+def read_photo(path: str, root: Path) -> bytes:
+    """The bytes of a photo that must live under ``root`` (symlinks included)."""
+    p = Path(path)
+    try:
+        if not p.resolve().is_relative_to(root.resolve()):
+            raise Unusable("outside_root", f"resolves to {p.resolve()}, outside the photo root {root}")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise Unusable("missing_file", "no such file") from None
+    except IsADirectoryError:
+        raise Unusable("missing_file", "the path is a directory") from None
+    except OSError as e:
+        raise Unusable("unreadable", e.strerror or str(e)) from None
 
 
 def ingest(photos: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -67,19 +152,16 @@ def ingest(photos: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.Da
     rejected: list[dict[str, Any]] = []
     for rec in photos.to_dict("records"):
         try:
-            data = _read_inside(rec["path"])
+            data = read_photo(rec["path"], Path(rec["manifest"]).parent)
             kept.append(rec | photo_signals(data, cfg))
-        except ValueError as e:
-            code, message = e.args if len(e.args) == 2 else ("unreadable", str(e))
-            rejected.append(rejection("ingest", "photo", code, f"{rec['path']}: {message}",
-                                      file=rec["manifest"], row=rec["row"], photo_id=rec["photo_id"]))
+        except Unusable as e:
+            rejected.append(rejection("ingest", "photo", e.code, f"{rec['path']}: {e}", file=rec["manifest"],
+                                      row=rec["row"], photo_id=rec["photo_id"]))
     return frame(kept, list(photos.columns) + SIGNAL_COLUMNS), frame(rejected, REJECTION_COLUMNS)
 
 
-def _read_inside(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ValueError("missing_file", "no such file") from None
-    except OSError as e:
-        raise ValueError("unreadable", e.strerror or str(e)) from None
+def load_oriented(path: str | Path) -> Image.Image:
+    """Decode a photo with its EXIF orientation applied, as 8-bit RGB."""
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(ImageOps.exif_transpose(im))

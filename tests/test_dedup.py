@@ -1,0 +1,112 @@
+"""Dedup: each duplicate kind, the keep decision, cross-user policies, the incremental index, real variants."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from pipeline.config import DedupConfig, IngestConfig
+from pipeline.io.manifest import read_manifest
+from pipeline.stages.dedup import find_duplicates, index_table, user_links
+from pipeline.stages.ingest import ingest
+from tests.conftest import realdata, write_jpeg
+
+CFG = IngestConfig(min_side=32)
+
+
+def _ingest(folder: Path, rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    lines = ["photo_id,user_id,path,submitted_at"] + [",".join((p, u, f, "")) for p, u, f in rows]
+    (folder / "photos.csv").write_text("\n".join(lines) + "\n")
+    kept, rejected = ingest(read_manifest(folder / "photos.csv")[0], CFG)
+    assert rejected.empty, rejected
+    return kept
+
+
+@pytest.fixture
+def variants(tmp_path) -> Path:
+    """One photo and every kind of copy of it (lossy ones a little smaller, so the original is the best copy)."""
+    base = Image.open(write_jpeg(tmp_path / "base.jpg", 5, size=(640, 480)))
+    smaller = base.resize((632, 474))
+    smaller.save(tmp_path / "recompressed.jpg", quality=60)
+    base.resize((320, 240)).save(tmp_path / "resized.jpg", quality=90)
+    base.crop((12, 9, 628, 471)).save(tmp_path / "cropped.jpg", quality=90)  # ~4% off the sides
+    ImageEnhance.Brightness(smaller).enhance(1.25).save(tmp_path / "brighter.jpg", quality=90)
+    ImageOps.mirror(smaller).save(tmp_path / "mirrored.jpg", quality=90)
+    base.save(tmp_path / "lossless.png")  # same decoded pixels, other bytes
+    (tmp_path / "copy.jpg").write_bytes((tmp_path / "base.jpg").read_bytes())
+    write_jpeg(tmp_path / "other.jpg", 99, size=(640, 480))
+    return tmp_path
+
+
+KINDS = {"recompressed": "near", "resized": "near", "cropped": "near", "brighter": "near", "mirrored": "mirror",
+         "lossless": "pixel", "copy": "exact"}
+
+
+def test_every_kind_of_copy_by_one_user_is_dropped_for_the_best(variants):
+    photos = _ingest(variants, [("base", "u1", "base.jpg"), ("other", "u1", "other.jpg")]
+                     + [(k, "u1", f"{k}.{'png' if k == 'lossless' else 'jpg'}") for k in KINDS])
+    found = find_duplicates(photos, DedupConfig()).set_index("photo_id")
+    assert "other" not in found.index
+    kept = found[found["action"] == "keep"]
+    assert kept.index.tolist() == ["base"]  # largest, then sharpest, then earliest, then first id
+    for name, kind in KINDS.items():
+        row = found.loc[name]
+        assert row["action"] == "drop" and row["kept_photo_id"] == "base"
+        assert row["kind"] == kind and row["distance"] <= 10, (name, row["kind"], row["distance"])
+
+
+def test_mirror_copies_are_missed_without_the_mirror_hash(variants):
+    photos = _ingest(variants, [("base", "u1", "base.jpg"), ("mirrored", "u1", "mirrored.jpg")])
+    assert len(find_duplicates(photos, DedupConfig())) == 2
+    assert find_duplicates(photos, DedupConfig(mirror=False)).empty
+
+
+def test_best_copy_is_largest_then_sharpest(variants):
+    Image.open(variants / "base.jpg").resize((40, 30)).resize((640, 480)).save(variants / "blurred.jpg")
+    photos = _ingest(variants, [("a_small", "u1", "resized.jpg"), ("b_blurred", "u1", "blurred.jpg"),
+                                ("c_base", "u1", "base.jpg")])
+    found = find_duplicates(photos, DedupConfig(within_user_distance=16)).set_index("photo_id")
+    assert found.loc["c_base", "action"] == "keep"
+    assert (found.drop("c_base")["kept_photo_id"] == "c_base").all()
+
+
+@pytest.mark.parametrize("policy,action", [("group", "group"), ("flag", "flag"), ("drop", "drop")])
+def test_cross_user_near_copies_follow_the_policy(variants, policy, action):
+    photos = _ingest(variants, [("p1", "u1", "base.jpg"), ("p2", "u2", "resized.jpg"), ("p3", "u3", "copy.jpg")])
+    found = find_duplicates(photos, DedupConfig(cross_user_policy=policy)).set_index("photo_id")
+    assert found.loc["p3", "action"] == "drop" and found.loc["p3", "kind"] == "exact"  # identical: always one
+    assert found.loc["p2", "action"] == action
+    links = user_links(found.reset_index(), policy)
+    assert links == ([("u1", "u2"), ("u1", "u3")] if policy == "group" else [])
+
+
+def test_cross_user_threshold_is_separate(variants):
+    photos = _ingest(variants, [("p1", "u1", "base.jpg"), ("p2", "u2", "brighter.jpg")])
+    assert len(find_duplicates(photos, DedupConfig(cross_user_distance=10))) == 2
+    assert find_duplicates(photos, DedupConfig(cross_user_distance=0)).empty
+
+
+def test_new_uploads_are_checked_against_an_earlier_index(variants):
+    first = _ingest(variants, [("p1", "u1", "base.jpg"), ("p9", "u9", "other.jpg")])
+    index = index_table(first, find_duplicates(first, DedupConfig()), None)
+    new = _ingest(variants, [("p2", "u1", "cropped.jpg"), ("p3", "u2", "mirrored.jpg")])
+    found = find_duplicates(new, DedupConfig(), index).set_index("photo_id")
+    assert found.loc["p1", "source"] == "index" and found.loc["p1", "action"] == "group"
+    assert found.loc["p2", "action"] == "drop" and found.loc["p2", "kept_photo_id"] == "p1"
+    assert found.loc["p3", "action"] == "group" and found.loc["p3", "kind"] == "mirror"
+    assert "p9" not in found.index
+    merged = index_table(new, found.reset_index(), index)
+    assert merged["photo_id"].tolist() == ["p1", "p3", "p9"]
+
+
+def test_imagededup_variants_resize_and_flip_are_found_rotation_is_not():
+    folder = realdata("imagededup", "data", "mixed_images")
+    names = ["ukbench00120", "ukbench00120_resize", "ukbench00120_hflip", "ukbench00120_rotation", "ukbench09268"]
+    photos = _ingest(folder, [(n, "u1", f"{n}.jpg") for n in names])
+    found = find_duplicates(photos, DedupConfig()).set_index("photo_id")
+    assert found.loc["ukbench00120", "action"] == "keep"
+    assert found.loc["ukbench00120_resize", "kind"] == "near"
+    assert found.loc["ukbench00120_hflip", "kind"] == "mirror"
+    assert "ukbench00120_rotation" not in found.index  # a 90-degree turn is beyond a perceptual hash
+    assert "ukbench09268" not in found.index

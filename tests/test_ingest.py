@@ -1,0 +1,128 @@
+"""Ingest: every bad upload is rejected with a named reason; good ones of any mode come out as oriented RGB."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import IngestConfig
+from pipeline.io.manifest import read_manifest
+from pipeline.stages.ingest import Unusable, detect_faces, ingest, photo_signals
+from tests.conftest import realdata, write_jpeg
+
+CFG = IngestConfig(min_side=32)
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _huge_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with almost no data behind it."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _code(data: bytes, cfg: IngestConfig = CFG) -> str:
+    with pytest.raises(Unusable) as e:
+        photo_signals(data, cfg)
+    return e.value.code
+
+
+def test_bad_uploads_are_rejected_with_named_reasons(tmp_path):
+    jpeg = write_jpeg(tmp_path / "a.jpg", 1).read_bytes()
+    frames = [Image.new("RGB", (64, 64), (40 * i, 0, 0)) for i in range(3)]
+    assert _code(jpeg[: len(jpeg) // 2]) == "corrupt_image"
+    assert _code(b"") == "empty_file"
+    assert _code(b"this is a text file named photo.jpg\n") == "not_an_image"
+    assert _code(_huge_png_header(100_000, 100_000)) == "too_many_pixels"
+    assert _code(_encode(frames[0], "GIF", save_all=True, append_images=frames[1:])) == "unsupported_format"
+    gif_ok = IngestConfig(min_side=32, formats=["GIF"])
+    assert _code(_encode(frames[0], "GIF", save_all=True, append_images=frames[1:]), gif_ok) == "animated"
+    assert _code(_encode(frames[0], "WEBP", save_all=True, append_images=frames[1:])) == "animated"
+    assert _code(_encode(Image.new("RGB", (40, 20)), "PNG")) == "too_small"
+
+
+@pytest.mark.parametrize("im,fmt,mode,pixel", [
+    (Image.new("CMYK", (64, 48), (0, 255, 255, 0)), "JPEG", "CMYK", (255, 0, 0)),
+    (Image.fromarray(np.full((48, 64), 65535, np.uint16)), "PNG", "I;16", (255, 255, 255)),
+    (Image.fromarray(np.full((48, 64), 32896, np.uint16)), "PNG", "I;16", (128, 128, 128)),
+    (Image.new("P", (64, 48), 3), "PNG", "P", (3, 3, 3)),
+    (Image.new("RGBA", (64, 48), (10, 20, 30, 0)), "PNG", "RGBA", (10, 20, 30)),
+    (Image.new("LA", (64, 48), (90, 255)), "PNG", "LA", (90, 90, 90)),
+    (Image.new("RGB", (64, 48), (200, 40, 40)), "WEBP", "RGB", None),
+    (Image.new("RGB", (64, 48), (200, 40, 40)), "HEIF", "RGB", None),
+])
+def test_every_accepted_mode_and_format_becomes_8bit_rgb(im, fmt, mode, pixel):
+    if im.mode == "P":
+        im.putpalette([v for i in range(256) for v in (i, i, i)])
+    sig = photo_signals(_encode(im, fmt, **({"lossless": True} if fmt == "WEBP" else {})), CFG)
+    assert (sig["format"], sig["mode"], sig["width"], sig["height"]) == (fmt, mode, 64, 48)
+    if pixel is not None:
+        from pipeline.stages.ingest import decode
+
+        rgb = np.asarray(decode(_encode(im, fmt), CFG)[0])
+        assert np.abs(rgb[0, 0].astype(int) - np.array(pixel)).max() <= 2
+
+
+def test_exif_rotated_photo_reports_oriented_size(tmp_path):
+    src = write_jpeg(tmp_path / "a.jpg", 4, size=(160, 120))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sig = photo_signals(_encode(Image.open(src), "JPEG", exif=exif), CFG)
+    assert (sig["width"], sig["height"], sig["orientation"]) == (120, 160, 6)
+
+
+def test_format_comes_from_the_content_not_the_name(tmp_path):
+    folder = realdata("imagededup", "data", "formats_images")
+    for name in ("ukbench09380.bmp", "ukbench09380.png", "ukbench09380.svg"):
+        assert photo_signals((folder / name).read_bytes(), CFG)["format"] == "JPEG"
+    assert photo_signals((folder / "ukbench09380.webp").read_bytes(), CFG)["format"] == "WEBP"
+
+
+def test_ingest_batch_rejects_missing_and_escaping_files_and_keeps_good_ones(tmp_path):
+    write_jpeg(tmp_path / "ok.jpg", 1)
+    outside = write_jpeg(tmp_path.parent / f"{tmp_path.name}_outside.jpg", 2)
+    (tmp_path / "link.jpg").symlink_to(outside)
+    (tmp_path / "photos.csv").write_text("photo_id,user_id,path\na,u,ok.jpg\nb,u,none.jpg\nc,u,link.jpg\n"
+                                         "d,u,../x.jpg\n")
+    manifest, bad_rows = read_manifest(tmp_path / "photos.csv")
+    kept, rejected = ingest(manifest, CFG)
+    assert kept["photo_id"].tolist() == ["a"]
+    assert dict(zip(rejected["photo_id"], rejected["reason"], strict=True)) == {"b": "missing_file",
+                                                                                "c": "outside_root"}
+    assert rejected.set_index("photo_id").loc["c", "row"] == 4
+    assert bad_rows["row"].tolist() == [5] and "escapes" in bad_rows["message"].iloc[0]
+
+
+def test_signals_are_recorded(tmp_path):
+    sig = photo_signals(write_jpeg(tmp_path / "a.jpg", 3, size=(320, 240)).read_bytes(), CFG)
+    assert len(sig["sha256"]) == 64 and len(sig["pixel_hash"]) == 64 and len(sig["phash"]) == 16
+    assert 0 <= sig["brightness"] <= 1 and sig["sharpness"] > 0
+    blurred = Image.open(tmp_path / "a.jpg").resize((40, 30)).resize((320, 240))
+    assert photo_signals(_encode(blurred, "JPEG"), CFG)["sharpness"] < sig["sharpness"] / 2
+
+
+def test_face_detector_finds_the_faces_in_a_real_photo():
+    path = realdata("labelme", "semantic_segmentation", "data_annotated", "2011_000006.jpg")
+    sig = photo_signals(path.read_bytes(), CFG)
+    assert sig["faces"] >= 3 and sig["face_w"] > 20
+    x, y, w, h = sig["face_x"], sig["face_y"], sig["face_w"], sig["face_h"]
+    assert x >= 0 and x + w <= sig["width"] and y >= 0 and y + h <= sig["height"]
+    assert detect_faces(np.zeros((200, 200), np.uint8)) == []
+
+
+def test_corrupt_file_of_imagededup_is_rejected():
+    folder = realdata("imagededup", "data", "mixed_images")
+    assert _code((folder / "ukbench09268_corrupt.jpg").read_bytes()) in ("not_an_image", "corrupt_image")
+    assert pd.notna(photo_signals((folder / "ukbench09268.jpg").read_bytes(), CFG)["phash"])
