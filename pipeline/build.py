@@ -104,6 +104,15 @@ def annotator_table(assignment_stats: pd.DataFrame, rejections: pd.DataFrame, re
     return table.round(4).reset_index().sort_values("annotator_id", ignore_index=True)
 
 
+JSON_TABLES = ("duplicates", "rejected_photos", "findings")
+"""Tables also written as JSON records, for tools that do not read CSV."""
+
+
+def records(df: pd.DataFrame) -> list[dict[str, object]]:
+    """Table rows as JSON-ready dicts (missing values become null)."""
+    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
 def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, merged: pd.DataFrame,
                   assignment_stats: pd.DataFrame, repairs: pd.DataFrame, findings: pd.DataFrame,
                   classes: pd.DataFrame, published: pd.DataFrame, cfg: Config, spec: Spec) -> dict[str, pd.DataFrame]:

@@ -63,8 +63,9 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
 
 
 @task(name="qa", **STAGE)
-def run_qa(merged: pd.DataFrame, assignments: pd.DataFrame, spec: Spec, cfg: Config) -> pd.DataFrame:
-    return qa.run_checks(merged, assignments, spec, cfg.qa)
+def run_qa(merged: pd.DataFrame, assignments: pd.DataFrame, duplicates: pd.DataFrame, spec: Spec, cfg: Config
+           ) -> pd.DataFrame:
+    return qa.run_checks(merged, assignments, duplicates, spec, cfg.qa)
 
 
 @task(name="split", **STAGE)
@@ -92,12 +93,14 @@ def publish(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) 
 
 
 @task(name="report", **STAGE)
-def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], layout: b.Layout) -> str:
+def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
+                  layout: b.Layout) -> str:
     for name, df in tables.items():
         write_csv(df, layout.reports / f"{name}.csv")
+    for name in b.JSON_TABLES:
+        write_json(b.records(tables[name]), layout.reports / f"{name}.json")
     write_json(summary, layout.reports / "qa.json")
-    html = render_report(summary, tables["findings"], tables["rejections"], tables["annotators"],
-                         tables["classes"])
+    html = render_report(summary, tables, paths)
     path = layout.reports / "qa.html"
     path.write_text(html, encoding="utf-8")
     return str(path)
@@ -132,7 +135,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                         REJECTION_COLUMNS)
     repairs = pd.concat([m.repairs for m in merged_parts], ignore_index=True)
 
-    findings = run_qa.submit(merged, assignment_stats, spec, cfg)
+    findings = run_qa.submit(merged, assignment_stats, duplicates, spec, cfg)
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], links, cfg)
     published = b.published_table(kept, merged, splits)
@@ -146,7 +149,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     summary = b.summary(spec, cfg, ledger, published, findings)
     tables = b.report_tables(rejections, duplicates, merged, assignment_stats, repairs, findings,
                              classes, published, cfg, spec)
-    return {"report": write_reports(summary, tables, layout), "dataset": str(layout.dataset), **ledger}
+    paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
+    return {"report": write_reports(summary, tables, paths, layout), "dataset": str(layout.dataset), **ledger}
 
 
 @contextmanager

@@ -63,6 +63,10 @@ def test_dataset_tree_is_complete(builds):
     assert not (out / "dataset.staging").exists()
     assert "photo_id" not in (ds / "meta.csv").read_text()
     assert (out / "reports" / "qa.html").stat().st_size > 0 and (out / "reports" / "photo_map.csv").exists()
+    for name in ("duplicates", "rejected_photos"):
+        rows = json.loads((out / "reports" / f"{name}.json").read_text())
+        assert len(rows) == len(pd.read_csv(out / "reports" / f"{name}.csv")) > 0
+    assert (out / "work" / "index.parquet").exists()
 
 
 def test_rebuild_is_byte_identical(builds):

@@ -54,7 +54,21 @@ def dataset_findings(merged: pd.DataFrame, spec: Spec) -> list[dict[str, Any]]:
             for c in spec.classes[1:] if len(merged) and int(merged[f"px_{c.name}"].sum()) == 0]
 
 
-def run_checks(merged: pd.DataFrame, assignments: pd.DataFrame, spec: Spec, cfg: QAConfig) -> pd.DataFrame:
+def duplicate_findings(duplicates: pd.DataFrame) -> list[dict[str, Any]]:
+    """Near copies across users that were kept: flagged ones for review, grouped ones for information."""
+    out = []
+    for d in duplicates[duplicates["action"].isin(["flag", "group"]) & duplicates["photo_id"].ne(
+            duplicates["cluster"])].to_dict("records"):
+        flagged = d["action"] == "flag"
+        out.append(finding("photo", d["photo_id"], "cross_user_duplicate", "warning" if flagged else "info",
+                           d["distance"], 0, f"{d['kind']} copy of {d['cluster']} by another user"
+                           + ("" if flagged else "; both kept in one split")))
+    return out
+
+
+def run_checks(merged: pd.DataFrame, assignments: pd.DataFrame, duplicates: pd.DataFrame, spec: Spec,
+               cfg: QAConfig) -> pd.DataFrame:
     """All findings, sorted by level, check and subject."""
-    rows = photo_findings(merged, spec, cfg) + annotator_findings(assignments, cfg) + dataset_findings(merged, spec)
+    rows = (photo_findings(merged, spec, cfg) + annotator_findings(assignments, cfg) + dataset_findings(merged, spec)
+            + duplicate_findings(duplicates))
     return frame(rows, FINDING_COLUMNS).sort_values(["level", "check", "subject_id"], ignore_index=True)
