@@ -44,10 +44,13 @@ class IngestConfig(Section):
 class DedupConfig(Section):
     """Duplicate detection: exact copies by bytes or pixels, near copies by mirror-aware 64-bit pHash."""
 
-    within_user_distance: int = Field(10, ge=0, le=32, description="max pHash Hamming distance of near duplicates "
+    within_user_distance: int = Field(14, ge=0, le=32, description="max pHash Hamming distance of near duplicates "
                                       "uploaded by one user")
-    cross_user_distance: int = Field(8, ge=0, le=32, description="max pHash Hamming distance of near duplicates "
+    cross_user_distance: int = Field(10, ge=0, le=32, description="max pHash Hamming distance of near duplicates "
                                      "uploaded by different users")
+    min_color_correlation: float = Field(
+        0.9, ge=-1, le=1, description="a pHash candidate is confirmed when the photos' 8x8 colour thumbnails "
+        "correlate at least this much (brightness-invariant; -1 confirms every candidate)")
     mirror: bool = Field(True, description="also compare against the mirrored photo's hash (selfie cameras mirror)")
     cross_user_policy: Literal["group", "flag", "drop"] = Field(
         "group", description="near duplicates across users: 'group' keeps both and puts the users in one split, "

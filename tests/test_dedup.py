@@ -2,13 +2,15 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from pipeline.config import DedupConfig, IngestConfig
 from pipeline.io.manifest import read_manifest
-from pipeline.stages.dedup import find_duplicates, index_table, user_links
+from pipeline.simulate import simulate
+from pipeline.stages.dedup import find_duplicates, index_table, thumb_correlation, user_links, within_group_pairs
 from pipeline.stages.ingest import ingest
 from tests.conftest import realdata, write_jpeg
 
@@ -110,3 +112,34 @@ def test_imagededup_variants_resize_and_flip_are_found_rotation_is_not():
     assert found.loc["ukbench00120_hflip", "kind"] == "mirror"
     assert "ukbench00120_rotation" not in found.index  # a 90-degree turn is beyond a perceptual hash
     assert "ukbench09268" not in found.index
+
+
+def test_within_group_pairs_enumerates_each_pair_once():
+    i, j = within_group_pairs(np.array(["a", "a", "a", "b", "c", "c"]))
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 1), (0, 2), (1, 2), (4, 5)]
+
+
+def test_colour_check_rejects_a_hash_collision_and_accepts_a_brightness_shift():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    brighter = np.clip(base.astype(int) * 1.2 + 10, 0, 255).astype(np.uint8)
+    other = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    thumbs = pd.Series([x.tobytes().hex() for x in (base, brighter, other, base[:, ::-1])])
+    corr = thumb_correlation(thumbs, np.array([0, 0, 0, 0]), np.array([1, 2, 3, 3]),
+                             np.array([False, False, False, True]))
+    assert corr[0] > 0.97 and corr[1] < 0.5 and corr[3] > 0.999 and corr[2] < corr[3]
+
+
+def test_simulated_crowd_duplicates_are_found_per_kind_with_no_false_drops(tmp_path):
+    simulate(tmp_path, photos=150, users=50, annotators=1, seed=11, size=(240, 320))
+    photos, _ = ingest(read_manifest(tmp_path / "photos.csv")[0], IngestConfig(detect_faces=False))
+    found = find_duplicates(photos, DedupConfig())
+    truth = pd.read_csv(tmp_path / "truth" / "duplicates.csv", dtype=str)
+    assert set(truth["kind"]) == {"exact_cross_user", "recompressed", "resized", "cropped", "brightness", "mirrored"}
+    drops = found[found["action"] == "drop"]
+    pairs = {frozenset(p) for p in zip(drops["photo_id"], drops["kept_photo_id"], strict=True)}
+    expected = {frozenset(p) for p in zip(truth["photo_id"], truth["original_photo_id"], strict=True)}
+    assert pairs == expected
+    assert set(found["action"]) == {"keep", "drop"}  # no unrelated users were grouped
+    cross = truth[truth["kind"] == "exact_cross_user"]
+    assert len(user_links(found, "group")) == cross["photo_id"].nunique()

@@ -14,10 +14,11 @@ import pandas as pd
 
 from pipeline.config import DedupConfig
 from pipeline.stages.hamming import near_pairs
+from pipeline.stages.ingest import THUMB_SIDE
 from pipeline.tables import DUPLICATE_COLUMNS, frame
 
 INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "sha256", "pixel_hash",
-                 "phash", "phash_mirror"]
+                 "phash", "phash_mirror", "thumb"]
 
 
 class UnionFind:
@@ -58,31 +59,71 @@ def rank(photos: pd.DataFrame) -> pd.DataFrame:
     return order.sort_values(keys, kind="stable").drop(columns=keys[:4]).reset_index(drop=True)
 
 
-def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFrame:
-    """Near-duplicate edges (i, j, distance, mirrored) between photos, each within its user-pair threshold.
+def within_group_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j), i < j, of rows that share a group label, for labels sorted so equal ones are adjacent."""
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    sizes = np.diff(np.r_[starts, len(groups)])
+    pos = np.arange(len(groups)) - np.repeat(starts, sizes)  # position of each row inside its group
+    later = np.repeat(sizes, sizes) - pos - 1  # partners after it
+    i = np.repeat(np.arange(len(groups)), later)
+    j = i + 1 + (np.arange(len(i)) - np.repeat(np.cumsum(later) - later, later))
+    return i, j
 
-    Rows ``< n_new`` are new uploads; only pairs touching a new upload are searched.
+
+def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFrame:
+    """Near-duplicate edges (i, j, distance, mirrored, correlation), each within its threshold and confirmed.
+
+    Rows ``< n_new`` are new uploads and only pairs touching one are kept. Pairs within a user are compared
+    exhaustively (users have few photos); pairs across users come from one multi-index search of all hashes.
     """
     ph = hashes_to_uint64(table["phash"])
     mirror = hashes_to_uint64(table["phash_mirror"])
-    radius = max(cfg.within_user_distance, cfg.cross_user_distance)
-    new, old = ph[:n_new], ph[n_new:]
-    found = [(near_pairs(new, radius), 0, False), (near_pairs(new, radius, old), n_new, False)]
+    r = cfg.cross_user_distance
+    new = ph[:n_new]
+    found = [(near_pairs(new, r), 0), (near_pairs(new, r, ph[n_new:]), n_new)]
+    cand_i = np.concatenate([p.i for p, _ in found]).astype(np.int64)
+    cand_j = np.concatenate([p.j + off for p, off in found]).astype(np.int64)
     if cfg.mirror:
-        found += [(near_pairs(new, radius, mirror[:n_new]), 0, True),
-                  (near_pairs(new, radius, mirror[n_new:]), n_new, True)]
-    parts = [pd.DataFrame({"i": p.i, "j": p.j + offset, "distance": p.d.astype(int), "mirrored": flag})
-             for p, offset, flag in found if len(p)]
-    if not parts:
-        return pd.DataFrame(columns=["i", "j", "distance", "mirrored"])
-    edges = pd.concat(parts, ignore_index=True)
-    edges = edges[edges["i"] != edges["j"]]
-    edges[["i", "j"]] = np.sort(edges[["i", "j"]].to_numpy(), axis=1)
-    edges = edges.sort_values(["i", "j", "distance", "mirrored"]).drop_duplicates(["i", "j"])
+        flipped = [(near_pairs(new, r, mirror[:n_new]), 0), (near_pairs(new, r, mirror[n_new:]), n_new)]
+        cand_i = np.concatenate([cand_i, *[p.i for p, _ in flipped]]).astype(np.int64)
+        cand_j = np.concatenate([cand_j, *[p.j + off for p, off in flipped]]).astype(np.int64)
     users = table["user_id"].to_numpy()
-    same = users[edges["i"]] == users[edges["j"]]
-    limit = np.where(same, cfg.within_user_distance, cfg.cross_user_distance)
-    return edges[edges["distance"].to_numpy() <= limit].reset_index(drop=True)
+    order = np.argsort(users, kind="stable")
+    ui, uj = within_group_pairs(users[order])
+    cand_i = np.concatenate([cand_i, order[ui]])
+    cand_j = np.concatenate([cand_j, order[uj]])
+    i, j = np.minimum(cand_i, cand_j), np.maximum(cand_i, cand_j)
+    keep = (i != j) & (i < n_new)
+    pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
+    i, j = pairs[:, 0], pairs[:, 1]
+    plain = np.bitwise_count(ph[i] ^ ph[j]).astype(int)
+    flip = (np.minimum(np.bitwise_count(ph[i] ^ mirror[j]), np.bitwise_count(mirror[i] ^ ph[j])).astype(int)
+            if cfg.mirror else np.full(len(i), 99))
+    distance = np.minimum(plain, flip)
+    limit = np.where(users[i] == users[j], cfg.within_user_distance, cfg.cross_user_distance)
+    edges = pd.DataFrame({"i": i, "j": j, "distance": distance, "mirrored": flip < plain})[distance <= limit]
+    edges["correlation"] = thumb_correlation(table["thumb"], edges["i"].to_numpy(), edges["j"].to_numpy(),
+                                             edges["mirrored"].to_numpy(bool))
+    return edges[edges["correlation"] >= cfg.min_color_correlation].reset_index(drop=True)
+
+
+def thumb_correlation(thumbs: pd.Series, i: np.ndarray, j: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the photos' colour thumbnails, j's mirrored where the pair is a mirror pair.
+
+    Each channel is centred on its own mean and the three are scaled together, so brightness, contrast and
+    white-balance shifts do not count, and a nearly flat channel does not amplify its noise.
+    """
+    if not len(i):
+        return np.zeros(0)
+    rows, pos = np.unique(np.concatenate([i, j]), return_inverse=True)
+    side = THUMB_SIDE
+    cube = np.frombuffer(bytes.fromhex("".join(thumbs.to_numpy()[rows])), np.uint8).reshape(len(rows), side, side, 3)
+    a, b = cube[pos[: len(i)]].astype(np.float64), cube[pos[len(i):]].astype(np.float64)
+    b[mirrored] = b[mirrored][:, :, ::-1]
+    a -= a.mean(axis=(1, 2), keepdims=True)
+    b -= b.mean(axis=(1, 2), keepdims=True)
+    dot = (a * b).sum(axis=(1, 2, 3))
+    return dot / np.sqrt((a * a).sum(axis=(1, 2, 3)) * (b * b).sum(axis=(1, 2, 3)) + 1e-9)
 
 
 def relation(a: pd.Series, b: pd.Series, mirror: bool) -> tuple[str, int]:

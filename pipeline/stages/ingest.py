@@ -22,7 +22,8 @@ from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 pillow_heif.register_heif_opener()
 
 SIGNAL_COLUMNS = ["format", "mode", "width", "height", "orientation", "bytes", "sha256", "pixel_hash", "phash",
-                  "phash_mirror", "brightness", "sharpness", "faces", "face_x", "face_y", "face_w", "face_h"]
+                  "phash_mirror", "thumb", "brightness", "sharpness", "faces", "face_x", "face_y", "face_w", "face_h"]
+THUMB_SIDE = 8  # the colour thumbnail that confirms near-duplicate candidates
 ANALYSIS_SIDE = 640  # sharpness and faces are measured at this longer side, so thresholds do not depend on size
 FACE_SIDE = 480
 
@@ -125,6 +126,7 @@ def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
         "sha256": hashlib.sha256(data).hexdigest(),
         "pixel_hash": hashlib.sha256(f"{w}x{h}:".encode() + pixels.tobytes()).hexdigest(),
         "phash": to_hex(ph), "phash_mirror": to_hex(mirror),
+        "thumb": cv2.resize(pixels, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).tobytes().hex(),
         "brightness": round(float(grey.mean()) / 255.0, 4),
         "sharpness": round(float(cv2.Laplacian(small, cv2.CV_64F).var()), 2),
         "faces": len(faces), "face_x": fx, "face_y": fy, "face_w": fw, "face_h": fh,
