@@ -16,6 +16,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class SourceConfig(Section):
+    """One more annotation file, in any supported tool's export format."""
+
+    path: str = Field(description="the export file (or folder, for LabelMe)")
+    format: Literal["auto", "jsonl", "cvat", "coco", "labelme", "label_studio", "toloka"] = Field(
+        "auto", description="export format; auto detects it from the content")
+    annotator: str = Field("", description="annotator id for formats that do not record one (CVAT, COCO, LabelMe)")
+    label_map: dict[str, str] = Field(default_factory=dict, description="source label -> spec class name")
+
+
 class InputsConfig(Section):
     """Where the raw material is. Relative paths are relative to the config file."""
 
@@ -23,6 +33,7 @@ class InputsConfig(Section):
     annotations: str = Field("annotations.jsonl", description="annotations, native JSONL (one line per assignment)")
     spec: str = Field("easyportrait", description="annotation spec: a bundled name or a YAML path")
     label_map: dict[str, str] = Field(default_factory=dict, description="source label -> spec class name")
+    sources: list[SourceConfig] = Field(default_factory=list, description="more annotation files from other tools")
 
 
 class OutputConfig(Section):
@@ -168,6 +179,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 
 def _toml_value(v: Any) -> str:
+    if isinstance(v, BaseModel):
+        v = v.model_dump()
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

@@ -14,7 +14,9 @@ from pipeline.io.manifest import read_text
 from pipeline.spec import Spec, validation_reason
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 
-ASSIGNMENT_COLUMNS = ["assignment", "photo_id", "annotator_id", "assignment_id", "golden", "file", "row", "n_shapes"]
+ASSIGNMENT_COLUMNS = ["assignment", "photo_id", "annotator_id", "assignment_id", "golden", "file", "row", "n_shapes",
+                      "seen_width", "seen_height"]
+"""``seen_width``/``seen_height``: the image size the annotator worked on, 0 when it is the photo's own."""
 SHAPE_COLUMNS = ["assignment", "photo_id", "annotator_id", "class_id", "label", "points", "holes", "row", "index"]
 
 
@@ -46,7 +48,8 @@ def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = 
         key = f"{path.name}:{row}"
         assignments.append({"assignment": key, "photo_id": a.photo_id, "annotator_id": a.annotator_id,
                             "assignment_id": a.assignment_id or "", "golden": a.golden, "file": name, "row": row,
-                            "n_shapes": len(a.shapes)})
+                            "n_shapes": len(a.shapes), "seen_width": a.image_width or 0,
+                            "seen_height": a.image_height or 0})
         for i, s in enumerate(a.shapes):
             class_id = spec.class_id(s.label, label_map)
             if class_id is None or class_id == 0:

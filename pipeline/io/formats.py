@@ -54,4 +54,7 @@ class Assignment(BaseModel):
     assignment_id: str | None = None
     submitted_at: str | None = None
     golden: bool = Field(False, description="an expert or control answer")
+    image_width: int | None = Field(None, gt=0, description="width of the image as the annotator saw it, when it "
+                                    "was resized; points are scaled to the photo")
+    image_height: int | None = Field(None, gt=0, description="height of the image as the annotator saw it")
     shapes: list[Shape] = Field(default_factory=list)
