@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint schemas clean
+.PHONY: demo test lint schemas clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "crowdseg needs Python >= 3.11"'
@@ -21,6 +22,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# make bench: install the benchmark peers into the same venv and run the side-by-side benchmarks (~10 min).
+# imagededup goes in with --no-deps: its torch/torchvision are for its CNN only, and would pull GBs of CUDA.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q --no-deps imagededup==0.3.3.post2
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/hash_throughput.py
+	$(BIN)/python benchmarks/pair_search.py
+	$(BIN)/python benchmarks/dedup_recall.py
 
 schemas: $(STAMP)
 	$(BIN)/crowdseg schemas

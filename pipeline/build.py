@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.spec import Spec, load_spec
+from pipeline.stages.merge import REPAIR_COLUMNS, MergeResult
+from pipeline.tables import REJECTION_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -91,17 +94,73 @@ def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataF
     return jobs
 
 
-def annotator_table(assignment_stats: pd.DataFrame, rejections: pd.DataFrame, repairs: pd.DataFrame,
-                    spec: Spec) -> pd.DataFrame:
-    """Per annotator: assignments merged, mean IoU overall and per class, shapes repaired and rejected."""
-    crowd = assignment_stats[~assignment_stats["golden"]]
-    iou_cols = [f"iou_{c.name}" for c in spec.classes[1:]]
-    table = crowd.groupby("annotator_id").agg(assignments=("assignment", "size"), mean_iou=("mean_iou", "mean"),
-                                              **{c: (c, "mean") for c in iou_cols})
+def combine(parts: list[MergeResult]) -> MergeResult:
+    """One MergeResult from the batches' results."""
+    def cat(name: str) -> pd.DataFrame:
+        frames = [getattr(p, name) for p in parts if len(getattr(p, name))]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    result = MergeResult(*(cat(n) for n in ("photos", "assignments", "scores", "classes", "rejections",
+                                            "repairs")))
+    if result.rejections.empty:
+        result.rejections = pd.DataFrame(columns=REJECTION_COLUMNS)
+    if result.repairs.empty:
+        result.repairs = pd.DataFrame(columns=REPAIR_COLUMNS)
+    return result
+
+
+SPAM_AGREEMENT = 0.2  # on a photo, agreement below this is indistinguishable from random shapes
+
+
+def annotator_table(m: MergeResult, skills: pd.DataFrame, rejections: pd.DataFrame, spec: Spec,
+                    min_agreement: float, ban: list[str]) -> pd.DataFrame:
+    """Per annotator: photos, agreement, pooled per-class skill, swaps, spam score, repairs, rejections, status."""
+    crowd = m.assignments[~m.assignments["golden"]]
+    if crowd.empty:
+        return pd.DataFrame(columns=["annotator_id", "photos", "status"])
+    table = crowd.groupby("annotator_id").agg(
+        photos=("photo_id", "nunique"), agreement=("agreement", "mean"), mean_iou=("mean_iou", "mean"),
+        swaps=("swapped", "sum"), excluded=("excluded", lambda e: int((e != "").sum())),
+        spam_score=("agreement", lambda a: float((a.fillna(1.0) < SPAM_AGREEMENT).mean())))
+    if len(skills):
+        wide = skills.assign(name=skills["class_id"].map(lambda c: f"skill_{spec.classes[c].name}")).pivot(
+            index="annotator_id", columns="name", values="skill")
+        table = table.join(wide[[f"skill_{c.name}" for c in spec.classes[1:] if f"skill_{c.name}" in wide]])
+    table["shapes_repaired"] = m.repairs.groupby("annotator_id").size().reindex(table.index, fill_value=0)
     shapes_rejected = rejections[rejections["item"] == "shape"].groupby("annotator_id").size()
-    table["shapes_repaired"] = repairs.groupby("annotator_id").size().reindex(table.index, fill_value=0)
     table["shapes_rejected"] = shapes_rejected.reindex(table.index, fill_value=0)
+    table["status"] = [annotator_status(a, r, min_agreement, ban) for a, r in table.iterrows()]
     return table.round(4).reset_index().sort_values("annotator_id", ignore_index=True)
+
+
+def annotator_status(annotator: str, row: pd.Series, min_agreement: float, ban: list[str]) -> str:
+    """banned, spammer, swapper, low_agreement or ok."""
+    if annotator in ban:
+        return "banned"
+    if row["spam_score"] >= 0.5:
+        return "spammer"
+    if row["swaps"] >= max(1, row["photos"] / 2):
+        return "swapper"
+    return "low_agreement" if row["agreement"] < min_agreement else "ok"
+
+
+def reannotation_queue(agreement: pd.DataFrame, paths: dict[str, str]) -> list[dict[str, object]]:
+    """Photos that need re-annotation, as crowd tasks: the image, the classes in dispute and why."""
+    if agreement.empty:
+        return []
+    need = agreement[agreement["status"] == "needs_reannotation"].sort_values("photo_id")
+    tasks = []
+    for p in need.itertuples():
+        reasons = p.reasons.split(";")
+        disputed = [c for r in reasons if r.startswith("disputed:") for c in r.removeprefix("disputed:").split(",")]
+        tasks.append({"photo_id": p.photo_id, "image": paths.get(p.photo_id, ""), "classes": disputed or "all",
+                      "reasons": reasons})
+    return tasks
+
+
+def write_jsonl(rows: list[dict[str, object]], path: Path) -> None:
+    """One JSON object per line, keys sorted."""
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
 
 
 JSON_TABLES = ("duplicates", "rejected_photos", "findings")
@@ -113,23 +172,29 @@ def records(df: pd.DataFrame) -> list[dict[str, object]]:
     return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in df.to_dict("records")]
 
 
-def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, merged: pd.DataFrame,
-                  assignment_stats: pd.DataFrame, repairs: pd.DataFrame, findings: pd.DataFrame,
-                  classes: pd.DataFrame, published: pd.DataFrame, cfg: Config, spec: Spec) -> dict[str, pd.DataFrame]:
+def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult, skills: pd.DataFrame,
+                  findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame, cfg: Config, spec: Spec
+                  ) -> dict[str, pd.DataFrame]:
     """The tables written under ``reports/``; ``photo_map`` is private and never published."""
     from pipeline.stages.export import image_name
 
     photo_map = published[["photo_id", "user_id", "split"]].assign(
         image_name=[image_name(p, cfg.export.name_salt) for p in published["photo_id"]])
     rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
+    agreement = (m.photos.drop(columns=["mask_path", "agreement_path"]).sort_values("photo_id", ignore_index=True)
+                 if len(m.photos) else m.photos)
     return {
         "rejections": rejections,
         "rejected_photos": rejections[rejections["item"] == "photo"].reset_index(drop=True),
         "duplicates": duplicates,
-        "agreement": merged.drop(columns="mask_path").sort_values("photo_id", ignore_index=True),
-        "assignments": assignment_stats.sort_values(["photo_id", "assignment"], ignore_index=True),
-        "annotators": annotator_table(assignment_stats, rejections, repairs, spec),
-        "repairs": repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),
+        "agreement": agreement,
+        "class_agreement": m.classes.sort_values(["photo_id", "class"], ignore_index=True) if len(m.classes)
+        else m.classes,
+        "assignments": m.assignments.sort_values(["photo_id", "assignment"], ignore_index=True)
+        if len(m.assignments) else m.assignments,
+        "annotators": annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban),
+        "skills": skills,
+        "repairs": m.repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),
         "findings": findings,
         "classes": classes,
         "photo_map": photo_map[["photo_id", "image_name", "user_id", "split"]],
@@ -177,11 +242,12 @@ def preflight(cfg: Config) -> Spec:
     """
     from pipeline.errors import CrowdsegError
     from pipeline.io.manifest import read_manifest, read_text
-    from pipeline.stages.merge import class_quorum
+    from pipeline.stages.merge import class_agreement, class_quorum
 
     spec = resolve_spec(cfg)
     try:
         class_quorum(spec, cfg.merge.quorum)
+        class_agreement(spec, cfg.merge.class_agreement)
     except ValueError as e:
         raise CrowdsegError(str(e), file=cfg.source) from None
     unknown = sorted(set(cfg.inputs.label_map.values()) - set(spec.names))

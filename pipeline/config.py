@@ -73,18 +73,38 @@ class DedupConfig(Section):
 class MergeConfig(Section):
     """Fusing several annotators' polygons into one mask per photo."""
 
-    min_annotators: int = Field(1, ge=1, description="photos with fewer valid assignments are held back")
     quorum: dict[str, float] = Field(
-        default_factory=dict, description="per-class share of annotators that must draw a pixel; overrides the spec")
+        default_factory=dict, description="per-class weighted share of annotators that must draw a pixel; "
+        "overrides the spec")
+    class_agreement: dict[str, float] = Field(
+        default_factory=dict, description="per-class agreement below which a photo needs re-annotation; "
+        "overrides the spec")
+    min_agreement: float = Field(0.5, ge=0, le=1, description="on a photo, an assignment whose mean IoU with the "
+                                 "other annotators' consensus is lower is left out of the vote")
+    min_annotators: int = Field(2, ge=1, description="a photo needs this many crowd assignments left after "
+                                "exclusions (or a golden answer), else it needs re-annotation")
+    swaps: Literal["fix", "exclude"] = Field("fix", description="an assignment with left and right swapped is "
+                                             "swapped back ('fix') or left out ('exclude')")
+    swap_margin: float = Field(0.3, ge=0, description="how much better (summed IoU over left/right pairs) the "
+                               "swapped reading must agree before an assignment counts as swapped")
+    em_iterations: int = Field(1, ge=0, le=10, description="skill-estimation passes before the final vote "
+                               "(0: every annotator weighs the same)")
+    skill_prior_photos: float = Field(2.0, ge=0, description="pseudo-photos of population-average skill mixed "
+                                      "into each annotator's estimate")
+    gold_weight: float = Field(3.0, gt=0, description="how much more a score against a golden answer counts")
+    ban: list[str] = Field(default_factory=list, description="annotator ids whose work is never used")
+    ignore_below: float = Field(0.0, ge=0, le=1, description="pixels whose winning vote share is lower get the "
+                                "spec's ignore_index in the published mask (0: off)")
+    hold_disputed: bool = Field(True, description="photos that need re-annotation are held back from the dataset")
     min_shape_area_px: float = Field(2.0, ge=0, description="shapes smaller than this after repair are dropped")
     use_golden: bool = Field(True, description="a golden (expert) assignment, when present, is the photo's mask")
 
-    @field_validator("quorum")
+    @field_validator("quorum", "class_agreement")
     @classmethod
     def _shares(cls, v: dict[str, float]) -> dict[str, float]:
         for k, q in v.items():
-            if not 0 < q <= 1:
-                raise ValueError(f"quorum for {k!r} must be in (0, 1], got {q}")
+            if not 0 <= q <= 1:
+                raise ValueError(f"the value for {k!r} must be in [0, 1], got {q}")
         return v
 
 

@@ -21,7 +21,7 @@ from pipeline.io.manifest import read_manifest
 from pipeline.report.html import render_report
 from pipeline.report.write import write_csv, write_json
 from pipeline.spec import Spec
-from pipeline.stages import accounting, dedup, export, ingest, merge, qa, split
+from pipeline.stages import accounting, dedup, export, ingest, merge, qa, skill, split
 from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -54,10 +54,23 @@ def dedup_photos(photos: pd.DataFrame, cfg: Config, layout: b.Layout) -> pd.Data
     return found
 
 
+@task(name="score-batch", **STAGE)
+def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec, cfg: Config,
+                weights: dict[tuple[str, int], float]) -> pd.DataFrame:
+    return merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
+
+
+@task(name="skills", **STAGE)
+def estimate_skills(scores: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
+    model = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit(scores)
+    get_run_logger().info("skills of %d annotators", model.skills_["annotator_id"].nunique())
+    return model
+
+
 @task(name="merge-batch", **STAGE)
 def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
-                cfg: Config, layout: b.Layout) -> merge.MergeResult:
-    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, layout.masks)
+                cfg: Config, weights: dict[tuple[str, int], float], layout: b.Layout) -> merge.MergeResult:
+    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, layout.masks)
     get_run_logger().info("merged %d photos", len(result.photos))
     return result
 
@@ -74,10 +87,12 @@ def split_photos(photos: pd.DataFrame, links: list[tuple[str, str]], cfg: Config
 
 
 @task(name="export-batch", **STAGE)
-def export_batch(published: pd.DataFrame, cfg: Config, layout: b.Layout) -> int:
+def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> int:
+    share, index = cfg.merge.ignore_below, spec.ignore_index
     for p in published.itertuples(index=False):
         export.export_photo(p.path, p.mask_path, layout.staging, p.split,
-                            export.image_name(p.photo_id, cfg.export.name_salt), cfg.export.jpeg_quality)
+                            export.image_name(p.photo_id, cfg.export.name_salt), cfg.export.jpeg_quality,
+                            (p.agreement_path, share, index) if share > 0 else None)
     return len(published)
 
 
@@ -97,6 +112,7 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
                   layout: b.Layout) -> str:
     for name, df in tables.items():
         write_csv(df, layout.reports / f"{name}.csv")
+    b.write_jsonl(b.reannotation_queue(tables["agreement"], paths), layout.reports / "reannotation.jsonl")
     for name in b.JSON_TABLES:
         write_json(b.records(tables[name]), layout.reports / f"{name}.json")
     write_json(summary, layout.reports / "qa.json")
@@ -126,29 +142,34 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
         set(duplicates.loc[duplicates["action"] == "drop", "photo_id"]))
+    to_merge, repeated = merge.one_per_annotator(to_merge)
     jobs = b.merge_jobs(kept, to_merge, shapes, size)
-    merged_parts = merge_batch.map([j[0] for j in jobs], [j[1] for j in jobs], [j[2] for j in jobs],
-                                   unmapped(spec), unmapped(cfg), unmapped(layout)).result()
-    merged = pd.concat([m.photos for m in merged_parts], ignore_index=True) if merged_parts else pd.DataFrame()
-    assignment_stats = pd.concat([m.assignments for m in merged_parts], ignore_index=True)
-    rejections = concat([rejected, ingest_rejected, orphans, *[m.rejections for m in merged_parts]],
-                        REJECTION_COLUMNS)
-    repairs = pd.concat([m.repairs for m in merged_parts], ignore_index=True)
+    columns = [[j[k] for j in jobs] for k in range(3)]
+    weights: dict[tuple[str, int], float] = {}
+    for _ in range(cfg.merge.em_iterations if jobs else 0):
+        scores = score_batch.map(*columns, unmapped(spec), unmapped(cfg), unmapped(weights)).result()
+        weights = estimate_skills(pd.concat(scores, ignore_index=True), cfg).weights()
+    m = b.combine(merge_batch.map(*columns, unmapped(spec), unmapped(cfg), unmapped(weights),
+                                  unmapped(layout)).result())
+    skills = estimate_skills(m.scores, cfg).skills_ if len(m.scores) else pd.DataFrame()
+    held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
+    merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])] if len(m.photos) else m.photos
+    rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
 
-    findings = run_qa.submit(merged, assignment_stats, duplicates, spec, cfg)
+    findings = run_qa.submit(merged, m.assignments, duplicates, spec, cfg)
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], links, cfg)
     published = b.published_table(kept, merged, splits)
-    export_batch.map(b.batches(published, size), unmapped(cfg), unmapped(layout)).result()
+    export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout)).result()
     classes = publish(published, spec, cfg, layout)
 
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
-                                published, len(assignment_stats), rejections, duplicates)
+                                published, int(m.assignments["photo_id"].isin(published["photo_id"]).sum()),
+                                rejections, duplicates)
     findings = findings.result()
     summary = b.summary(spec, cfg, ledger, published, findings)
-    tables = b.report_tables(rejections, duplicates, merged, assignment_stats, repairs, findings,
-                             classes, published, cfg, spec)
+    tables = b.report_tables(rejections, duplicates, m, skills, findings, classes, published, cfg, spec)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
     return {"report": write_reports(summary, tables, paths, layout), "dataset": str(layout.dataset), **ledger}
 

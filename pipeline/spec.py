@@ -31,6 +31,8 @@ class ClassDef(BaseModel):
     flip: str | None = Field(None, description="the class this one becomes when the image is mirrored")
     quorum: float = Field(0.5, gt=0, le=1, description="share of a photo's annotators that must draw a pixel")
     min_area_px: int = Field(0, ge=0, description="smaller merged regions are flagged by QA")
+    agreement: float = Field(0.5, ge=0, le=1, description="a photo whose annotators agree less on this class "
+                             "(their mean IoU with the merged region) needs re-annotation")
 
 
 class Spec(BaseModel):

@@ -1,63 +1,75 @@
-"""Polygon hygiene, rasterisation and voting."""
+"""Polygon hygiene, rasterisation, weighted voting, swaps, exclusions and pooled skill."""
 
 import json
+import math
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipeline.config import MergeConfig
 from pipeline.spec import load_spec
-from pipeline.stages.merge import (
-    AssignmentLayers,
-    Layer,
-    ShapeRejected,
-    class_ious,
-    class_quorum,
-    clean_shape,
-    composite,
-    merge_photo,
-    rasterise,
-    vote,
-)
+from pipeline.stages.merge import class_quorum, fuse_photo, layer_iou, one_per_annotator, weighted_region
+from pipeline.stages.polygons import AssignmentLayers, Layer, ShapeRejected, clean_shape, composite, rasterise
+from pipeline.stages.skill import PooledSkill
 from tests.conftest import realdata
 
 SPEC = load_spec("easyportrait")
-SQUARE = [[2, 2], [7, 2], [7, 7], [2, 7]]
+CFG = MergeConfig()
 
 
-def test_clean_shape_keeps_a_valid_polygon_untouched():
-    polys, repairs = clean_shape(SQUARE, [], 10, 10, 1)
-    assert repairs == [] and len(polys) == 1
+def _fill(polys, h, w):
+    layer = rasterise(polys, h, w)
+    out = np.zeros((h, w), np.uint8)
+    if layer is not None:
+        out[layer.slices] = layer.mask
+    return out
 
 
-def test_self_intersecting_polygon_is_made_valid_and_counted():
-    bowtie = [[0, 0], [8, 8], [8, 0], [0, 8]]
-    polys, repairs = clean_shape(bowtie, [], 10, 10, 1)
+def test_valid_polygon_is_untouched_and_a_bowtie_is_made_valid():
+    assert clean_shape([[2, 2], [7, 2], [7, 7], [2, 7]], [], 10, 10, 1)[1] == []
+    polys, repairs = clean_shape([[0, 0], [8, 8], [8, 0], [0, 8]], [], 10, 10, 1)
     assert repairs == ["made_valid"] and len(polys) == 2
 
 
 def test_polygon_is_clipped_to_the_image():
     polys, repairs = clean_shape([[-20, -20], [5, -20], [5, 5], [-20, 5]], [], 10, 10, 1)
-    assert repairs == ["clipped"]
-    assert polys[0][0][:, 0].min() == -0.5
+    assert repairs == ["clipped"] and polys[0][0][:, 0].min() == -0.5
 
 
 @pytest.mark.parametrize("points,code", [([[20, 20], [30, 20], [30, 30]], "outside_image"),
+                                         ([[1e6, 1e6], [1e6 + 5, 1e6], [1e6, 1e6 + 5]], "outside_image"),
                                          ([[1, 1], [2, 2]], "too_few_points"),
                                          ([[1, 1], [2, 2], [3, 3]], "degenerate"),
                                          ([[1, 1], [1.5, 1], [1.5, 1.5]], "too_small"),
-                                         ([[1, 1], [float("nan"), 2], [3, 1]], "bad_coordinates")])
+                                         ([[1, 1], [float("nan"), 2], [3, 1]], "bad_coordinates"),
+                                         ([[1, 1], [float("inf"), 2], [3, 1]], "bad_coordinates"),
+                                         ([[1, 1], [2], [3, 1]], "bad_coordinates")])
 def test_unusable_shapes_are_rejected_with_a_reason(points, code):
     with pytest.raises(ShapeRejected) as e:
         clean_shape(points, [], 10, 10, 1)
     assert e.value.code == code
 
 
+def test_a_million_point_polygon_is_thinned_not_choked_on():
+    t = np.linspace(0, 2 * np.pi, 1_000_000, endpoint=False)
+    ring = np.c_[50 + 40 * np.cos(t), 50 + 40 * np.sin(t)]
+    polys, repairs = clean_shape(ring.tolist(), [], 100, 100, 1)
+    assert repairs == ["thinned"] and len(polys[0][0]) <= 10_001
+    assert abs(_fill(polys, 100, 100).sum() - np.pi * 40**2) < 300
+
+
+def test_points_are_scaled_from_the_image_the_annotator_saw():
+    polys, repairs = clean_shape([[10, 10], [29, 10], [29, 29], [10, 29]], [], 80, 80, 1, scale=(2.0, 2.0))
+    filled = _fill(polys, 80, 80)
+    assert repairs == ["scaled"] and abs(int(filled.sum()) - 40 * 40) <= 2 * 40  # 20x20 pixels become ~40x40
+    assert filled[21, 21] == 1 and filled[60, 60] == 0 and filled[19, 19] == 0
+
+
 def test_rasterise_includes_vertices_and_cuts_holes():
     polys, _ = clean_shape([[1, 1], [8, 1], [8, 8], [1, 8]], [[[3, 3], [6, 3], [6, 6], [3, 6]]], 10, 10, 1)
-    layer = rasterise(polys, 10, 10)
-    full = np.zeros((10, 10), np.uint8)
-    full[layer.slices] = layer.mask
+    full = _fill(polys, 10, 10)
     # vertices are pixel centres and rings include their boundary pixels, as cv2 contours do
     assert full.sum() == 64 - 4 and full[4, 4] == 0 and full[3, 3] == 1 and full[0, 0] == 0
 
@@ -70,63 +82,126 @@ def test_rasterise_reproduces_opencv_contours_with_holes_exactly():
     outer = [c[:, 0, :].tolist() for c, h in zip(contours, hierarchy[0], strict=True) if h[3] < 0]
     holes = [c[:, 0, :].tolist() for c, h in zip(contours, hierarchy[0], strict=True) if h[3] >= 0]
     polys, _ = clean_shape(outer[0], holes, 50, 40, 1)
-    layer = rasterise(polys, 40, 50)
-    out = np.zeros_like(truth)
-    out[layer.slices] = layer.mask
-    assert (out == truth).all()
+    assert (_fill(polys, 40, 50) == truth).all()
 
 
-def _layers(mask: np.ndarray, class_id: int) -> dict[int, Layer]:
-    return {class_id: Layer(0, 0, mask.astype(np.uint8))}
+def _layer(mask) -> Layer:
+    return Layer(0, 0, np.asarray(mask, np.uint8))
 
 
 def test_vote_matches_crowd_kit_majority_vote_on_its_own_fixture():
     data = json.loads(realdata("format_fixtures", "crowd_kit", "segmentation_aggregation_fixtures.json")
-                      .read_text())["simple_image"]
-    for task, expected in data["expected_majority_vote"].items():
-        answers = [a for a in data["answers"] if str(a["task"]) == task]
-        crowd = [AssignmentLayers(str(i), a["worker"], False, _layers(np.array(a["segmentation"]), 1))
-                 for i, a in enumerate(answers)]
-        h, w = np.array(expected).shape
-        assert (vote(crowd, {1: 0.5}, [1], h, w) == np.array(expected)).all()
+                      .read_text())
+    for task, expected in data["simple_image"]["expected_majority_vote"].items():
+        answers = [a for a in data["simple_image"]["answers"] if str(a["task"]) == task]
+        region = weighted_region([_layer(a["segmentation"]) for a in answers], [1.0] * len(answers), 0.5)
+        assert (region.within(0, 0, *np.array(expected).shape) == np.array(expected)).all()
+    skilled = data["image_with_skills"]
+    answers = skilled["answers"]
+    region = weighted_region([_layer(a["segmentation"]) for a in answers],
+                             [skilled["worker_skills"][a["worker"]] for a in answers], 0.5)
+    expected = np.array(skilled["expected_weighted_majority_vote"]["1"])
+    assert (region.within(0, 0, *expected.shape) == expected).all()
 
 
-def test_quorum_is_a_share_of_annotators():
-    masks = [np.array([[1, 1, 1, 0]]), np.array([[1, 1, 0, 0]]), np.array([[1, 0, 0, 0]]), np.array([[0, 0, 0, 0]])]
-    crowd = [AssignmentLayers(str(i), f"a{i}", False, _layers(m, 1)) for i, m in enumerate(masks)]
-    assert vote(crowd, {1: 0.5}, [1], 1, 4).tolist() == [[1, 1, 0, 0]]
-    assert vote(crowd, {1: 0.75}, [1], 1, 4).tolist() == [[1, 0, 0, 0]]
-    assert vote(crowd, {1: 0.25}, [1], 1, 4).tolist() == [[1, 1, 1, 0]]
+def test_quorum_is_a_weighted_share_and_a_share_at_the_quorum_passes():
+    masks = [[[1, 1, 1, 0]], [[1, 1, 0, 0]], [[1, 0, 0, 0]], [[0, 0, 0, 0]]]
+    layers = [_layer(m) if np.any(m) else None for m in masks]
+    assert weighted_region(layers, [1, 1, 1, 1], 0.5).within(0, 0, 1, 4).tolist() == [[1, 1, 0, 0]]  # 2 of 4 pass
+    assert weighted_region(layers, [1, 1, 1, 1], 0.75).within(0, 0, 1, 4).tolist() == [[1, 0, 0, 0]]
+    assert weighted_region(layers, [1, 1, 3, 1], 0.5).within(0, 0, 1, 4).tolist() == [[1, 0, 0, 0]]
+    assert weighted_region(layers, [1, 1, 1, 1], 0.5, skip=0).within(0, 0, 1, 4).tolist() == [[1, 0, 0, 0]]
+
+
+def _portrait(shift: int = 0) -> dict[int, Layer]:
+    """Person, skin, two eyes (person's left eye on the image's right) and teeth on a 40x40 photo."""
+    def box(y0, y1, x0, x1):
+        m = np.zeros((40, 40), np.uint8)
+        m[y0:y1, x0 + shift: x1 + shift] = 1
+        return Layer(0, 0, m)
+
+    return {1: box(2, 40, 5, 35), 2: box(5, 30, 10, 30), 5: box(10, 14, 22, 27), 6: box(10, 14, 13, 18),
+            8: box(22, 25, 16, 24)}
+
+
+def _crowd(*variants) -> list[AssignmentLayers]:
+    return [AssignmentLayers(f"a{i}", f"w{i}", False, layers) for i, layers in enumerate(variants)]
 
 
 def test_face_parts_are_painted_over_person_in_draw_order():
-    person = np.ones((4, 4), np.uint8)
-    eye = np.zeros((4, 4), np.uint8)
-    eye[1:3, 1:3] = 1
-    layers = {1: Layer(0, 0, person), 5: Layer(0, 0, eye)}
-    mask = composite(layers, SPEC.draw_ids, 4, 4)
-    assert mask[1, 1] == 5 and mask[0, 0] == 1  # person keeps a hole where the eye is
-    crowd = [AssignmentLayers(str(i), f"a{i}", False, dict(layers)) for i in range(3)]
-    assert (vote(crowd, class_quorum(SPEC, {}), SPEC.draw_ids, 4, 4) == mask).all()
+    result = fuse_photo("p", _crowd(_portrait(), _portrait(), _portrait()), SPEC, CFG, {}, 40, 40)
+    assert result.mask[12, 24] == 5 and result.mask[12, 15] == 6 and result.mask[3, 6] == 1
+    assert result.status == "accepted" and result.unanimous == 1.0
 
 
-def test_golden_answer_wins_and_everyone_is_scored_against_it():
-    person = np.ones((4, 4), np.uint8)
-    half = np.zeros((4, 4), np.uint8)
-    half[:, :2] = 1
-    crowd = [AssignmentLayers(str(i), f"a{i}", False, _layers(person, 1)) for i in range(3)]
-    gold = AssignmentLayers("g", "expert", True, _layers(half, 1))
-    result = merge_photo([*crowd, gold], SPEC, class_quorum(SPEC, {}), 4, 4)
-    assert result.source == "golden" and (result.mask == half).all()
-    assert [r["mean_iou"] for r in result.per_assignment] == [0.5, 0.5, 0.5, 1.0]
-    assert merge_photo([*crowd, gold], SPEC, class_quorum(SPEC, {}), 4, 4, use_golden=False).source == "vote"
+def test_swapped_assignment_is_detected_and_swapped_back():
+    swapped = {SPEC.flip_lut[c]: lay for c, lay in _portrait().items()}
+    crowd = _crowd(_portrait(), _portrait(), swapped)
+    result = fuse_photo("p", crowd, SPEC, CFG, {}, 40, 40)
+    rows = {r["assignment"]: r for r in result.assignments}
+    assert rows["a2"]["swapped"] and not rows["a0"]["swapped"] and not rows["a2"]["excluded"]
+    assert "a2" in result.used and result.mask[12, 24] == 5
+    excluded = fuse_photo("p", crowd, SPEC, MergeConfig(swaps="exclude"), {}, 40, 40)
+    assert {r["assignment"]: r["excluded"] for r in excluded.assignments}["a2"] == "swapped"
 
 
-def test_class_ious_are_nan_where_a_class_is_absent():
-    a = np.array([[0, 1, 1, 2]])
-    b = np.array([[0, 1, 2, 2]])
-    ious = class_ious(a, b, 4)
-    assert ious[1] == 0.5 and ious[2] == 0.5 and np.isnan(ious[3])
+def test_spammer_is_left_out_and_banned_annotators_never_count():
+    spam = {8: Layer(0, 0, np.ones((40, 40), np.uint8))}
+    result = fuse_photo("p", _crowd(_portrait(), _portrait(), _portrait(), spam), SPEC, CFG, {}, 40, 40)
+    assert {r["assignment"]: r["excluded"] for r in result.assignments}["a3"] == "low_agreement"
+    assert (result.mask == composite(_portrait(), SPEC.draw_ids, 40, 40)).all()
+    banned = fuse_photo("p", _crowd(_portrait(), _portrait(), spam), SPEC, MergeConfig(ban=["w0"]), {}, 40, 40)
+    assert banned.status == "needs_reannotation" and banned.reasons[0].startswith("too_few_annotators")
+
+
+def test_skill_weights_keep_what_a_lazy_annotator_skipped():
+    lazy = {c: lay for c, lay in _portrait().items() if c != 8}
+    crowd = _crowd(_portrait(), lazy, lazy)
+    plain = fuse_photo("p", crowd, SPEC, MergeConfig(min_agreement=0), {}, 40, 40)
+    assert (plain.mask == 8).sum() == 0  # two of three skipped the teeth
+    weights = {("w1", 8): 0.2, ("w2", 8): 0.2, ("w0", 8): 0.95}
+    weighted = fuse_photo("p", crowd, SPEC, MergeConfig(min_agreement=0), weights, 40, 40)
+    assert (weighted.mask == 8).sum() == 3 * 8
+
+
+def test_disputed_class_sends_the_photo_to_reannotation():
+    moved = _portrait()
+    moved[8] = Layer(0, 0, np.roll(moved[8].mask, 2, axis=0))
+    crowd = _crowd(_portrait(), moved)
+    result = fuse_photo("p", crowd, SPEC, MergeConfig(min_agreement=0, class_agreement={"teeth": 0.8}), {}, 40, 40)
+    assert result.status == "needs_reannotation" and "teeth" in result.reasons[-1]
+
+
+def test_golden_answer_is_the_mask_and_the_reference():
+    half = {1: Layer(0, 0, np.pad(np.ones((40, 20), np.uint8), ((0, 0), (0, 20))))}
+    gold = AssignmentLayers("g", "expert", True, half)
+    result = fuse_photo("p", [*_crowd(_portrait(), _portrait()), gold], SPEC, CFG, {}, 40, 40)
+    assert result.source == "golden" and (result.mask == composite(half, SPEC.draw_ids, 40, 40)).all()
+    assert all(s["vs_gold"] for s in result.scores)
+
+
+def test_layer_iou_handles_offsets_and_empties():
+    a, b = Layer(0, 0, np.ones((2, 2), np.uint8)), Layer(1, 1, np.ones((2, 2), np.uint8))
+    assert layer_iou(a, b) == pytest.approx(1 / 7) and layer_iou(a, None) == 0.0 and math.isnan(layer_iou(None, None))
+
+
+def test_pooled_skill_shrinks_single_photo_annotators_and_counts_gold_more():
+    rows = [("p1", "a", "good", 5, 0.9, False), ("p2", "b", "good", 5, 0.9, False), ("p3", "c", "good", 5, 0.9, False),
+            ("p1", "d", "lazy", 5, 0.0, False), ("p2", "e", "lazy", 5, 0.0, False), ("p3", "f", "once", 5, 0.0, False),
+            ("p4", "g", "gold", 5, 0.0, True)]
+    scores = pd.DataFrame(rows, columns=["photo_id", "assignment", "annotator_id", "class_id", "iou", "vs_gold"])
+    skills = PooledSkill(prior_photos=2).fit(scores).skills_.set_index("annotator_id")["skill"]
+    assert skills["good"] > skills["once"] > skills["lazy"]
+    assert skills["gold"] < skills["once"]  # one gold photo outweighs the prior more than one crowd photo
+
+
+def test_one_assignment_per_annotator_and_photo():
+    a = pd.DataFrame({"photo_id": ["p", "p", "p", "q"], "annotator_id": ["w", "w", "v", "w"],
+                      "golden": [False, False, False, False], "file": "f", "row": [1, 2, 3, 4],
+                      "assignment": ["f:1", "f:2", "f:3", "f:4"]})
+    kept, rejected = one_per_annotator(a)
+    assert kept["assignment"].tolist() == ["f:2", "f:3", "f:4"]
+    assert rejected["reason"].tolist() == ["duplicate_assignment"] and rejected["row"].tolist() == [1]
 
 
 def test_quorum_overrides_must_name_drawable_classes():

@@ -27,14 +27,23 @@ def public_user(user_id: str, salt: str) -> str:
     return keyed_hash(salt, f"user:{user_id}", 16)
 
 
-def export_photo(src: str, mask_path: str, root: Path, split: str, name: str, quality: int) -> None:
-    """Write one oriented JPEG (metadata stripped) and its class-index PNG under ``root``."""
+def export_photo(src: str, mask_path: str, root: Path, split: str, name: str, quality: int,
+                 ignore: tuple[str, float, int] | None = None) -> None:
+    """Write one oriented JPEG (metadata stripped) and its class-index PNG under ``root``.
+
+    ``ignore`` = (agreement map path, minimum vote share, ignore index): pixels below the share get the index.
+    """
     img_dir, ann_dir = root / "images" / split, root / "annotations" / split
     img_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
     load_oriented(src).save(img_dir / f"{name}.jpg", "JPEG", quality=quality)
     with Image.open(mask_path) as m:
-        Image.fromarray(np.asarray(m, dtype=np.uint8), mode="L").save(ann_dir / f"{name}.png", optimize=False)
+        mask = np.array(m, dtype=np.uint8)
+    if ignore is not None:
+        agreement_path, share, index = ignore
+        with Image.open(agreement_path) as a:
+            mask[np.asarray(a) < round(share * 255)] = index
+    Image.fromarray(mask, mode="L").save(ann_dir / f"{name}.png", optimize=False)
 
 
 def meta_table(published: pd.DataFrame, salt: str) -> pd.DataFrame:

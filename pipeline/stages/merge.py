@@ -1,281 +1,340 @@
-"""Merge: clean each annotator's polygons, rasterise them in spec draw order, and vote one mask per photo."""
+"""Merge: fuse several annotators' layers into one mask per photo.
+
+Per photo: every crowd assignment is compared with the consensus of the *others* (or with the golden answer);
+assignments with left and right swapped are swapped back (or left out); assignments that agree too little are
+left out; the rest vote per class, weighted by their pooled skill. A pixel belongs to class c when the weighted
+share of remaining annotators who drew c there is at least ``quorum[c]`` (a share exactly at the quorum passes);
+regions are painted in spec draw order. The photo is accepted, or needs re-annotation with its reasons.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
-import shapely
-from shapely.geometry import Polygon, box
 
 from pipeline.config import MergeConfig
 from pipeline.spec import Spec
+from pipeline.stages.polygons import AssignmentLayers, Layer, assignment_layers, composite
+from pipeline.stages.skill import SCORE_COLUMNS
 from pipeline.tables import REJECTION_COLUMNS, frame, keyed_hash, rejection
 
-SHIFT = 4  # cv2 fixed-point bits: polygon vertices keep 1/16 px precision
-Ring = np.ndarray  # (N, 2) float64, pixel coordinates with integer values at pixel centres
-Poly = tuple[Ring, list[Ring]]  # exterior, holes
-
-
-class ShapeRejected(ValueError):
-    """A shape that cannot be used; ``code`` is the stable reason."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width: int, height: int,
-                min_area: float) -> tuple[list[Poly], list[str]]:
-    """Repair a polygon (self-intersections, bad holes), clip it to the image and split it into simple parts.
-
-    Returns the parts and the names of the repairs made; raises ShapeRejected when nothing usable is left.
-    """
-    ext = np.asarray(points, dtype=np.float64)
-    if len(ext) < 3:
-        raise ShapeRejected("too_few_points", f"a polygon needs 3 points, found {len(ext)}")
-    if not np.isfinite(ext).all():
-        raise ShapeRejected("bad_coordinates", "a coordinate is not a finite number")
-    repairs: list[str] = []
-    rings = [np.asarray(h, dtype=np.float64) for h in holes]
-    good = [r for r in rings if len(r) >= 3 and np.isfinite(r).all()]
-    if len(good) != len(rings):
-        repairs.append("dropped_hole")
-    geom: shapely.Geometry = Polygon(ext, good)
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-        repairs.append("made_valid")
-    frame = box(-0.5, -0.5, width - 0.5, height - 0.5)
-    if not frame.contains(geom):
-        geom = geom.intersection(frame)
-        repairs.append("clipped")
-    parts = [p for p in shapely.get_parts(geom) if isinstance(p, Polygon) and not p.is_empty]
-    parts += [q for p in shapely.get_parts(geom) if p.geom_type == "MultiPolygon" for q in p.geoms]
-    if not parts:
-        code = "outside_image" if "clipped" in repairs else "degenerate"
-        raise ShapeRejected(code, "nothing of the polygon lies inside the image" if code == "outside_image"
-                            else "the polygon has no area")
-    area = sum(p.area for p in parts)
-    if area < min_area:
-        raise ShapeRejected("too_small", f"area {area:.1f} px is below min_shape_area_px={min_area}")
-    return [(np.asarray(p.exterior.coords), [np.asarray(r.coords) for r in p.interiors]) for p in parts], repairs
-
-
-@dataclass
-class Layer:
-    """One annotator's region of one class, rasterised inside its bounding box."""
-
-    y0: int
-    x0: int
-    mask: np.ndarray  # uint8 0/1
-
-    @property
-    def slices(self) -> tuple[slice, slice]:
-        return slice(self.y0, self.y0 + self.mask.shape[0]), slice(self.x0, self.x0 + self.mask.shape[1])
-
-
-def rasterise(polys: list[Poly], height: int, width: int) -> Layer | None:
-    """Fill polygons (holes cut out) into a bbox-local 0/1 mask; None when nothing falls inside the image."""
-    pts = np.concatenate([e for e, _ in polys])
-    x0, y0 = (max(0, math.floor(v)) for v in pts.min(axis=0))
-    x1, y1 = min(width, math.ceil(pts[:, 0].max()) + 1), min(height, math.ceil(pts[:, 1].max()) + 1)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    origin = np.array([x0, y0], dtype=np.float64)
-    for ext, holes in polys:
-        rings = [np.round((r - origin) * (1 << SHIFT)).astype(np.int32) for r in (ext, *holes)]
-        if holes:
-            part = np.zeros_like(mask)
-            cv2.fillPoly(part, rings, 1, lineType=cv2.LINE_8, shift=SHIFT)
-            mask |= part
-        else:
-            cv2.fillPoly(mask, rings, 1, lineType=cv2.LINE_8, shift=SHIFT)
-    return Layer(y0, x0, mask)
-
-
-@dataclass
-class AssignmentLayers:
-    """One assignment: its key, annotator, and class id -> rasterised layer."""
-
-    assignment: str
-    annotator_id: str
-    golden: bool
-    layers: dict[int, Layer] = field(default_factory=dict)
-
-
-def composite(layers: dict[int, Layer], draw_ids: list[int], height: int, width: int) -> np.ndarray:
-    """Paint layers bottom to top in draw order into a class-index mask."""
-    out = np.zeros((height, width), np.uint8)
-    for c in draw_ids:
-        if c in layers:
-            lay = layers[c]
-            out[lay.slices][lay.mask.astype(bool)] = c
-    return out
-
-
-def vote(crowd: list[AssignmentLayers], quorum: dict[int, float], draw_ids: list[int], height: int, width: int
-         ) -> np.ndarray:
-    """Per-class binary vote composited in draw order.
-
-    A pixel belongs to class c's region when at least ``ceil(quorum[c] * n)`` of the n annotators drew c there;
-    regions are then painted bottom to top, so a face part that passes its quorum sits over person and skin.
-    """
-    n = len(crowd)
-    out = np.zeros((height, width), np.uint8)
-    for c in draw_ids:
-        lays = [a.layers[c] for a in crowd if c in a.layers]
-        need = max(1, math.ceil(quorum[c] * n - 1e-9))
-        if len(lays) < need:
-            continue
-        y0, x0 = min(la.y0 for la in lays), min(la.x0 for la in lays)
-        y1 = max(la.y0 + la.mask.shape[0] for la in lays)
-        x1 = max(la.x0 + la.mask.shape[1] for la in lays)
-        counts = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        for la in lays:
-            counts[la.y0 - y0: la.y0 - y0 + la.mask.shape[0], la.x0 - x0: la.x0 - x0 + la.mask.shape[1]] += la.mask
-        out[y0:y1, x0:x1][counts >= need] = c
-    return out
-
-
-def class_ious(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class IoU of two index masks; NaN where the class is in neither."""
-    cm = np.bincount(pred.ravel().astype(np.int64) * n_classes + ref.ravel(), minlength=n_classes**2)
-    cm = cm.reshape(n_classes, n_classes)
-    inter = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, np.nan)
-
-
-@dataclass
-class PhotoMerge:
-    """The merged mask of one photo and how the annotators agreed with it."""
-
-    mask: np.ndarray
-    source: str  # "vote" or "golden"
-    per_assignment: list[dict[str, Any]]
-    unanimous: float
-
-
-def merge_photo(assignments: list[AssignmentLayers], spec: Spec, quorum: dict[int, float], height: int, width: int,
-                use_golden: bool = True) -> PhotoMerge:
-    """Vote the crowd's layers into one mask (or take the golden answer) and score every assignment against it."""
-    draw = spec.draw_ids
-    crowd = [a for a in assignments if not a.golden]
-    gold = [a for a in assignments if a.golden]
-    if use_golden and gold:
-        mask, source = composite(gold[0].layers, draw, height, width), "golden"
-    else:
-        mask, source = vote(crowd, quorum, draw, height, width), "vote"
-    n_classes = len(spec.classes)
-    rows, same = [], None
-    for a in assignments:
-        own = composite(a.layers, draw, height, width)
-        ious = class_ious(own, mask, n_classes)
-        fg = ious[1:]
-        rows.append({"assignment": a.assignment, "annotator_id": a.annotator_id, "golden": a.golden,
-                     "mean_iou": float(np.nanmean(fg)) if np.isfinite(fg).any() else 1.0,
-                     **{f"iou_{c.name}": float(ious[c.id]) for c in spec.classes[1:]}})
-        if not a.golden:
-            same = (own == mask) if same is None else same & (own == mask)
-    unanimous = float(same.mean()) if same is not None else 1.0
-    return PhotoMerge(mask, source, rows, unanimous)
+EPS = 1e-9
+MIN_WEIGHT = 0.01  # keeps a photo votable when every annotator's skill estimate is near zero
+REPAIR_COLUMNS = ["assignment", "photo_id", "annotator_id", "row", "index", "label", "repair"]
 
 
 def class_quorum(spec: Spec, overrides: dict[str, float]) -> dict[int, float]:
     """Per-class quorum: the spec's default, overridden by the config's ``merge.quorum``."""
+    return _per_class(spec, overrides, "quorum", "merge.quorum")
+
+
+def class_agreement(spec: Spec, overrides: dict[str, float]) -> dict[int, float]:
+    """Per-class agreement threshold: the spec's default, overridden by ``merge.class_agreement``."""
+    return _per_class(spec, overrides, "agreement", "merge.class_agreement")
+
+
+def _per_class(spec: Spec, overrides: dict[str, float], attr: str, key: str) -> dict[int, float]:
     unknown = sorted(set(overrides) - set(spec.names[1:]))
     if unknown:
-        raise ValueError(f"merge.quorum: {unknown[0]!r} is not a drawable class of spec {spec.name!r}")
-    return {c.id: overrides.get(c.name, c.quorum) for c in spec.classes[1:]}
+        raise ValueError(f"{key}: {unknown[0]!r} is not a drawable class of spec {spec.name!r}")
+    return {c.id: overrides.get(c.name, getattr(c, attr)) for c in spec.classes[1:]}
 
 
-def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min_area: float
-                      ) -> tuple[dict[int, Layer], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rasterise one assignment's shapes per class; also the shapes rejected and the repairs made."""
-    by_class: dict[int, list[Poly]] = {}
-    rejected, repairs = [], []
-    for s in shapes:
-        try:
-            polys, fixed = clean_shape(s["points"], s["holes"], width, height, min_area)
-        except ShapeRejected as e:
-            rejected.append({**_where(s), "reason": e.code, "message": f"shape {s['index']} ({s['label']}): {e}"})
-            continue
-        repairs += [{**_where(s), "repair": r} for r in fixed]
-        by_class.setdefault(int(s["class_id"]), []).extend(polys)
-    layers = {c: lay for c, polys in by_class.items() if (lay := rasterise(polys, height, width)) is not None}
-    return layers, rejected, repairs
+def area(layer: Layer | None) -> int:
+    return 0 if layer is None else int(layer.mask.sum())
 
 
-def _where(s: dict[str, Any]) -> dict[str, Any]:
-    return {"assignment": s["assignment"], "photo_id": s["photo_id"], "annotator_id": s["annotator_id"],
-            "row": s["row"], "index": s["index"], "label": s["label"]}
+def layer_iou(a: Layer | None, b: Layer | None) -> float:
+    """IoU of two bbox-local regions; NaN when both are empty."""
+    na, nb = area(a), area(b)
+    if na + nb == 0:
+        return math.nan
+    if a is None or b is None:
+        return 0.0
+    y0, y1, x0, x1 = max(a.y0, b.y0), min(a.y1, b.y1), max(a.x0, b.x0), min(a.x1, b.x1)
+    inter = 0 if y1 <= y0 or x1 <= x0 else int(np.count_nonzero(
+        a.mask[y0 - a.y0: y1 - a.y0, x0 - a.x0: x1 - a.x0] & b.mask[y0 - b.y0: y1 - b.y0, x0 - b.x0: x1 - b.x0]))
+    return inter / (na + nb - inter)
+
+
+def weighted_region(layers: list[Layer | None], weights: list[float], quorum: float, skip: int = -1
+                    ) -> Layer | None:
+    """Pixels where the weighted share of voters who drew them reaches ``quorum`` (voter ``skip`` left out).
+
+    A voter without a layer votes 'not this class'.
+    """
+    votes = [(la, w) for k, (la, w) in enumerate(zip(layers, weights, strict=True)) if k != skip]
+    total = sum(w for _, w in votes)
+    drawn = [(la, w) for la, w in votes if la is not None]
+    if not drawn or total <= 0:
+        return None
+    y0, x0 = min(la.y0 for la, _ in drawn), min(la.x0 for la, _ in drawn)
+    h, w = max(la.y1 for la, _ in drawn) - y0, max(la.x1 for la, _ in drawn) - x0
+    share = np.zeros((h, w), np.float32)
+    for la, wt in drawn:
+        share[la.y0 - y0: la.y1 - y0, la.x0 - x0: la.x1 - x0] += np.float32(wt) * la.mask
+    region = (share >= quorum * total - EPS) & (share > 0)
+    return Layer(y0, x0, region.astype(np.uint8)) if region.any() else None
+
+
+def consensus_of_others(crowd: list[AssignmentLayers], k: int, classes: list[int], quorum: dict[int, float],
+                        weights: dict[tuple[str, int], float]) -> dict[int, Layer | None]:
+    """Per class, the weighted vote of every crowd assignment except number k."""
+    return {c: weighted_region([a.layers.get(c) for a in crowd], [_w(weights, a.annotator_id, c) for a in crowd],
+                               quorum[c], skip=k) for c in classes}
+
+
+def _w(weights: dict[tuple[str, int], float], annotator: str, c: int) -> float:
+    return max(MIN_WEIGHT, weights.get((annotator, c), 1.0))
+
+
+def swap_gain(own: AssignmentLayers, ref: dict[int, Layer | None], pairs: list[tuple[int, int]]) -> float:
+    """How much better an assignment agrees with ``ref`` once its left/right classes are exchanged."""
+    gain = 0.0
+    for left, right in pairs:
+        straight = [layer_iou(own.layers.get(left), ref[left]), layer_iou(own.layers.get(right), ref[right])]
+        crossed = [layer_iou(own.layers.get(left), ref[right]), layer_iou(own.layers.get(right), ref[left])]
+        gain += np.nansum(crossed) - np.nansum(straight)
+    return float(gain)
+
+
+def mean_iou(own: AssignmentLayers, ref: dict[int, Layer | None], classes: list[int]) -> tuple[float, list[float]]:
+    """Mean IoU over the classes either side has, and the per-class IoUs (NaN where neither has it)."""
+    ious = [layer_iou(own.layers.get(c), ref[c]) for c in classes]
+    finite = [v for v in ious if not math.isnan(v)]
+    return (float(np.mean(finite)) if finite else math.nan), ious
+
+
+@dataclass
+class Fusion:
+    """The outcome of merging one photo."""
+
+    mask: np.ndarray | None
+    agreement: np.ndarray | None  # uint8 share (0-255) of used annotators whose label is the merged one
+    source: str  # vote or golden
+    status: str  # accepted or needs_reannotation
+    reasons: list[str]
+    assignments: list[dict[str, Any]]
+    scores: list[dict[str, Any]]
+    classes: list[dict[str, Any]]
+    unanimous: float = math.nan
+    used: list[str] = field(default_factory=list)
+
+
+def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
+               weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True) -> Fusion:
+    """Merge one photo. With ``final`` False only the skill scores are computed (an EM pass)."""
+    classes = spec.draw_ids
+    quorum, needed = class_quorum(spec, cfg.quorum), class_agreement(spec, cfg.class_agreement)
+    pairs = _flip_pairs(tuple(spec.flip_lut))
+    gold = [a for a in assignments if a.golden]
+    crowd = [a for a in assignments if not a.golden and a.annotator_id not in cfg.ban]
+    rows = {a.assignment: {"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
+                           "golden": a.golden, "agreement": math.nan, "swapped": False,
+                           "excluded": "banned" if a.annotator_id in cfg.ban else ""} for a in assignments}
+    gold_ref = {c: gold[0].layers.get(c) for c in classes} if gold else None
+
+    def reference(k: int) -> dict[int, Layer | None]:
+        return gold_ref if gold_ref is not None else consensus_of_others(crowd, k, classes, quorum, weights)
+
+    for k, a in enumerate(crowd):
+        if pairs and swap_gain(a, reference(k), pairs) > cfg.swap_margin:
+            rows[a.assignment]["swapped"] = True
+            if cfg.swaps == "fix":
+                crowd[k] = a.swapped(spec.flip_lut)
+            else:
+                rows[a.assignment]["excluded"] = "swapped"
+    scores = []
+    for k, a in enumerate(crowd):
+        agreement, ious = mean_iou(a, reference(k), classes)
+        rows[a.assignment]["agreement"] = agreement
+        scores += [{"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
+                    "class_id": c, "iou": v, "vs_gold": gold_ref is not None} for c, v in zip(classes, ious,
+                                                                                                strict=True)]
+        if not rows[a.assignment]["excluded"] and agreement < cfg.min_agreement and len(crowd) > 1:
+            rows[a.assignment]["excluded"] = "low_agreement"
+    used = [a for a in crowd if not rows[a.assignment]["excluded"]]
+    if not final:
+        return Fusion(None, None, "", "", [], list(rows.values()), scores, [])
+    return _vote(photo_id, used, gold, rows, scores, spec, cfg, quorum, needed, weights, height, width)
+
+
+@cache
+def _flip_pairs(flip_lut: tuple[int, ...]) -> list[tuple[int, int]]:
+    return [(c, f) for c, f in enumerate(flip_lut) if c < f]
+
+
+def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLayers], rows: dict[str, dict[str, Any]],
+          scores: list[dict[str, Any]], spec: Spec, cfg: MergeConfig, quorum: dict[int, float],
+          needed: dict[int, float], weights: dict[tuple[str, int], float], height: int, width: int) -> Fusion:
+    classes = spec.draw_ids
+    reasons: list[str] = []
+    if cfg.use_golden and gold:
+        regions, source = {c: gold[0].layers.get(c) for c in classes}, "golden"
+    else:
+        source = "vote"
+        if len(used) < cfg.min_annotators:
+            reasons.append(f"too_few_annotators:{len(used)}")
+        regions = {c: weighted_region([a.layers.get(c) for a in used],
+                                      [_w(weights, a.annotator_id, c) for a in used], quorum[c]) for c in classes}
+    mask = composite(regions, classes, height, width)
+    own = [composite(a.layers, classes, height, width) for a in used]
+    agree = np.zeros((height, width), np.float32)
+    for o in own:
+        agree += o == mask
+    share = agree / max(len(own), 1)
+    class_rows, disputed = [], []
+    for c in classes:
+        ious = [layer_iou(a.layers.get(c), regions[c]) for a in used]
+        ws = [_w(weights, a.annotator_id, c) for a in used]
+        finite = [(v, w) for v, w in zip(ious, ws, strict=True) if not math.isnan(v)]
+        agreement = sum(v * w for v, w in finite) / sum(w for _, w in finite) if finite else math.nan
+        pairwise = [layer_iou(a.layers.get(c), b.layers.get(c)) for i, a in enumerate(used) for b in used[i + 1:]]
+        pairwise = [v for v in pairwise if not math.isnan(v)]
+        if source == "vote" and not math.isnan(agreement) and agreement < needed[c]:
+            disputed.append(spec.classes[c].name)
+        class_rows.append({"photo_id": photo_id, "class": spec.classes[c].name, "pixels": area(regions[c]),
+                           "drawn_by": sum(c in a.layers for a in used), "agreement": agreement,
+                           "pairwise_iou": float(np.mean(pairwise)) if pairwise else math.nan,
+                           "disputed": spec.classes[c].name in disputed})
+    if disputed:
+        reasons.append("disputed:" + ",".join(disputed))
+    for a in used:
+        rows[a.assignment]["used"] = True
+    status = "needs_reannotation" if reasons else "accepted"
+    unanimous = float(np.mean(agree == len(own))) if own else math.nan
+    return Fusion(mask, np.round(share * 255).astype(np.uint8), source, status, reasons, list(rows.values()),
+                  scores, class_rows, unanimous, [a.assignment for a in used])
 
 
 @dataclass
 class MergeResult:
-    """Tables produced by merging a batch of photos; masks are written to disk, not held here."""
+    """Tables produced by merging a batch of photos; masks and agreement maps are written to disk."""
 
     photos: pd.DataFrame
     assignments: pd.DataFrame
+    scores: pd.DataFrame
+    classes: pd.DataFrame
     rejections: pd.DataFrame
     repairs: pd.DataFrame
 
 
-def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
-                cfg: MergeConfig, mask_dir: Path) -> MergeResult:
-    """Merge every photo of a batch and write its mask to ``mask_dir/<photo key>.png``.
+def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[dict[str, Any]]], min_area: float
+                    ) -> tuple[list[AssignmentLayers], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every assignment of one photo as layers, with shape rejections and repairs."""
+    layers, rejected, repairs = [], [], []
+    for a in todo.itertuples(index=False):
+        scale = ((photo.width / a.seen_width, photo.height / a.seen_height)
+                 if a.seen_width and a.seen_height else (1.0, 1.0))
+        lay, bad, fixed = assignment_layers(shapes_by.get(a.assignment, []), photo.height, photo.width, min_area,
+                                            scale)
+        layers.append(AssignmentLayers(a.assignment, a.annotator_id, bool(a.golden), lay))
+        rejected += [rejection("merge", "shape", b["reason"], b["message"], file=a.file, row=a.row,
+                               photo_id=photo.photo_id, annotator_id=a.annotator_id) for b in bad]
+        repairs += fixed
+    return layers, rejected, repairs
 
-    ``assignments`` and ``shapes`` hold only rows of these photos. A photo with fewer than
-    ``cfg.min_annotators`` crowd assignments and no golden answer is held back, and so are its assignments.
+
+def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
+                cfg: MergeConfig, weights: dict[tuple[str, int], float], out_dir: Path | None) -> MergeResult:
+    """Merge a batch of photos. With ``out_dir`` None this is a scoring pass: only ``scores`` is filled.
+
+    ``assignments`` and ``shapes`` hold only rows of these photos. Masks and agreement maps go to
+    ``out_dir/<photo key>.png`` and ``out_dir/<photo key>.agreement.png``.
     """
-    quorum = class_quorum(spec, cfg.quorum)
     shapes_by = {k: g.to_dict("records") for k, g in shapes.groupby("assignment", sort=False)}
     assign_by = {k: g for k, g in assignments.groupby("photo_id", sort=False)}
-    photo_rows, assign_rows, rejected, repairs = [], [], [], []
+    photo_rows, assign_rows, score_rows, class_rows, rejected, repairs = [], [], [], [], [], []
     for p in photos.itertuples(index=False):
         todo = assign_by.get(p.photo_id, assignments.iloc[:0]).sort_values("assignment")
-        n_crowd = int((~todo["golden"]).sum())
-        has_gold = cfg.use_golden and bool(todo["golden"].any())
-        if n_crowd < cfg.min_annotators and not has_gold:
-            rejected.append(rejection("merge", "photo", "too_few_annotators",
-                                      f"{n_crowd} assignment(s), merge.min_annotators={cfg.min_annotators}",
-                                      file=p.manifest, row=p.row, photo_id=p.photo_id))
-            rejected += [rejection("merge", "assignment", "photo_held_back", "its photo was held back for "
-                                   "re-annotation", file=a.file, row=a.row, photo_id=a.photo_id,
-                                   annotator_id=a.annotator_id) for a in todo.itertuples(index=False)]
+        layers, bad, fixed = rasterise_photo(p, todo, shapes_by, cfg.min_shape_area_px)
+        result = fuse_photo(p.photo_id, layers, spec, cfg, weights, p.height, p.width, final=out_dir is not None)
+        score_rows += result.scores
+        if out_dir is None:
             continue
-        layers = []
-        for a in todo.itertuples(index=False):
-            lay, bad, fixed = assignment_layers(shapes_by.get(a.assignment, []), p.height, p.width,
-                                                cfg.min_shape_area_px)
-            layers.append(AssignmentLayers(a.assignment, a.annotator_id, bool(a.golden), lay))
-            rejected += [rejection("merge", "shape", b["reason"], b["message"], file=a.file, row=a.row,
-                                   photo_id=p.photo_id, annotator_id=a.annotator_id) for b in bad]
-            repairs += fixed
-        result = merge_photo(layers, spec, quorum, p.height, p.width, cfg.use_golden)
-        mask_path = mask_dir / f"{work_key(p.photo_id)}.png"
-        cv2.imwrite(str(mask_path), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        rejected += bad
+        repairs += fixed
+        assign_rows += _score_against(result, layers, spec, todo)
+        class_rows += result.classes
+        key = work_key(p.photo_id)
+        cv2.imwrite(str(out_dir / f"{key}.png"), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        cv2.imwrite(str(out_dir / f"{key}.agreement.png"), result.agreement, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         counts = np.bincount(result.mask.ravel(), minlength=len(spec.classes))
-        crowd_iou = [r["mean_iou"] for r in result.per_assignment if not r["golden"]]
-        photo_rows.append({"photo_id": p.photo_id, "source": result.source, "n_assignments": n_crowd,
-                           "n_golden": int(todo["golden"].sum()),
-                           "mean_iou": float(np.mean(crowd_iou)) if crowd_iou else float("nan"),
-                           "median_iou": float(np.median(crowd_iou)) if crowd_iou else float("nan"),
-                           "unanimous": result.unanimous, "mask_path": str(mask_path),
-                           **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}})
-        assign_rows += [{"photo_id": p.photo_id, **r} for r in result.per_assignment]
-    return MergeResult(pd.DataFrame(photo_rows), pd.DataFrame(assign_rows), frame(rejected, REJECTION_COLUMNS),
-                       pd.DataFrame(repairs, columns=[*REPAIR_COLUMNS]))
+        crowd = [r for r in assign_rows if r["photo_id"] == p.photo_id and not r["golden"] and r["used"]]
+        photo_rows.append({
+            "photo_id": p.photo_id, "status": result.status, "reasons": ";".join(result.reasons),
+            "source": result.source, "n_assignments": int((~todo["golden"]).sum()), "n_used": len(result.used),
+            "n_golden": int(todo["golden"].sum()),
+            "n_swapped": sum(r["swapped"] for r in result.assignments),
+            "mean_iou": float(np.mean([r["mean_iou"] for r in crowd])) if crowd else math.nan,
+            "median_iou": float(np.median([r["mean_iou"] for r in crowd])) if crowd else math.nan,
+            "unanimous": result.unanimous, "mask_path": str(out_dir / f"{key}.png"),
+            "agreement_path": str(out_dir / f"{key}.agreement.png"),
+            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}})
+    return MergeResult(pd.DataFrame(photo_rows), pd.DataFrame(assign_rows),
+                       pd.DataFrame(score_rows, columns=SCORE_COLUMNS), pd.DataFrame(class_rows),
+                       frame(rejected, REJECTION_COLUMNS), pd.DataFrame(repairs, columns=REPAIR_COLUMNS))
 
 
-REPAIR_COLUMNS = ["assignment", "photo_id", "annotator_id", "row", "index", "label", "repair"]
+def _score_against(result: Fusion, layers: list[AssignmentLayers], spec: Spec, todo: pd.DataFrame
+                   ) -> list[dict[str, Any]]:
+    """Per assignment: the fusion's decisions plus its per-class IoU with the merged mask."""
+    n = len(spec.classes)
+    by_key = {a.assignment: a for a in layers}
+    out = []
+    for r in result.assignments:
+        own = composite(by_key[r["assignment"]].layers, spec.draw_ids, *result.mask.shape)
+        cm = np.bincount(own.ravel().astype(np.int64) * n + result.mask.ravel(), minlength=n * n).reshape(n, n)
+        inter = np.diag(cm).astype(np.float64)
+        union = cm.sum(0) + cm.sum(1) - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ious = np.where(union > 0, inter / union, np.nan)
+        fg = ious[1:]
+        out.append({**r, "used": r["assignment"] in result.used,
+                    "mean_iou": float(np.nanmean(fg)) if np.isfinite(fg).any() else 1.0,
+                    **{f"iou_{c.name}": float(ious[c.id]) for c in spec.classes[1:]}})
+    return out
+
+
+def held_back(photos: pd.DataFrame, assignments: pd.DataFrame, merged: pd.DataFrame, hold_disputed: bool
+              ) -> pd.DataFrame:
+    """Rejections for photos that need re-annotation (when held back) and for their assignments."""
+    if merged.empty:
+        return frame([], REJECTION_COLUMNS)
+    need = merged[merged["status"] == "needs_reannotation"]
+    if not hold_disputed:
+        need = need[need["reasons"].str.startswith("too_few_annotators")]
+    where = photos.set_index("photo_id")
+    rows = [rejection("merge", "photo", "needs_reannotation", p.reasons, file=where.at[p.photo_id, "manifest"],
+                      row=int(where.at[p.photo_id, "row"]), photo_id=p.photo_id) for p in need.itertuples()]
+    held = assignments[assignments["photo_id"].isin(set(need["photo_id"]))]
+    rows += [rejection("merge", "assignment", "photo_held_back", "its photo needs re-annotation", file=a.file,
+                       row=a.row, photo_id=a.photo_id, annotator_id=a.annotator_id) for a in held.itertuples()]
+    return frame(rows, REJECTION_COLUMNS)
+
+
+def one_per_annotator(assignments: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep one crowd assignment per (photo, annotator): the last one in the input; reject the earlier ones.
+
+    Two answers from one person must not count as two votes.
+    """
+    order = assignments.reset_index(drop=True)
+    crowd = order[~order["golden"]]
+    repeated = crowd.duplicated(["photo_id", "annotator_id"], keep="last")
+    later = crowd[~repeated].set_index(["photo_id", "annotator_id"])
+    rows = [rejection("merge", "assignment", "duplicate_assignment",
+                      f"{a.annotator_id} answered this photo again at {later.at[(a.photo_id, a.annotator_id), 'file']}"
+                      f":{later.at[(a.photo_id, a.annotator_id), 'row']}; the later answer is used",
+                      file=a.file, row=a.row, photo_id=a.photo_id, annotator_id=a.annotator_id)
+            for a in crowd[repeated].itertuples()]
+    return order.drop(index=crowd.index[repeated]), frame(rows, REJECTION_COLUMNS)
 
 
 def work_key(photo_id: str) -> str:

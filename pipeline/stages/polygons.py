@@ -1,0 +1,178 @@
+"""Polygon hygiene and rasterisation: one annotator's shapes become one bbox-local 0/1 layer per class."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import shapely
+from shapely.geometry import Polygon, box
+
+SHIFT = 4  # cv2 fixed-point bits: polygon vertices keep 1/16 px precision
+MAX_VERTICES = 10_000  # rings are thinned to this before any geometry work, so a 10^6-point shape stays cheap
+Ring = np.ndarray  # (N, 2) float64, pixel coordinates with integer values at pixel centres
+Poly = tuple[Ring, list[Ring]]  # exterior, holes
+
+
+class ShapeRejected(ValueError):
+    """A shape that cannot be used; ``code`` is the stable reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def thin(ring: np.ndarray, limit: int = MAX_VERTICES) -> np.ndarray:
+    """At most ``limit`` vertices, taken evenly along the ring."""
+    if len(ring) <= limit:
+        return ring
+    return ring[np.linspace(0, len(ring), limit, endpoint=False).astype(int)]
+
+
+def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width: int, height: int,
+                min_area: float, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[list[Poly], list[str]]:
+    """Repair a polygon (huge rings, self-intersections, bad holes), scale it from the image the annotator saw,
+    clip it to the photo and split it into simple parts.
+
+    Returns the parts and the names of the repairs made; raises ShapeRejected when nothing usable is left.
+    """
+    try:
+        ext = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        rings = [np.asarray(h, dtype=np.float64).reshape(-1, 2) for h in holes]
+    except (TypeError, ValueError):
+        raise ShapeRejected("bad_coordinates", "points are not [x, y] number pairs") from None
+    if len(ext) < 3:
+        raise ShapeRejected("too_few_points", f"a polygon needs 3 points, found {len(ext)}")
+    if not np.isfinite(ext).all():
+        raise ShapeRejected("bad_coordinates", "a coordinate is not a finite number")
+    repairs: list[str] = []
+    if len(ext) > MAX_VERTICES or any(len(r) > MAX_VERTICES for r in rings):
+        ext, rings = thin(ext), [thin(r) for r in rings]
+        repairs.append("thinned")
+    if scale != (1.0, 1.0):
+        ext, rings = _scaled(ext, scale), [_scaled(r, scale) for r in rings]
+        repairs.append("scaled")
+    good = [r for r in rings if len(r) >= 3 and np.isfinite(r).all()]
+    if len(good) != len(rings):
+        repairs.append("dropped_hole")
+    geom: shapely.Geometry = Polygon(ext, good)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+        repairs.append("made_valid")
+    frame = box(-0.5, -0.5, width - 0.5, height - 0.5)
+    if not frame.contains(geom):
+        geom = geom.intersection(frame)
+        repairs.append("clipped")
+    parts = [q for p in shapely.get_parts(geom) for q in shapely.get_parts(p) if isinstance(q, Polygon)
+             and not q.is_empty]
+    if not parts:
+        code = "outside_image" if "clipped" in repairs else "degenerate"
+        raise ShapeRejected(code, "nothing of the polygon lies inside the image" if code == "outside_image"
+                            else "the polygon has no area")
+    area = sum(p.area for p in parts)
+    if area < min_area:
+        raise ShapeRejected("too_small", f"area {area:.1f} px is below merge.min_shape_area_px={min_area}")
+    return [(np.asarray(p.exterior.coords), [np.asarray(r.coords) for r in p.interiors]) for p in parts], repairs
+
+
+def _scaled(ring: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """Map pixel-centre coordinates from a resized image to the photo (pixel edges scale, centres follow)."""
+    return (ring + 0.5) * np.asarray(scale) - 0.5
+
+
+@dataclass
+class Layer:
+    """One annotator's region of one class, rasterised inside its bounding box."""
+
+    y0: int
+    x0: int
+    mask: np.ndarray  # uint8 0/1
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.mask.shape[0]
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.mask.shape[1]
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def within(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """This layer as a 0/1 array over the window (y0, x0, h, w), which must contain it."""
+        out = np.zeros((h, w), np.uint8)
+        out[self.y0 - y0: self.y1 - y0, self.x0 - x0: self.x1 - x0] = self.mask
+        return out
+
+
+def rasterise(polys: list[Poly], height: int, width: int) -> Layer | None:
+    """Fill polygons (holes cut out) into a bbox-local 0/1 mask; None when nothing falls inside the image."""
+    pts = np.concatenate([e for e, _ in polys])
+    x0, y0 = (max(0, math.floor(v)) for v in pts.min(axis=0))
+    x1, y1 = min(width, math.ceil(pts[:, 0].max()) + 1), min(height, math.ceil(pts[:, 1].max()) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    origin = np.array([x0, y0], dtype=np.float64)
+    for ext, holes in polys:
+        rings = [np.round((r - origin) * (1 << SHIFT)).astype(np.int32) for r in (ext, *holes)]
+        if holes:
+            part = np.zeros_like(mask)
+            cv2.fillPoly(part, rings, 1, lineType=cv2.LINE_8, shift=SHIFT)
+            mask |= part
+        else:
+            cv2.fillPoly(mask, rings, 1, lineType=cv2.LINE_8, shift=SHIFT)
+    return Layer(y0, x0, mask) if mask.any() else None
+
+
+@dataclass
+class AssignmentLayers:
+    """One assignment: its key, annotator, and class id -> rasterised layer."""
+
+    assignment: str
+    annotator_id: str
+    golden: bool
+    layers: dict[int, Layer] = field(default_factory=dict)
+
+    def swapped(self, flip_lut: list[int]) -> AssignmentLayers:
+        """The same work with left and right classes exchanged."""
+        return AssignmentLayers(self.assignment, self.annotator_id, self.golden,
+                                {flip_lut[c]: lay for c, lay in self.layers.items()})
+
+
+def composite(layers: dict[int, Layer | None], draw_ids: list[int], height: int, width: int) -> np.ndarray:
+    """Paint layers bottom to top in draw order into a class-index mask (missing or None layers paint nothing)."""
+    out = np.zeros((height, width), np.uint8)
+    for c in draw_ids:
+        lay = layers.get(c)
+        if lay is not None:
+            out[lay.slices][lay.mask.astype(bool)] = c
+    return out
+
+
+def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min_area: float,
+                      scale: tuple[float, float] = (1.0, 1.0)
+                      ) -> tuple[dict[int, Layer], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rasterise one assignment's shapes per class; also the shapes rejected and the repairs made."""
+    by_class: dict[int, list[Poly]] = {}
+    rejected, repairs = [], []
+    for s in shapes:
+        try:
+            polys, fixed = clean_shape(s["points"], s["holes"], width, height, min_area, scale)
+        except ShapeRejected as e:
+            rejected.append({**_where(s), "reason": e.code, "message": f"shape {s['index']} ({s['label']}): {e}"})
+            continue
+        repairs += [{**_where(s), "repair": r} for r in fixed if r != "scaled"]
+        by_class.setdefault(int(s["class_id"]), []).extend(polys)
+    layers = {c: lay for c, polys in by_class.items() if (lay := rasterise(polys, height, width)) is not None}
+    return layers, rejected, repairs
+
+
+def _where(s: dict[str, Any]) -> dict[str, Any]:
+    return {"assignment": s["assignment"], "photo_id": s["photo_id"], "annotator_id": s["annotator_id"],
+            "row": s["row"], "index": s["index"], "label": s["label"]}
