@@ -110,6 +110,7 @@ def combine(parts: list[MergeResult]) -> MergeResult:
 
 
 SPAM_AGREEMENT = 0.2  # on a photo, agreement below this is indistinguishable from random shapes
+SWAPPER_RATE = 0.3  # share of an annotator's photos with left and right swapped that marks a habit
 
 
 def annotator_table(m: MergeResult, skills: pd.DataFrame, rejections: pd.DataFrame, spec: Spec,
@@ -139,7 +140,7 @@ def annotator_status(annotator: str, row: pd.Series, min_agreement: float, ban: 
         return "banned"
     if row["spam_score"] >= 0.5:
         return "spammer"
-    if row["swaps"] >= max(1, row["photos"] / 2):
+    if row["swaps"] >= max(1.0, SWAPPER_RATE * row["photos"]):
         return "swapper"
     return "low_agreement" if row["agreement"] < min_agreement else "ok"
 

@@ -46,10 +46,10 @@ class Collector:
     path: Path
     spec: Spec
     label_map: dict[str, str] | None = None
-    assignments: list[dict[str, Any]] = field(default_factory=list)
-    shapes: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    _keys: set[str] = field(default_factory=set)
+    assignments: list[dict[str, Any]] = field(default_factory=list, init=False)
+    shapes: list[dict[str, Any]] = field(default_factory=list, init=False)
+    rejected: list[dict[str, Any]] = field(default_factory=list, init=False)
+    keys: set[str] = field(default_factory=set, init=False, repr=False)
 
     def assignment(self, row: int, photo_ref: str, annotator: str, *, assignment_id: str = "", golden: bool = False,
                    seen: tuple[float, float] = (0, 0), path: Path | None = None) -> dict[str, Any]:
@@ -57,10 +57,10 @@ class Collector:
         path = path or self.path
         key = base = f"{path.name}:{row}"
         n = 1
-        while key in self._keys:
+        while key in self.keys:
             n += 1
             key = f"{base}#{n}"
-        self._keys.add(key)
+        self.keys.add(key)
         a = {"assignment": key, "photo_id": photo_ref, "annotator_id": annotator, "assignment_id": assignment_id,
              "golden": golden, "file": str(path), "row": row, "n_shapes": 0, "seen_width": seen[0],
              "seen_height": seen[1]}
@@ -80,10 +80,10 @@ class Collector:
                          "class_id": class_id, "label": label, "points": points, "holes": holes, "row": a["row"],
                          "index": index} for points, holes in parts]
 
-    def not_drawn(self, a: dict[str, Any], index: int, reason: str, message: str) -> None:
+    def not_drawn(self, a: dict[str, Any], index: int, reason: str, message: str, what: str = "") -> None:
         """Reject one shape of an assignment that cannot become a region."""
         a["n_shapes"] += 1
-        self._reject_shape(a, reason, f"shape {index}: {message}")
+        self._reject_shape(a, reason, f"{what or f'shape {index}'}: {message}")
 
     def reject(self, item: str, reason: str, message: str, *, row: int | None = None, photo_ref: str = "",
                annotator: str = "", path: Path | None = None) -> None:

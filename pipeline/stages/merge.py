@@ -48,7 +48,7 @@ def _per_class(spec: Spec, overrides: dict[str, float], attr: str, key: str) -> 
 
 
 def area(layer: Layer | None) -> int:
-    return 0 if layer is None else int(layer.mask.sum())
+    return 0 if layer is None else layer.area
 
 
 def layer_iou(a: Layer | None, b: Layer | None) -> float:
@@ -70,25 +70,39 @@ def weighted_region(layers: list[Layer | None], weights: list[float], quorum: fl
 
     A voter without a layer votes 'not this class'.
     """
-    votes = [(la, w) for k, (la, w) in enumerate(zip(layers, weights, strict=True)) if k != skip]
-    total = sum(w for _, w in votes)
-    drawn = [(la, w) for la, w in votes if la is not None]
-    if not drawn or total <= 0:
-        return None
-    y0, x0 = min(la.y0 for la, _ in drawn), min(la.x0 for la, _ in drawn)
-    h, w = max(la.y1 for la, _ in drawn) - y0, max(la.x1 for la, _ in drawn) - x0
+    return weighted_regions(layers, weights, quorum, [skip])[0]
+
+
+def weighted_regions(layers: list[Layer | None], weights: list[float], quorum: float, skips: list[int]
+                     ) -> list[Layer | None]:
+    """``weighted_region`` for each voter left out in turn (-1: nobody), from one pass of weighted counts."""
+    drawn = [(k, la, w) for k, (la, w) in enumerate(zip(layers, weights, strict=True)) if la is not None]
+    if not drawn:
+        return [None] * len(skips)
+    y0, x0 = min(la.y0 for _, la, _ in drawn), min(la.x0 for _, la, _ in drawn)
+    h, w = max(la.y1 for _, la, _ in drawn) - y0, max(la.x1 for _, la, _ in drawn) - x0
     share = np.zeros((h, w), np.float32)
-    for la, wt in drawn:
+    for _, la, wt in drawn:
         share[la.y0 - y0: la.y1 - y0, la.x0 - x0: la.x1 - x0] += np.float32(wt) * la.mask
-    region = (share >= quorum * total - EPS) & (share > 0)
-    return Layer(y0, x0, region.astype(np.uint8)) if region.any() else None
+    out: list[Layer | None] = []
+    for skip in skips:
+        counts, total = share, sum(weights) - (weights[skip] if skip >= 0 else 0.0)
+        own = layers[skip] if skip >= 0 else None
+        if own is not None:
+            counts = share.copy()
+            counts[own.y0 - y0: own.y1 - y0, own.x0 - x0: own.x1 - x0] -= np.float32(weights[skip]) * own.mask
+        region = (counts >= quorum * total - 1e-4) & (counts > 1e-4) if total > 0 else None
+        out.append(Layer(y0, x0, region.astype(np.uint8)) if region is not None and region.any() else None)
+    return out
 
 
-def consensus_of_others(crowd: list[AssignmentLayers], k: int, classes: list[int], quorum: dict[int, float],
-                        weights: dict[tuple[str, int], float]) -> dict[int, Layer | None]:
-    """Per class, the weighted vote of every crowd assignment except number k."""
-    return {c: weighted_region([a.layers.get(c) for a in crowd], [_w(weights, a.annotator_id, c) for a in crowd],
-                               quorum[c], skip=k) for c in classes}
+def consensus_of_others(crowd: list[AssignmentLayers], classes: list[int], quorum: dict[int, float],
+                        weights: dict[tuple[str, int], float]) -> list[dict[int, Layer | None]]:
+    """For each crowd assignment, per class, the weighted vote of all the other crowd assignments."""
+    per_class = {c: weighted_regions([a.layers.get(c) for a in crowd],
+                                     [_w(weights, a.annotator_id, c) for a in crowd], quorum[c],
+                                     list(range(len(crowd)))) for c in classes}
+    return [{c: per_class[c][k] for c in classes} for k in range(len(crowd))]
 
 
 def _w(weights: dict[tuple[str, int], float], annotator: str, c: int) -> float:
@@ -141,19 +155,33 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
                            "excluded": "banned" if a.annotator_id in cfg.ban else ""} for a in assignments}
     gold_ref = {c: gold[0].layers.get(c) for c in classes} if gold else None
 
-    def reference(k: int) -> dict[int, Layer | None]:
-        return gold_ref if gold_ref is not None else consensus_of_others(crowd, k, classes, quorum, weights)
+    def references() -> list[dict[int, Layer | None]]:
+        """Each crowd assignment's reference: the golden answer, or the vote of the others still counted."""
+        if gold_ref is not None:
+            return [gold_ref] * len(crowd)
+        voters = [a for a in crowd if not rows[a.assignment]["excluded"]]
+        others = consensus_of_others(voters, classes, quorum, weights)
+        by_key = {a.assignment: ref for a, ref in zip(voters, others, strict=True)}
+        everyone = {c: weighted_region([a.layers.get(c) for a in voters],
+                                       [_w(weights, a.annotator_id, c) for a in voters], quorum[c]) for c in classes}
+        return [by_key.get(x.assignment, everyone) for x in crowd]
 
-    for k, a in enumerate(crowd):
-        if pairs and swap_gain(a, reference(k), pairs) > cfg.swap_margin:
-            rows[a.assignment]["swapped"] = True
-            if cfg.swaps == "fix":
-                crowd[k] = a.swapped(spec.flip_lut)
-            else:
-                rows[a.assignment]["excluded"] = "swapped"
+    refs = references()
+    while pairs:  # swap back the clearest swap first, then look again: two swappers can fool one look
+        gains = [(swap_gain(a, refs[k], pairs), k) for k, a in enumerate(crowd)
+                 if not rows[a.assignment]["swapped"] and not rows[a.assignment]["excluded"]]
+        gain, k = max(gains, default=(0.0, -1))
+        if gain <= cfg.swap_margin:
+            break
+        rows[crowd[k].assignment]["swapped"] = True
+        if cfg.swaps == "fix":
+            crowd[k] = crowd[k].swapped(spec.flip_lut)
+        else:
+            rows[crowd[k].assignment]["excluded"] = "swapped"
+        refs = references()
     scores = []
     for k, a in enumerate(crowd):
-        agreement, ious = mean_iou(a, reference(k), classes)
+        agreement, ious = mean_iou(a, refs[k], classes)
         rows[a.assignment]["agreement"] = agreement
         scores += [{"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
                     "class_id": c, "iou": v, "vs_gold": gold_ref is not None} for c, v in zip(classes, ious,
@@ -163,7 +191,8 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
     used = [a for a in crowd if not rows[a.assignment]["excluded"]]
     if not final:
         return Fusion(None, None, "", "", [], list(rows.values()), scores, [])
-    return _vote(photo_id, used, gold, rows, scores, spec, cfg, quorum, needed, weights, height, width)
+    by_key = {a.assignment: a for a in assignments} | {a.assignment: a for a in crowd}
+    return _vote(photo_id, used, gold, rows, scores, spec, cfg, quorum, needed, weights, height, width, by_key)
 
 
 @cache
@@ -173,7 +202,8 @@ def _flip_pairs(flip_lut: tuple[int, ...]) -> list[tuple[int, int]]:
 
 def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLayers], rows: dict[str, dict[str, Any]],
           scores: list[dict[str, Any]], spec: Spec, cfg: MergeConfig, quorum: dict[int, float],
-          needed: dict[int, float], weights: dict[tuple[str, int], float], height: int, width: int) -> Fusion:
+          needed: dict[int, float], weights: dict[tuple[str, int], float], height: int, width: int,
+          by_key: dict[str, AssignmentLayers]) -> Fusion:
     classes = spec.draw_ids
     reasons: list[str] = []
     if cfg.use_golden and gold:
@@ -185,11 +215,16 @@ def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLaye
         regions = {c: weighted_region([a.layers.get(c) for a in used],
                                       [_w(weights, a.annotator_id, c) for a in used], quorum[c]) for c in classes}
     mask = composite(regions, classes, height, width)
-    own = [composite(a.layers, classes, height, width) for a in used]
-    agree = np.zeros((height, width), np.float32)
-    for o in own:
-        agree += o == mask
-    share = agree / max(len(own), 1)
+    share = np.ones((height, width), np.float32)  # outside every drawn layer, all agree on background
+    every = [la for a in used for la in a.layers.values()]
+    if every:
+        y0, x0 = min(la.y0 for la in every), min(la.x0 for la in every)
+        y1, x1 = max(la.y1 for la in every), max(la.x1 for la in every)
+        window = mask[y0:y1, x0:x1]
+        agree = np.zeros(window.shape, np.float32)
+        for a in used:
+            agree += composite(_shifted(a.layers, y0, x0), classes, y1 - y0, x1 - x0) == window
+        share[y0:y1, x0:x1] = agree / len(used)
     class_rows, disputed = [], []
     for c in classes:
         ious = [layer_iou(a.layers.get(c), regions[c]) for a in used]
@@ -206,12 +241,22 @@ def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLaye
                            "disputed": spec.classes[c].name in disputed})
     if disputed:
         reasons.append("disputed:" + ",".join(disputed))
-    for a in used:
-        rows[a.assignment]["used"] = True
     status = "needs_reannotation" if reasons else "accepted"
-    unanimous = float(np.mean(agree == len(own))) if own else math.nan
+    unanimous = float(np.mean(share >= 1.0)) if used else math.nan
+    for r in rows.values():
+        own = by_key[r["assignment"]].layers
+        ious = {c: layer_iou(own.get(c), regions[c]) for c in classes}
+        finite = [v for v in ious.values() if not math.isnan(v)]
+        r.update(used=r["assignment"] in {a.assignment for a in used},
+                 mean_iou=float(np.mean(finite)) if finite else 1.0,
+                 **{f"iou_{spec.classes[c].name}": v for c, v in ious.items()})
     return Fusion(mask, np.round(share * 255).astype(np.uint8), source, status, reasons, list(rows.values()),
                   scores, class_rows, unanimous, [a.assignment for a in used])
+
+
+def _shifted(layers: dict[int, Layer], y0: int, x0: int) -> dict[int, Layer]:
+    """Layers with their origin moved by (-y0, -x0)."""
+    return {c: Layer(la.y0 - y0, la.x0 - x0, la.mask) for c, la in layers.items()}
 
 
 @dataclass
@@ -261,7 +306,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
             continue
         rejected += bad
         repairs += fixed
-        assign_rows += _score_against(result, layers, spec, todo)
+        assign_rows += result.assignments
         class_rows += result.classes
         key = work_key(p.photo_id)
         cv2.imwrite(str(out_dir / f"{key}.png"), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -281,26 +326,6 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     return MergeResult(pd.DataFrame(photo_rows), pd.DataFrame(assign_rows),
                        pd.DataFrame(score_rows, columns=SCORE_COLUMNS), pd.DataFrame(class_rows),
                        frame(rejected, REJECTION_COLUMNS), pd.DataFrame(repairs, columns=REPAIR_COLUMNS))
-
-
-def _score_against(result: Fusion, layers: list[AssignmentLayers], spec: Spec, todo: pd.DataFrame
-                   ) -> list[dict[str, Any]]:
-    """Per assignment: the fusion's decisions plus its per-class IoU with the merged mask."""
-    n = len(spec.classes)
-    by_key = {a.assignment: a for a in layers}
-    out = []
-    for r in result.assignments:
-        own = composite(by_key[r["assignment"]].layers, spec.draw_ids, *result.mask.shape)
-        cm = np.bincount(own.ravel().astype(np.int64) * n + result.mask.ravel(), minlength=n * n).reshape(n, n)
-        inter = np.diag(cm).astype(np.float64)
-        union = cm.sum(0) + cm.sum(1) - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ious = np.where(union > 0, inter / union, np.nan)
-        fg = ious[1:]
-        out.append({**r, "used": r["assignment"] in result.used,
-                    "mean_iou": float(np.nanmean(fg)) if np.isfinite(fg).any() else 1.0,
-                    **{f"iou_{c.name}": float(ious[c.id]) for c in spec.classes[1:]}})
-    return out
 
 
 def held_back(photos: pd.DataFrame, assignments: pd.DataFrame, merged: pd.DataFrame, hold_disputed: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -90,6 +91,10 @@ class Layer:
     y0: int
     x0: int
     mask: np.ndarray  # uint8 0/1
+
+    @cached_property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
 
     @property
     def y1(self) -> int:

@@ -1,0 +1,74 @@
+"""Every annotator profile of a simulated crowd is caught by the merge stage, with no Prefect involved."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.build import annotator_table, combine, merge_jobs
+from pipeline.config import IngestConfig, MergeConfig
+from pipeline.io.annotations import read_annotations
+from pipeline.io.manifest import read_manifest
+from pipeline.simulate import simulate
+from pipeline.spec import load_spec
+from pipeline.stages.ingest import ingest
+from pipeline.stages.merge import merge_batch
+from pipeline.stages.skill import PooledSkill
+
+SPEC = load_spec("easyportrait")
+PROFILES = {"careful": 0.45, "sloppy": 0.15, "lazy": 0.15, "swapper": 0.15, "spammer": 0.1}
+
+
+def merge_crowd(folder: Path, out: Path, cfg: MergeConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The merge stage as the flow runs it (EM passes, then the final vote); photos, assignments, annotators."""
+    photos, _ = ingest(read_manifest(folder / "photos.csv")[0], IngestConfig(detect_faces=False))
+    assignments, shapes, _ = read_annotations(folder / "annotations.jsonl", SPEC)
+    jobs = merge_jobs(photos, assignments[assignments["photo_id"].isin(photos["photo_id"])], shapes, 16)
+    weights: dict = {}
+    for _ in range(cfg.em_iterations):
+        scores = pd.concat([merge_batch(*job, SPEC, cfg, weights, None).scores for job in jobs])
+        weights = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit(scores).weights()
+    m = combine([merge_batch(*job, SPEC, cfg, weights, out) for job in jobs])
+    skills = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit(m.scores).skills_
+    return m.photos, m.assignments, annotator_table(m, skills, m.rejections, SPEC, cfg.min_agreement, cfg.ban)
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    folder, out = tmp_path_factory.mktemp("crowd"), tmp_path_factory.mktemp("masks")
+    simulate(folder, photos=60, users=20, annotators=5, pool=16, seed=5, size=(480, 640), profiles=PROFILES,
+             gold_share=0.0)
+    return (folder, *merge_crowd(folder, out, MergeConfig()))
+
+
+def test_spammers_and_swappers_are_detected_and_careful_annotators_are_not(crowd):
+    folder, _, _, annotators = crowd
+    truth = pd.read_csv(folder / "truth" / "annotators.csv")[["annotator_id", "profile"]]
+    status = annotators.merge(truth, on="annotator_id").groupby("profile")["status"].agg(set)
+    assert status["spammer"] == {"spammer"}
+    assert status["swapper"] == {"swapper"}
+    assert status["careful"] == {"ok"}
+
+
+def test_swapped_assignments_are_swapped_back_and_spam_is_left_out(crowd):
+    folder, _, assignments, _ = crowd
+    truth = pd.read_csv(folder / "truth" / "annotators.csv")[["annotator_id", "profile"]]
+    a = assignments.merge(truth, on="annotator_id")
+    assert a.loc[a["profile"] == "careful", "swapped"].mean() < 0.05
+    assert a.loc[a["profile"] == "swapper", "swapped"].mean() > 0.4  # they swap on ~70% of photos with eyes
+    assert (a.loc[a["profile"] == "spammer", "used"]).mean() < 0.1
+
+
+def test_lazy_annotators_do_not_erase_the_parts_they_skip(crowd):
+    folder, photos, _, annotators = crowd
+    truth = pd.read_csv(folder / "truth" / "annotators.csv")[["annotator_id", "profile"]]
+    skill = annotators.merge(truth, on="annotator_id").groupby("profile")["skill_teeth"].mean()
+    assert skill["lazy"] < skill["careful"]
+    inter = union = 0
+    for p in photos.itertuples():
+        pred = np.asarray(Image.open(p.mask_path)) == 8
+        true = np.asarray(Image.open(folder / "truth" / "masks" / f"{p.photo_id}.png")) == 8
+        inter, union = inter + (pred & true).sum(), union + (pred | true).sum()
+    assert union > 0 and inter / union > 0.9
