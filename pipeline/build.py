@@ -48,6 +48,21 @@ def resolve_spec(cfg: Config) -> Spec:
     return load_spec(cfg.path(ref) if ref.endswith((".yaml", ".yml")) else ref)
 
 
+def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame
+                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The native annotations file plus every configured tool export, with image references resolved."""
+    from pipeline.io.annotations import read_annotations
+    from pipeline.io.sources import read_source, resolve_photos
+
+    parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map)]
+    for src in cfg.inputs.sources:
+        a, s, r = read_source(cfg.path(src.path), src.format, spec, {**cfg.inputs.label_map, **src.label_map},
+                              src.annotator)
+        a, s, unresolved = resolve_photos(a, s, manifest)
+        parts.append((a, s, pd.concat([r, unresolved], ignore_index=True)))
+    return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))  # type: ignore[return-value]
+
+
 def batches(df: pd.DataFrame, size: int) -> list[pd.DataFrame]:
     """Consecutive row batches of at most ``size`` rows (none for an empty table)."""
     return [df.iloc[i: i + size] for i in range(0, len(df), size)]

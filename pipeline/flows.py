@@ -16,7 +16,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import build as b
 from pipeline.config import Config
-from pipeline.io.annotations import read_annotations
 from pipeline.io.manifest import read_manifest
 from pipeline.report.html import render_report
 from pipeline.report.write import write_csv, write_json
@@ -30,8 +29,7 @@ STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 @task(name="read-inputs", **STAGE)
 def read_inputs(cfg: Config, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
-    assignments, shapes, ann_rejected = read_annotations(cfg.path(cfg.inputs.annotations), spec,
-                                                         cfg.inputs.label_map)
+    assignments, shapes, ann_rejected = b.read_all_annotations(cfg, spec, manifest)
     get_run_logger().info("read %d photos (%d rows rejected), %d assignments, %d shapes (%d rejected)",
                           len(manifest), len(rejected), len(assignments), len(shapes), len(ann_rejected))
     return manifest, assignments, shapes, concat([rejected, ann_rejected], REJECTION_COLUMNS)
