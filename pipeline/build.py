@@ -55,10 +55,11 @@ def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame
     from pipeline.io.sources import read_source, resolve_photos
 
     parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map)]
-    for src in cfg.inputs.sources:
+    for i, src in enumerate(cfg.inputs.sources, start=1):
         a, s, r = read_source(cfg.path(src.path), src.format, spec, {**cfg.inputs.label_map, **src.label_map},
                               src.annotator)
         a, s, unresolved = resolve_photos(a, s, manifest)
+        a["assignment"], s["assignment"] = f"source{i}/" + a["assignment"], f"source{i}/" + s["assignment"]
         parts.append((a, s, pd.concat([r, unresolved], ignore_index=True)))
     return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))  # type: ignore[return-value]
 
@@ -258,6 +259,7 @@ def preflight(cfg: Config) -> Spec:
     """
     from pipeline.errors import CrowdsegError
     from pipeline.io.manifest import read_manifest, read_text
+    from pipeline.io.sources import detect_format
     from pipeline.stages.merge import class_agreement, class_quorum
 
     spec = resolve_spec(cfg)
@@ -272,5 +274,10 @@ def preflight(cfg: Config) -> Spec:
                             file=cfg.source)
     read_manifest(cfg.path(cfg.inputs.photos))
     read_text(cfg.path(cfg.inputs.annotations))
+    for i, src in enumerate(cfg.inputs.sources):
+        if not cfg.path(src.path).exists():
+            raise CrowdsegError(f"inputs.sources[{i}].path: no such file or folder: {src.path}", file=cfg.source)
+        if src.format == "auto":
+            detect_format(cfg.path(src.path))
     load_index(cfg)
     return spec

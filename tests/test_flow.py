@@ -27,12 +27,37 @@ def _build(crowd: Path, out: Path) -> dict:
     return run_build(cfg, preflight(cfg))
 
 
+def _coco_export(crowd: Path, n: int) -> Path:
+    """One native assignment of each of the first n photos re-exported as COCO (pixel edges at integers)."""
+    spec_ids = {c.id: c.name for c in SPEC.classes}
+    photos = pd.read_csv(crowd / "photos.csv", dtype=str).set_index("photo_id")
+    images, annotations = [], []
+    lines = [json.loads(line) for line in (crowd / "annotations.jsonl").read_text().splitlines()]
+    first = {a["photo_id"]: a for a in reversed(lines) if a["photo_id"] in set(photos.index)}
+    for a in [first[p] for p in sorted(first)[:n]]:
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": photos.at[a["photo_id"], "path"], "width": 720, "height": 960})
+        for s in a["shapes"]:
+            if not s["holes"]:
+                flat = [v + 0.5 for point in s["points"] for v in point]
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0,
+                                    "category_id": SPEC.class_id(s["label"]), "segmentation": [flat]})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": n} for i, n in spec_ids.items() if i]}
+    path = crowd / "tool_export.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory) -> Path:
-    """A careful crowd with every kind of broken input, at a realistic phone size."""
+    """A careful crowd with every kind of broken input, at a realistic phone size, plus a COCO export."""
     out = tmp_path_factory.mktemp("crowd")
     simulate(out, photos=36, users=14, annotators=5, seed=7, size=(720, 960), profiles={"careful": 1.0},
              broken=True)
+    _coco_export(out, 6)
+    with (out / "config.toml").open("a") as f:
+        f.write('\n[[inputs.sources]]\npath = "tool_export.json"\nannotator = "coco-tool"\n')
     return out
 
 
@@ -109,6 +134,7 @@ def test_every_input_is_accounted_for(builds, crowd):
     out, _, ledger = builds
     manifest_rows = len(pd.read_csv(crowd / "photos.csv"))
     lines = sum(1 for line in (crowd / "annotations.jsonl").read_text().splitlines() if line.strip())
+    lines += len(json.loads((crowd / "tool_export.json").read_text())["images"])
     assert ledger["photos_in"] == manifest_rows and ledger["assignments_in"] == lines
     assert (ledger["photos_published"] + ledger["photos_rejected"] + ledger["photos_deduplicated"]
             + ledger["photos_held_back"]) == manifest_rows
@@ -120,6 +146,15 @@ def test_every_input_is_accounted_for(builds, crowd):
     assert sorted([*published, *dropped, *photo_rejected]) == sorted(manifest_ids)
     used = pd.read_csv(out / "reports" / "assignments.csv", dtype=str)
     assert len(used) + int((rejections["item"] == "assignment").sum()) == lines
+
+
+def test_tool_exports_join_the_vote(builds):
+    out, _, _ = builds
+    used = pd.read_csv(out / "reports" / "assignments.csv", dtype=str)
+    coco = used[used["annotator_id"] == "coco-tool"]
+    assert len(coco) >= 5 and coco["assignment"].str.startswith("source1/").all()
+    assert (coco["iou_person"].astype(float) > 0.97).all()  # COCO drops holed shapes: compare what it kept
+    assert (coco["iou_left_eye"].astype(float) > 0.8).all()
 
 
 def test_broken_inputs_are_rejected_with_reasons(builds, crowd):

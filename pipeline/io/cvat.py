@@ -19,7 +19,8 @@ NO_AREA = {"polyline", "points", "skeleton", "cuboid", "tag"}
 def read_cvat(path: Path, spec: Spec, label_map: dict[str, str], annotator: str) -> Tables:
     """Assignments, shapes and rejections of a CVAT for images XML file.
 
-    The annotator is ``annotator`` when given, else the job or task assignee in ``<meta>``, else its owner.
+    The annotator is ``annotator`` when given, else the assignee (else owner) that ``<meta>`` names for the image's
+    task, else for the job or file.
     Polygons, boxes (rotation kept), ellipses and masks become regions; polylines, points, skeletons, cuboids and
     tags have no area and are rejected (``not_a_region``), as are video ``<track>`` elements. An ``<image>``
     without shapes is rejected as ``not_annotated``: CVAT lists every image of a task, done or not.
@@ -27,11 +28,11 @@ def read_cvat(path: Path, spec: Spec, label_map: dict[str, str], annotator: str)
     root, lines = parse_xml(path)
     if root.tag != "annotations":
         raise CrowdsegError(f"expected a CVAT <annotations> root, found <{root.tag}>", file=str(path), where=1)
-    who = annotator or meta_annotator(root)
+    tasks, whole = meta_annotators(root)
     out = Collector(path, spec, label_map)
     for el in root:
         if el.tag == "image":
-            _image(out, el, lines[el], who)
+            _image(out, el, lines[el], annotator or tasks.get(el.get("task_id", "")) or whole)
         elif el.tag == "track":
             out.reject("shape", "unsupported_shape", f"<track label={el.get('label', '')!r}> is a video track; "
                        "export the task as 'CVAT for images 1.1'", row=lines[el])
@@ -63,14 +64,22 @@ def parse_xml(path: Path) -> tuple[Element, dict[Element, int]]:
     return builder.close(), lines
 
 
-def meta_annotator(root: Element) -> str:
-    """The assignee (of the job, else the task) named in ``<meta>``, else the owner; '' when neither is set."""
-    for tag in ("assignee", "owner"):
-        for el in root.iterfind(f"meta//{tag}"):
-            name = (el.findtext("username") or el.text or "").strip()
+def meta_annotators(root: Element) -> tuple[dict[str, str], str]:
+    """Who ``<meta>`` says did the work: per task id, and for the whole file (job, else first task, else project).
+
+    Each scope names its assignee, else its owner.
+    """
+    def who(scope: Element | None) -> str:
+        for tag in ("assignee", "owner"):
+            el = scope.find(tag) if scope is not None else None
+            name = "" if el is None else (el.findtext("username") or el.text or "").strip()
             if name:
                 return name
-    return ""
+        return ""
+
+    tasks = {(t.findtext("id") or "").strip(): who(t) for t in root.iterfind("meta//task")}
+    whole = who(root.find("meta/job")) or next((w for w in tasks.values() if w), "") or who(root.find("meta/project"))
+    return tasks, whole
 
 
 def _image(out: Collector, el: Element, row: int, annotator: str) -> None:
@@ -83,8 +92,8 @@ def _image(out: Collector, el: Element, row: int, annotator: str) -> None:
         out.reject("assignment", "not_annotated", f"image {ref!r} has no shapes", row=row, photo_ref=ref,
                    annotator=annotator)
         return
-    a = out.assignment(row, ref, annotator, assignment_id=el.get("id", ""),
-                       seen=(int(el.get("width", 0)), int(el.get("height", 0))))
+    a = out.assignment(row, ref, annotator, assignment_id=el.get("id", ""), seen=(_size(el, "width"),
+                                                                                    _size(el, "height")))
     for i, shape in enumerate(el):
         try:
             parts = _parts(shape)
@@ -117,6 +126,12 @@ def _parts(el: Element) -> list[Part] | None:
 
 def _num(el: Element, name: str) -> float:
     return float(el.get(name, 0))
+
+
+def _size(el: Element, name: str) -> int:
+    """An image dimension; 0 (the photo's own size) when absent or not a whole number."""
+    value = el.get(name, "")
+    return int(value) if value.isdigit() else 0
 
 
 def _mask(el: Element) -> np.ndarray:

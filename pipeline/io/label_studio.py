@@ -35,7 +35,11 @@ def read_label_studio(path: Path, spec: Spec, label_map: dict[str, str], annotat
             continue
         ref = _image(task.get("data"))
         for ann in task.get("annotations", []):
-            _annotation(out, row, ref, ann if isinstance(ann, dict) else {}, annotator)
+            if isinstance(ann, dict):
+                _annotation(out, row, ref, ann, annotator)
+            else:
+                out.reject("assignment", "bad_row", "an element of 'annotations' is not an object", row=row,
+                           photo_ref=ref)
     return out.tables()
 
 
@@ -64,7 +68,7 @@ def _annotation(out: Collector, row: int, ref: str, ann: dict[str, Any], annotat
         return
     results = [r for r in ann.get("result") or [] if isinstance(r, dict)]
     shaped = {r.get("id") for r in results if r.get("type") != "labels"}
-    labels = {r.get("id"): r.get("value", {}).get("labels", []) for r in results if r.get("type") == "labels"}
+    labels = {r.get("id"): _value(r).get("labels", []) for r in results if r.get("type") == "labels"}
     regions = [r for r in results if r.get("type") != "labels" or r.get("id") not in shaped]
     seen = _seen(regions)
     a = out.assignment(row, ref, who, assignment_id=str(ann.get("id", "")), golden=bool(ann.get("ground_truth")),
@@ -94,7 +98,7 @@ def _result(out: Collector, a: dict[str, Any], i: int, r: dict[str, Any], linked
             seen: tuple[int, int]) -> None:
     rtype = str(r.get("type", ""))
     kind = rtype.removesuffix("labels")
-    value = r.get("value") if isinstance(r.get("value"), dict) else {}
+    value = _value(r)
     if kind not in REGIONS:
         reason = "not_a_region" if kind in NO_AREA else "unsupported_shape"
         out.not_drawn(a, i, reason, f"a {rtype!r} result " + ("has no area" if reason == "not_a_region"
@@ -108,6 +112,11 @@ def _result(out: Collector, a: dict[str, Any], i: int, r: dict[str, Any], linked
     names = value.get(rtype) if rtype.endswith("labels") else linked
     for name in names or [""]:
         out.shape(a, i, str(name), parts)
+
+
+def _value(result: dict[str, Any]) -> dict[str, Any]:
+    value = result.get("value")
+    return value if isinstance(value, dict) else {}
 
 
 def _ring(kind: str, v: dict[str, Any], seen: tuple[int, int]) -> np.ndarray:

@@ -119,7 +119,7 @@ class PhotoIndex:
 
 
 def _normal(path: str) -> str:
-    return posixpath.normpath(path.replace("\\", "/")).lstrip("/") if path else ""
+    return posixpath.normpath(path) if path else ""
 
 
 def _reference(ref: str) -> tuple[str, list[str]]:
@@ -128,9 +128,11 @@ def _reference(ref: str) -> tuple[str, list[str]]:
     URLs (``http(s)://...``, Label Studio's ``/data/...``) count only by their last path component, except
     Label Studio local files (``?d=<path>``); Label Studio's upload prefix is tried off as a fallback.
     """
+    ref = ref.replace("\\", "/")
     parts = urlsplit(ref)
     local = parse_qs(parts.query).get("d", [""])[0]
-    if local or not (parts.scheme or parts.netloc or ref.startswith("/data/")):
+    url = len(parts.scheme) > 1 or parts.netloc or ref.startswith("/data/")  # a one-letter scheme is a drive
+    if local or not url:
         path = _normal(unquote(local) if local else ref)
         return path, [posixpath.basename(path)] if path else []
     name = posixpath.basename(unquote(parts.path))

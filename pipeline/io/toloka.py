@@ -33,17 +33,19 @@ def read_toloka(path: Path, spec: Spec, label_map: dict[str, str], annotator: st
     golden = "GOLDEN:" + answer.removeprefix("OUTPUT:")
     out = Collector(path, spec, label_map)
     golden_seen: set[tuple[str, str]] = set()
-    for fields in reader:
-        row = reader.line_num
-        if not any(f.strip() for f in fields):
-            continue
-        rec = dict(zip(header, fields, strict=False))
-        ref = rec.get(image, "").strip()
-        _row(out, row, ref, rec, answer, annotator)
-        gold = rec.get(golden, "").strip()
-        if gold and (ref, gold) not in golden_seen:
-            golden_seen.add((ref, gold))
-            _answer(out, row, ref, "golden", gold, golden=True)
+    try:
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue
+            rec = dict(zip(header, fields, strict=False))
+            ref = rec.get(image, "").strip()
+            _row(out, reader.line_num, ref, rec, answer, annotator)
+            gold = rec.get(golden, "").strip()
+            if gold and (ref, gold) not in golden_seen:
+                golden_seen.add((ref, gold))
+                _answer(out, reader.line_num, ref, "golden", gold, golden=True)
+    except csv.Error as e:  # e.g. a cell over the csv module's 128 KiB limit
+        raise CrowdsegError(f"invalid TSV: {e}", file=str(path), where=reader.line_num) from None
     return out.tables()
 
 
