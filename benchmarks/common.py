@@ -28,10 +28,14 @@ def best_of(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its finished children (pool workers), in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+    """Peak resident memory of this process, or of its largest finished child (a pool worker), in MB.
+
+    Linux's ``ru_maxrss`` survives exec, so a subprocess would inherit its parent's peak; VmHWM starts afresh.
+    """
+    status = Path("/proc/self/status")
+    own = (int(next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:")))
+           if status.exists() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

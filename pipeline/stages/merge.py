@@ -162,9 +162,12 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
         voters = [a for a in crowd if not rows[a.assignment]["excluded"]]
         others = consensus_of_others(voters, classes, quorum, weights)
         by_key = {a.assignment: ref for a, ref in zip(voters, others, strict=True)}
-        everyone = {c: weighted_region([a.layers.get(c) for a in voters],
-                                       [_w(weights, a.annotator_id, c) for a in voters], quorum[c]) for c in classes}
-        return [by_key.get(x.assignment, everyone) for x in crowd]
+        if len(voters) < len(crowd):  # a left-out assignment is compared with the vote of all who still count
+            everyone = {c: weighted_region([a.layers.get(c) for a in voters], [_w(weights, a.annotator_id, c)
+                                                                               for a in voters], quorum[c])
+                        for c in classes}
+            return [by_key.get(x.assignment, everyone) for x in crowd]
+        return others
 
     refs = references()
     while pairs:  # swap back the clearest swap first, then look again: two swappers can fool one look
