@@ -10,8 +10,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.spec import Spec, load_spec
-from pipeline.stages.merge import REPAIR_COLUMNS, MergeResult
-from pipeline.tables import REJECTION_COLUMNS
+from pipeline.stages.merge import MergeResult
 
 
 @dataclass(frozen=True)
@@ -110,19 +109,12 @@ def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataF
     return jobs
 
 
-def combine(parts: list[MergeResult]) -> MergeResult:
-    """One MergeResult from the batches' results."""
-    def cat(name: str) -> pd.DataFrame:
-        frames = [getattr(p, name) for p in parts if len(getattr(p, name))]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-    result = MergeResult(*(cat(n) for n in ("photos", "assignments", "scores", "classes", "rejections",
-                                            "repairs")))
-    if result.rejections.empty:
-        result.rejections = pd.DataFrame(columns=REJECTION_COLUMNS)
-    if result.repairs.empty:
-        result.repairs = pd.DataFrame(columns=REPAIR_COLUMNS)
-    return result
+def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
+    """One MergeResult from the batches' results (with every declared column, even when there are none)."""
+    empty = MergeResult.of(spec, [], [], [], [], [], [])
+    names = ("photos", "assignments", "scores", "classes", "rejections", "repairs")
+    return MergeResult(*(pd.concat([getattr(empty, n)] + [getattr(p, n) for p in parts if len(getattr(p, n))],
+                                   ignore_index=True) for n in names))
 
 
 SPAM_AGREEMENT = 0.2  # on a photo, agreement below this is indistinguishable from random shapes
@@ -132,7 +124,7 @@ SWAPPER_RATE = 0.3  # share of an annotator's photos with left and right swapped
 def annotator_table(m: MergeResult, skills: pd.DataFrame, rejections: pd.DataFrame, spec: Spec,
                     min_agreement: float, ban: list[str]) -> pd.DataFrame:
     """Per annotator: photos, agreement, pooled per-class skill, swaps, spam score, repairs, rejections, status."""
-    crowd = m.assignments[~m.assignments["golden"]]
+    crowd = m.assignments[~m.assignments["golden"].astype(bool)]
     if crowd.empty:
         return pd.DataFrame(columns=["annotator_id", "photos", "status"])
     table = crowd.groupby("annotator_id").agg(
@@ -198,17 +190,14 @@ def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeRe
     photo_map = published[["photo_id", "user_id", "split"]].assign(
         image_name=[image_name(p, cfg.export.name_salt) for p in published["photo_id"]])
     rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
-    agreement = (m.photos.drop(columns=["mask_path", "agreement_path"]).sort_values("photo_id", ignore_index=True)
-                 if len(m.photos) else m.photos)
+    agreement = m.photos.drop(columns=["mask_path", "agreement_path"]).sort_values("photo_id", ignore_index=True)
     return {
         "rejections": rejections,
         "rejected_photos": rejections[rejections["item"] == "photo"].reset_index(drop=True),
         "duplicates": duplicates,
         "agreement": agreement,
-        "class_agreement": m.classes.sort_values(["photo_id", "class"], ignore_index=True) if len(m.classes)
-        else m.classes,
-        "assignments": m.assignments.sort_values(["photo_id", "assignment"], ignore_index=True)
-        if len(m.assignments) else m.assignments,
+        "class_agreement": m.classes.sort_values(["photo_id", "class"], ignore_index=True),
+        "assignments": m.assignments.sort_values(["photo_id", "assignment"], ignore_index=True),
         "annotators": annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban),
         "skills": skills,
         "repairs": m.repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),

@@ -148,10 +148,10 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         scores = score_batch.map(*columns, unmapped(spec), unmapped(cfg), unmapped(weights)).result()
         weights = estimate_skills(pd.concat(scores, ignore_index=True), cfg).weights()
     m = b.combine(merge_batch.map(*columns, unmapped(spec), unmapped(cfg), unmapped(weights),
-                                  unmapped(layout)).result())
-    skills = estimate_skills(m.scores, cfg).skills_ if len(m.scores) else pd.DataFrame()
+                                  unmapped(layout)).result(), spec)
+    skills = estimate_skills(m.scores, cfg).skills_
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
-    merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])] if len(m.photos) else m.photos
+    merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
 
     findings = run_qa.submit(merged, m.assignments, duplicates, spec, cfg)

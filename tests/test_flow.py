@@ -203,3 +203,21 @@ def test_cli_simulate_then_build_quorum_typo_is_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == (f"crowdseg: error: {tmp_path / 'config.toml'}: merge.quorum: 'eyes' is not a "
                                   "drawable class of spec 'easyportrait'")
+
+
+def test_next_build_checks_new_uploads_against_the_previous_index(builds, crowd, tmp_path):
+    out, _, _ = builds
+    kept = pd.read_csv(out / "reports" / "photo_map.csv", dtype=str).iloc[0]
+    source = pd.read_csv(crowd / "photos.csv", dtype=str).set_index("photo_id").loc[kept["photo_id"]]
+    Image.open(crowd / source["path"]).save(tmp_path / "again.jpg", quality=70)  # re-saved by the same user
+    Image.open(crowd / source["path"]).rotate(180).save(tmp_path / "new.jpg", quality=90)
+    (tmp_path / "photos.csv").write_text(f"photo_id,user_id,path\nz1,{kept['user_id']},again.jpg\n"
+                                         f"z2,{kept['user_id']},new.jpg\n")
+    (tmp_path / "annotations.jsonl").write_text("")
+    cfg = load_config(None, {"inputs.photos": str(tmp_path / "photos.csv"),
+                             "inputs.annotations": str(tmp_path / "annotations.jsonl"),
+                             "dedup.index": str(out / "work" / "index.parquet"), "output.out": str(tmp_path / "out")})
+    run_build(cfg, preflight(cfg))
+    found = pd.read_csv(tmp_path / "out" / "reports" / "duplicates.csv", dtype=str).set_index("photo_id")
+    assert found.loc["z1", "action"] == "drop" and found.loc["z1", "kept_photo_id"] == kept["photo_id"]
+    assert found.loc[kept["photo_id"], "source"] == "index" and "z2" not in found.index

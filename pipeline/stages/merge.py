@@ -262,6 +262,13 @@ def _shifted(layers: dict[int, Layer], y0: int, x0: int) -> dict[int, Layer]:
     return {c: Layer(la.y0 - y0, la.x0 - x0, la.mask) for c, la in layers.items()}
 
 
+PHOTO_COLUMNS = ["photo_id", "status", "reasons", "source", "n_assignments", "n_used", "n_golden", "n_swapped",
+                 "mean_iou", "median_iou", "unanimous", "mask_path", "agreement_path"]
+ASSIGNMENT_COLUMNS = ["photo_id", "assignment", "annotator_id", "golden", "agreement", "swapped", "excluded", "used",
+                      "mean_iou"]
+CLASS_COLUMNS = ["photo_id", "class", "pixels", "drawn_by", "agreement", "pairwise_iou", "disputed"]
+
+
 @dataclass
 class MergeResult:
     """Tables produced by merging a batch of photos; masks and agreement maps are written to disk."""
@@ -272,6 +279,17 @@ class MergeResult:
     classes: pd.DataFrame
     rejections: pd.DataFrame
     repairs: pd.DataFrame
+
+    @classmethod
+    def of(cls, spec: Spec, photos: list[dict[str, Any]], assignments: list[dict[str, Any]],
+           scores: list[dict[str, Any]], classes: list[dict[str, Any]], rejections: list[dict[str, Any]],
+           repairs: list[dict[str, Any]]) -> MergeResult:
+        """Tables with their declared columns, even when empty."""
+        names = [c.name for c in spec.classes]
+        return cls(pd.DataFrame(photos, columns=PHOTO_COLUMNS + [f"px_{n}" for n in names]),
+                   pd.DataFrame(assignments, columns=ASSIGNMENT_COLUMNS + [f"iou_{n}" for n in names[1:]]),
+                   pd.DataFrame(scores, columns=SCORE_COLUMNS), pd.DataFrame(classes, columns=CLASS_COLUMNS),
+                   frame(rejections, REJECTION_COLUMNS), pd.DataFrame(repairs, columns=REPAIR_COLUMNS))
 
 
 def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[dict[str, Any]]], min_area: float
@@ -326,9 +344,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
             "unanimous": result.unanimous, "mask_path": str(out_dir / f"{key}.png"),
             "agreement_path": str(out_dir / f"{key}.agreement.png"),
             **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}})
-    return MergeResult(pd.DataFrame(photo_rows), pd.DataFrame(assign_rows),
-                       pd.DataFrame(score_rows, columns=SCORE_COLUMNS), pd.DataFrame(class_rows),
-                       frame(rejected, REJECTION_COLUMNS), pd.DataFrame(repairs, columns=REPAIR_COLUMNS))
+    return MergeResult.of(spec, photo_rows, assign_rows, score_rows, class_rows, rejected, repairs)
 
 
 def held_back(photos: pd.DataFrame, assignments: pd.DataFrame, merged: pd.DataFrame, hold_disputed: bool
@@ -354,7 +370,7 @@ def one_per_annotator(assignments: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     Two answers from one person must not count as two votes.
     """
     order = assignments.reset_index(drop=True)
-    crowd = order[~order["golden"]]
+    crowd = order[~order["golden"].astype(bool)]
     repeated = crowd.duplicated(["photo_id", "annotator_id"], keep="last")
     later = crowd[~repeated].set_index(["photo_id", "annotator_id"])
     rows = [rejection("merge", "assignment", "duplicate_assignment",

@@ -41,7 +41,9 @@ def photo_findings(merged: pd.DataFrame, spec: Spec, cfg: QAConfig) -> list[dict
 
 def annotator_findings(assignments: pd.DataFrame, cfg: QAConfig) -> list[dict[str, Any]]:
     """Per annotator: mean agreement with the merged masks below the threshold."""
-    crowd = assignments[~assignments["golden"]]
+    if assignments.empty:
+        return []
+    crowd = assignments[~assignments["golden"].astype(bool)]
     stats = crowd.groupby("annotator_id")["mean_iou"].agg(["mean", "size"]).sort_index()
     return [finding("annotator", a, "low_annotator_agreement", "warning", round(float(s["mean"]), 4),
                     cfg.min_annotator_agreement, f"mean IoU {s['mean']:.2f} over {int(s['size'])} photo(s)")

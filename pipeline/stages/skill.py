@@ -27,6 +27,10 @@ class PooledSkill:
         """Scores: one row per (assignment, class) where the class is in the assignment or its reference."""
         s = scores.dropna(subset=["iou"]).assign(w=lambda d: d["vs_gold"].map({True: self.gold_weight,
                                                                                False: 1.0}))
+        if s.empty:
+            self.prior_ = pd.Series(dtype=float)
+            self.skills_ = pd.DataFrame(columns=SKILL_COLUMNS)
+            return self
         prior = s.groupby("class_id").apply(lambda g: (g["iou"] * g["w"]).sum() / g["w"].sum(),
                                             include_groups=False)
         g = s.assign(wiou=s["iou"] * s["w"]).groupby(["annotator_id", "class_id"])
