@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.spec import Spec, load_spec
-from pipeline.stages.merge import MergeResult
+from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,6 @@ def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
                                    ignore_index=True) for n in names))
 
 
-SPAM_AGREEMENT = 0.2  # on a photo, agreement below this is indistinguishable from random shapes
 SWAPPER_RATE = 0.3  # share of an annotator's photos with left and right swapped that marks a habit
 
 

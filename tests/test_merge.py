@@ -208,3 +208,20 @@ def test_quorum_overrides_must_name_drawable_classes():
     assert class_quorum(SPEC, {"teeth": 0.3})[8] == 0.3
     with pytest.raises(ValueError, match="'hair' is not a drawable class"):
         class_quorum(SPEC, {"hair": 0.3})
+
+
+def test_two_swappers_among_five_are_outvoted_not_followed():
+    swapped = {SPEC.flip_lut[c]: lay for c, lay in _portrait().items()}
+    crowd = _crowd(_portrait(), _portrait(), _portrait(), swapped, swapped)
+    weights = {(f"w{k}", c): (0.95 if k >= 3 else 0.8) for k in range(5) for c in SPEC.draw_ids}
+    result = fuse_photo("p", crowd, SPEC, CFG, weights, 40, 40)
+    assert [r["swapped"] for r in result.assignments] == [False, False, False, True, True]
+    assert result.mask[12, 24] == 5  # the person's left eye stays on the image's right
+
+
+def test_best_annotators_stay_when_spammers_are_the_majority():
+    spam = [{c: Layer(k * 9, k * 7, np.ones((8, 6), np.uint8))} for k, c in enumerate((3, 7, 8), start=1)]
+    lazy = {c: lay for c, lay in _portrait().items() if c not in (5, 6, 8)}
+    result = fuse_photo("p", _crowd(_portrait(), lazy, *spam), SPEC, CFG, {}, 40, 40)
+    used = {r["assignment"] for r in result.assignments if r["used"]}
+    assert used == {"a0", "a1"} and (result.mask == 1).sum() > 0

@@ -25,8 +25,9 @@ from pipeline.stages.polygons import AssignmentLayers, Layer, assignment_layers,
 from pipeline.stages.skill import SCORE_COLUMNS
 from pipeline.tables import REJECTION_COLUMNS, frame, keyed_hash, rejection
 
-EPS = 1e-9
 MIN_WEIGHT = 0.01  # keeps a photo votable when every annotator's skill estimate is near zero
+SPAM_AGREEMENT = 0.2  # agreement below this is indistinguishable from random shapes
+MAX_CAMP_SEARCH = 12  # exact orientation search up to this many assignments, greedy above
 REPAIR_COLUMNS = ["assignment", "photo_id", "annotator_id", "row", "index", "label", "repair"]
 
 
@@ -91,7 +92,7 @@ def weighted_regions(layers: list[Layer | None], weights: list[float], quorum: f
         if own is not None:
             counts = share.copy()
             counts[own.y0 - y0: own.y1 - y0, own.x0 - x0: own.x1 - x0] -= np.float32(weights[skip]) * own.mask
-        region = (counts >= quorum * total - 1e-4) & (counts > 1e-4) if total > 0 else None
+        region = (counts >= quorum * total * (1 - 1e-6)) & (counts > 0) if total > 0 else None
         out.append(Layer(y0, x0, region.astype(np.uint8)) if region is not None and region.any() else None)
     return out
 
@@ -117,6 +118,78 @@ def swap_gain(own: AssignmentLayers, ref: dict[int, Layer | None], pairs: list[t
         crossed = [layer_iou(own.layers.get(left), ref[right]), layer_iou(own.layers.get(right), ref[left])]
         gain += np.nansum(crossed) - np.nansum(straight)
     return float(gain)
+
+
+def pair_gain(a: AssignmentLayers, b: AssignmentLayers, pairs: list[tuple[int, int]]) -> float:
+    """How much better two assignments agree with one of them read left-for-right."""
+    return swap_gain(a, {c: b.layers.get(c) for pair in pairs for c in pair}, pairs)
+
+
+def swapped_by_reference(crowd: list[AssignmentLayers], ref: dict[int, Layer | None], pairs: list[tuple[int, int]],
+                         margin: float) -> list[int]:
+    """Assignments that agree better with a trusted reference (a golden answer) once swapped."""
+    return [k for k, a in enumerate(crowd) if pairs and swap_gain(a, ref, pairs) > margin]
+
+
+def swapped_by_camps(crowd: list[AssignmentLayers], pairs: list[tuple[int, int]], margin: float, spec: Spec
+                     ) -> list[int]:
+    """Split the assignments into two left/right readings and swap the smaller camp.
+
+    Every pair of assignments votes 'same reading' or 'crossed' (when the gain is beyond ``margin``); the split
+    that agrees with the most votes wins, weights playing no part. Between two camps of equal size, the one that
+    puts the person's left eye on the image's right (an unmirrored photo) is taken as straight.
+    """
+    n = len(crowd)
+    if not pairs or n < 2:
+        return []
+    votes = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            g = pair_gain(crowd[i], crowd[j], pairs)
+            votes[i, j] = votes[j, i] = 1.0 if g > margin else -1.0 if g < -margin else 0.0
+    if not (votes > 0).any():
+        return []
+    best = _best_split(votes)
+    straight_votes = [k for k in range(n) if not best[k]]
+    if len(straight_votes) * 2 == n and _left_on_image_left(crowd, straight_votes, spec):
+        best = ~best
+    return [int(k) for k in np.flatnonzero(best)]
+
+
+def _best_split(votes: np.ndarray) -> np.ndarray:
+    """Boolean 'swap' per assignment maximising agreement with the pairwise votes; the swapped camp is the smaller."""
+    n = len(votes)
+
+    def score(split: np.ndarray) -> float:
+        crossed = split[:, None] != split[None, :]
+        return float((votes * np.where(crossed, 1.0, -1.0)).sum())
+
+    if n <= MAX_CAMP_SEARCH:
+        splits = ((np.arange(1 << (n - 1))[:, None] >> np.arange(n)) & 1).astype(bool)
+        scores = [score(s) for s in splits]
+        best = splits[int(np.argmax(scores))]
+    else:
+        best = np.zeros(n, bool)
+        for _ in range(n):
+            gains = [score(np.where(np.arange(n) == k, ~best, best)) - score(best) for k in range(n)]
+            if max(gains) <= 0:
+                break
+            best[int(np.argmax(gains))] ^= True
+    return ~best if best.sum() * 2 > n else best
+
+
+def _left_on_image_left(crowd: list[AssignmentLayers], members: list[int], spec: Spec) -> bool:
+    """Whether these assignments put the person's left eye left of the right eye in the image."""
+    left, right = spec.by_name.get("left_eye"), spec.by_name.get("right_eye")
+    if left is None or right is None:
+        return False
+    xs = [(a.layers[left.id], a.layers[right.id]) for k in members if left.id in (a := crowd[k]).layers
+          and right.id in a.layers]
+    return bool(xs) and float(np.mean([_cx(lo) - _cx(ro) for lo, ro in xs])) < 0
+
+
+def _cx(layer: Layer) -> float:
+    return layer.x0 + float(np.nonzero(layer.mask)[1].mean())
 
 
 def mean_iou(own: AssignmentLayers, ref: dict[int, Layer | None], classes: list[int]) -> tuple[float, list[float]]:
@@ -169,19 +242,15 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
             return [by_key.get(x.assignment, everyone) for x in crowd]
         return others
 
-    refs = references()
-    while pairs:  # swap back the clearest swap first, then look again: two swappers can fool one look
-        gains = [(swap_gain(a, refs[k], pairs), k) for k, a in enumerate(crowd)
-                 if not rows[a.assignment]["swapped"] and not rows[a.assignment]["excluded"]]
-        gain, k = max(gains, default=(0.0, -1))
-        if gain <= cfg.swap_margin:
-            break
+    flips = (swapped_by_reference(crowd, gold_ref, pairs, cfg.swap_margin) if gold_ref is not None
+             else swapped_by_camps(crowd, pairs, cfg.swap_margin, spec))
+    for k in flips:
         rows[crowd[k].assignment]["swapped"] = True
         if cfg.swaps == "fix":
             crowd[k] = crowd[k].swapped(spec.flip_lut)
         else:
             rows[crowd[k].assignment]["excluded"] = "swapped"
-        refs = references()
+    refs = references()
     scores = []
     for k, a in enumerate(crowd):
         agreement, ious = mean_iou(a, refs[k], classes)
@@ -189,7 +258,18 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
         scores += [{"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
                     "class_id": c, "iou": v, "vs_gold": gold_ref is not None} for c, v in zip(classes, ious,
                                                                                                 strict=True)]
-        if not rows[a.assignment]["excluded"] and agreement < cfg.min_agreement and len(crowd) > 1:
+    counted = [a for a in crowd if not rows[a.assignment]["excluded"]]
+    support = {a.assignment: rows[a.assignment]["agreement"] for a in counted}
+    if gold_ref is None and any(v < cfg.min_agreement for v in support.values()):
+        # the others' vote can be empty when most of them are spam: a match with any single peer also counts
+        for a in counted:
+            peers = [mean_iou(a, {c: b.layers.get(c) for c in classes}, classes)[0] for b in counted if b is not a]
+            support[a.assignment] = max([np.nan_to_num(support[a.assignment]), *np.nan_to_num(peers)])
+    best = sorted(counted, key=lambda a: -np.nan_to_num(support[a.assignment], nan=1.0))
+    keep = {a.assignment for a in best[: cfg.min_annotators]
+            if np.nan_to_num(support[a.assignment], nan=1.0) >= SPAM_AGREEMENT}
+    for a in counted if len(counted) > 1 else []:  # the best min_annotators stay unless they look like spam
+        if support[a.assignment] < cfg.min_agreement and a.assignment not in keep:
             rows[a.assignment]["excluded"] = "low_agreement"
     used = [a for a in crowd if not rows[a.assignment]["excluded"]]
     if not final:
