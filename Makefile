@@ -34,6 +34,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/hash_throughput.py
 	$(BIN)/python benchmarks/pair_search.py
 	$(BIN)/python benchmarks/dedup_recall.py
+	$(BIN)/python benchmarks/merge_accuracy.py
+	$(BIN)/python benchmarks/merge_speed.py
 
 schemas: $(STAMP)
 	$(BIN)/crowdseg schemas

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: timing, peak memory, tables, the imagededup import and simulated photos."""
+"""Helpers shared by the benchmarks: peak memory, tables, the imagededup import and simulated photos."""
 
 from __future__ import annotations
 
@@ -7,24 +7,13 @@ import logging
 import os
 import resource
 import sys
-import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("CROWDSEG_REALDATA", ROOT.parent / "shared" / "realdata"))
-
-
-def best_of(fn: Callable[[], Any], repeats: int) -> float:
-    """The fastest of ``repeats`` wall-clock timings of ``fn()``, in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def peak_rss_mb() -> float:
@@ -47,8 +36,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def imagededup() -> types.SimpleNamespace | None:
-    """imagededup's PHash and search classes, or None when it is not installed.
+def imagededup() -> type | None:
+    """imagededup's PHash class (its hashing and search, BK-tree and Cython brute force), or None if not installed.
 
     imagededup's ``methods`` and ``utils`` package ``__init__`` files re-export its CNN and plotting helpers, which
     import torchvision; there is no CPU torchvision build here, so those two package modules are registered empty
@@ -64,14 +53,12 @@ def imagededup() -> types.SimpleNamespace | None:
             package = types.ModuleType(name)
             package.__path__ = [str(root / sub)]
             sys.modules[name] = package
-    from imagededup.handlers.search.bktree import BKTree
-    from imagededup.handlers.search.brute_force_cython import BruteForceCython
     from imagededup.methods.hashing import PHash
 
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("imagededup"):
             logging.getLogger(name).setLevel(logging.ERROR)  # its loggers print every step at INFO
-    return types.SimpleNamespace(PHash=PHash, BKTree=BKTree, BruteForceCython=BruteForceCython)
+    return PHash
 
 
 def simulated_pictures(out: Path, photos: int, seed: int, size: tuple[int, int] | None = None) -> list[Path]:

@@ -2,10 +2,10 @@
 
 A simulated crowd (truth in truth/duplicates.csv) goes through ``read_manifest``, ``ingest`` and
 ``find_duplicates`` with default settings. A true duplicate is found when it lands in its original's cluster
-with one of the two dropped (or, across users, grouped); a predicted pair (member, its cluster's kept photo) is
-right when both show the same picture. The real-data part runs imagededup's own test photos (resize, flip,
-rotation, greyscale, alpha, re-encode, the same bytes under wrong extensions, a corrupt file) through the same
-stages, next to imagededup's PHash at its default threshold.
+with one of the two dropped; a predicted pair (a dropped photo and the one kept instead, or a grouped or flagged
+photo and its cluster's best copy) is right when both show the same picture. The real-data part runs
+imagededup's own test photos (resize, flip, rotation, greyscale, alpha, re-encode, the same bytes under wrong
+extensions, a corrupt file) through the same stages, next to imagededup's PHash at its default threshold.
 
     python benchmarks/dedup_recall.py [--quick]
 """
@@ -73,14 +73,15 @@ def crowd_rows(out: Path, photos: int) -> tuple[list[list[str]], list[list[str]]
     recall = []
     for kind in KINDS:
         pairs = truth[truth["kind"] == kind]
-        hit = sum(cluster.get(a) is not None and cluster.get(a) == cluster.get(b)
-                  and "keep" in {action[a], action[b]} and {action[a], action[b]} != {"keep"}
+        hit = sum(cluster.get(a) is not None and cluster.get(a) == cluster.get(b) and "drop" in {action[a], action[b]}
                   for a, b in zip(pairs["photo_id"], pairs["original_photo_id"], strict=True))
         share = hit / len(pairs) if len(pairs) else float("nan")
         recall.append([kind, f"{hit}/{len(pairs)}", f"{share:.3f}", "met" if share >= TARGET else "MISSED"])
-    members = found[found["photo_id"] != found["kept_photo_id"]]
-    right = [picture[a] == picture[b] for a, b in zip(members["photo_id"], members["kept_photo_id"], strict=True)]
-    members = members.assign(right=right)
+    # a dropped photo pairs with the photo kept instead; a grouped or flagged one with its cluster's best copy
+    partner = found["kept_photo_id"].where(found["kept_photo_id"] != found["photo_id"], found["cluster"])
+    members = found.assign(partner=partner)[partner != found["photo_id"]]
+    members = members.assign(right=[picture[a] == picture[b]
+                                    for a, b in zip(members["photo_id"], members["partner"], strict=True)])
     precision = []
     for kind, rows in [*members.groupby("kind"), ("all", members)]:
         share = rows["right"].mean() if len(rows) else float("nan")
@@ -107,7 +108,7 @@ def peer_partners(folder: Path) -> dict[str, list[str]] | None:
     peer = imagededup()
     if peer is None:
         return None
-    return peer.PHash(verbose=False).find_duplicates(image_dir=folder, max_distance_threshold=10)
+    return peer(verbose=False).find_duplicates(image_dir=folder, max_distance_threshold=10)
 
 
 def realdata_rows(out: Path) -> list[list[str]]:

@@ -86,7 +86,7 @@ def hashers() -> dict[str, Hasher]:
     }
     peer = imagededup()
     if peer is not None:
-        encoder = peer.PHash(verbose=False)
+        encoder = peer(verbose=False)
         methods["imagededup PHash"] = lambda p: (int(encoder.encode_image(image_file=p), 16), None)
     return methods
 

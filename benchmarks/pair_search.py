@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -61,8 +62,8 @@ def run_method(method: str, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     peer = imagededup()
     assert peer is not None
     encodings = {str(k): f"{int(h):016x}" for k, h in enumerate(hashes)}
-    result = peer.PHash(verbose=False).find_duplicates(encoding_map=encodings, max_distance_threshold=RADIUS,
-                                                       search_method=PEERS[method])
+    result = peer(verbose=False).find_duplicates(encoding_map=encodings, max_distance_threshold=RADIUS,
+                                                 search_method=PEERS[method])
     pairs = {(min(int(a), int(b)), max(int(a), int(b))) for a, dups in result.items() for b in dups}
     ij = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
     return ij[:, 0], ij[:, 1], 0
@@ -73,18 +74,26 @@ def worker(method: str, hashes_file: str, out_file: str) -> None:
     pairs, print seconds, peak memory and candidates checked."""
     hashes = np.load(hashes_file)
     idle = peak_rss_mb()
-    times = []
-    while len(times) < (1 if times and times[0] >= 2 else 3):
-        start = time.perf_counter()
+    times: list[tuple[float, float]] = []
+    while len(times) < (1 if times and times[0][0] >= 2 else 3):
+        start, cpu = time.perf_counter(), cpu_seconds()
         i, j, checked = run_method(method, hashes)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, cpu_seconds() - cpu))
     np.savez(out_file, i=i, j=j)
-    print(json.dumps({"seconds": min(times), "rss_mb": peak_rss_mb(), "idle_mb": idle, "checked": checked}))
+    seconds, cpu = min(times)
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "rss_mb": peak_rss_mb(), "idle_mb": idle, "checked": checked}))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process's threads and of its finished children (imagededup's pool)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
 class Outcome:
     seconds: float | None = None  # None: stopped at the budget, or not run
+    cpu: float = 0.0
     rss_mb: float = 0.0
     idle_mb: float = 0.0  # the worker before the method ran: interpreter, imports, hashes
     checked: int = 0
@@ -108,8 +117,8 @@ def measure(method: str, hashes_file: Path, budget: float) -> Outcome:
         return Outcome(note="failed: " + (stderr.strip().splitlines() or ["?"])[-1])
     report = json.loads(stdout.strip().splitlines()[-1])
     with np.load(out_file) as pairs:
-        return Outcome(report["seconds"], report["rss_mb"], report["idle_mb"], report["checked"], pairs["i"],
-                       pairs["j"])
+        return Outcome(report["seconds"], report["cpu"], report["rss_mb"], report["idle_mb"], report["checked"],
+                       pairs["i"], pairs["j"])
 
 
 def plant(hashes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -218,10 +227,10 @@ def bench(data: str, make: Callable[[int, np.random.Generator], np.ndarray], pla
                 results[method].note += about
         for method, out in results.items():
             if out.seconds is None:
-                rows.append([data, f"{n:,}", method, out.note, "", "", "", ""])
+                rows.append([data, f"{n:,}", method, out.note, "", "", "", "", ""])
                 continue
             verdict = check(hashes, out, results.get(BRUTE) if method != BRUTE else None, planted, rng)
-            rows.append([data, f"{n:,}", method, f"{out.seconds:.3f}", f"{len(out.i):,}",
+            rows.append([data, f"{n:,}", method, f"{out.seconds:.3f}", f"{out.cpu:.2f}", f"{len(out.i):,}",
                          f"{out.checked:,}" if out.checked else "", f"{out.rss_mb:.0f} ({out.idle_mb:.0f})",
                          verdict])
     return rows
@@ -235,14 +244,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="up to 50k hashes, 20 s budget (under a minute)")
     plan = QUICK if parser.parse_args().quick else FULL
     peers = list(PEERS) if imagededup() is not None else []
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model = photo_model(Path(tmp) / "crowd", plan.model_photos, seed=3)
         rows = bench("uniform", lambda n, rng: rng.integers(0, 2**64, n, dtype=np.uint64), plan, Path(tmp), peers)
         rows += bench("photo-like", lambda n, rng: photo_like(n, model, rng), plan, Path(tmp), [])
     print(f"## All pairs within Hamming distance {RADIUS}: seconds, pairs, peak memory (budget {plan.budget:.0f} s "
           f"per run; imagededup on uniform data only)\n")
-    print(table(["data", "hashes", "method", "seconds", "pairs", "distances computed", "peak MB (idle)",
+    print(table(["data", "hashes", "method", "seconds", "CPU s", "pairs", "distances computed", "peak MB (idle)",
                  "pairs check"], rows))
+    print(f"\nLoad average (1 min) at the start and end: {load[0]:.2f}, {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} cores; seconds are wall-clock, best of 3 below 2 s; CPU s adds up all threads.")
     if not peers:
         print("\nimagededup is not installed (make bench installs it); its rows are left out.")
 

@@ -143,3 +143,19 @@ def test_simulated_crowd_duplicates_are_found_per_kind_with_no_false_drops(tmp_p
     assert set(found["action"]) == {"keep", "drop"}  # no unrelated users were grouped
     cross = truth[truth["kind"] == "exact_cross_user"]
     assert len(user_links(found, "group")) == cross["photo_id"].nunique()
+
+
+def test_greyscale_copy_of_a_colour_photo_is_found():
+    folder = realdata("imagededup", "data")
+    photos = _ingest(folder, [("colour", "u1", "base_images/ukbench00120.jpg"),
+                              ("grey", "u1", "ukbench00120_gray.jpg")])
+    found = find_duplicates(photos, DedupConfig()).set_index("photo_id")
+    assert found.loc["grey", "action"] == "drop" and found.loc["grey", "kept_photo_id"] == "colour"
+
+
+def test_identical_copy_under_another_account_drops_even_if_its_twin_was_dropped(variants):
+    photos = _ingest(variants, [("a_png", "u1", "lossless.png"), ("b_jpg", "u1", "recompressed.jpg"),
+                                ("c_copy", "u2", "recompressed.jpg")])
+    found = find_duplicates(photos, DedupConfig()).set_index("photo_id")
+    assert found.loc["c_copy", "action"] == "drop"
+    assert found.loc["c_copy", "kept_photo_id"] == found.loc["b_jpg", "kept_photo_id"] == "a_png"

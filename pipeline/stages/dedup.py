@@ -107,23 +107,38 @@ def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFram
     return edges[edges["correlation"] >= cfg.min_color_correlation].reset_index(drop=True)
 
 
+GREY_CHROMA = 4.0  # mean |R-G| + |G-B| of a thumbnail below which the photo counts as greyscale
+PAIR_CHUNK = 100_000  # candidate pairs compared at a time, so memory stays flat however many there are
+
+
 def thumb_correlation(thumbs: pd.Series, i: np.ndarray, j: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     """Pearson correlation of the photos' colour thumbnails, j's mirrored where the pair is a mirror pair.
 
     Each channel is centred on its own mean and the three are scaled together, so brightness, contrast and
-    white-balance shifts do not count, and a nearly flat channel does not amplify its noise.
+    white-balance shifts do not count, and a nearly flat channel does not amplify its noise. Where either photo
+    is greyscale, the thumbnails are compared in grey, so a greyscale copy of a colour photo still matches.
     """
     if not len(i):
         return np.zeros(0)
     rows, pos = np.unique(np.concatenate([i, j]), return_inverse=True)
     side = THUMB_SIDE
     cube = np.frombuffer(bytes.fromhex("".join(thumbs.to_numpy()[rows])), np.uint8).reshape(len(rows), side, side, 3)
-    a, b = cube[pos[: len(i)]].astype(np.float64), cube[pos[len(i):]].astype(np.float64)
-    b[mirrored] = b[mirrored][:, :, ::-1]
-    a -= a.mean(axis=(1, 2), keepdims=True)
-    b -= b.mean(axis=(1, 2), keepdims=True)
-    dot = (a * b).sum(axis=(1, 2, 3))
-    return dot / np.sqrt((a * a).sum(axis=(1, 2, 3)) * (b * b).sum(axis=(1, 2, 3)) + 1e-9)
+    cube = cube.astype(np.float32)
+    grey = np.abs(np.diff(cube, axis=3)).mean(axis=(1, 2, 3)) < GREY_CHROMA
+    pi, pj = pos[: len(i)], pos[len(i):]
+    out = np.empty(len(i))
+    for s in range(0, len(i), PAIR_CHUNK):
+        ci, cj, flip = pi[s: s + PAIR_CHUNK], pj[s: s + PAIR_CHUNK], mirrored[s: s + PAIR_CHUNK]
+        a, b = cube[ci].copy(), cube[cj].copy()
+        b[flip] = b[flip][:, :, ::-1]
+        either_grey = grey[ci] | grey[cj]
+        a[either_grey] = a[either_grey].mean(axis=3, keepdims=True)
+        b[either_grey] = b[either_grey].mean(axis=3, keepdims=True)
+        a -= a.mean(axis=(1, 2), keepdims=True)
+        b -= b.mean(axis=(1, 2), keepdims=True)
+        dot = (a * b).sum(axis=(1, 2, 3))
+        out[s: s + PAIR_CHUNK] = dot / np.sqrt((a * a).sum(axis=(1, 2, 3)) * (b * b).sum(axis=(1, 2, 3)) + 1e-9)
+    return out
 
 
 def relation(a: pd.Series, b: pd.Series, mirror: bool) -> tuple[str, int]:
@@ -185,10 +200,13 @@ def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: De
     for group in same_user.groups(members):
         for m in group[1:]:
             decision[m] = ("drop", group[0], "a better copy by the same user is kept")
-    survivors = [m for m in members if m not in decision]
-    for group in exact.groups(survivors):
-        for m in group[1:]:
-            decision[m] = ("drop", group[0], "an identical copy uploaded by another user is kept")
+    keeper = {m: decision[m][1] if m in decision else m for m in members}
+    for group in exact.groups(members):  # identical copies across users: one survives, whoever's copy was dropped
+        kept = [m for m in group if m not in decision]
+        first = min((keeper[m] for m in group), key=members.index)
+        for m in kept:
+            if m != first and users[m] != users[first]:
+                decision[m] = ("drop", first, "an identical copy uploaded by another user is kept")
     survivors = [m for m in members if m not in decision]
     head = survivors[0]
     cross = {users[m] for m in survivors}

@@ -10,7 +10,7 @@ from itertools import combinations
 
 import numpy as np
 
-BRUTE_MAX = 20_000  # below this many hashes the brute force is as fast
+BRUTE_MAX = 2_000  # below this many hashes the brute force is as fast (measured in benchmarks/pair_search.py)
 
 
 @dataclass
