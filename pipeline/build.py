@@ -76,7 +76,7 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
 
 def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """One row per published photo: ingest signals, merge results and split."""
-    cols = ["photo_id", "user_id", "path", "width", "height", "brightness"]
+    cols = ["photo_id", "user_id", "path", "width", "height", "brightness", "sharpness", "faces", "face_w", "thumb"]
     return (photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id")
             .sort_values("photo_id", ignore_index=True))
 
@@ -125,7 +125,8 @@ def annotator_table(m: MergeResult, skills: pd.DataFrame, rejections: pd.DataFra
     """Per annotator: photos, agreement, pooled per-class skill, swaps, spam score, repairs, rejections, status."""
     crowd = m.assignments[~m.assignments["golden"].astype(bool)]
     if crowd.empty:
-        return pd.DataFrame(columns=["annotator_id", "photos", "status"])
+        return pd.DataFrame(columns=["annotator_id", "photos", "agreement", "mean_iou", "swaps", "excluded",
+                                     "spam_score", "shapes_repaired", "shapes_rejected", "status"])
     table = crowd.groupby("annotator_id").agg(
         photos=("photo_id", "nunique"), agreement=("agreement", "mean"), mean_iou=("mean_iou", "mean"),
         swaps=("swapped", "sum"), excluded=("excluded", lambda e: int((e != "").sum())),
@@ -181,8 +182,8 @@ def records(df: pd.DataFrame) -> list[dict[str, object]]:
 
 
 def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult, skills: pd.DataFrame,
-                  findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame, cfg: Config, spec: Spec
-                  ) -> dict[str, pd.DataFrame]:
+                  annotators: pd.DataFrame, findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame,
+                  cfg: Config) -> dict[str, pd.DataFrame]:
     """The tables written under ``reports/``; ``photo_map`` is private and never published."""
     from pipeline.stages.export import image_name
 
@@ -197,7 +198,7 @@ def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeRe
         "agreement": agreement,
         "class_agreement": m.classes.sort_values(["photo_id", "class"], ignore_index=True),
         "assignments": m.assignments.sort_values(["photo_id", "assignment"], ignore_index=True),
-        "annotators": annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban),
+        "annotators": annotators,
         "skills": skills,
         "repairs": m.repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),
         "findings": findings,

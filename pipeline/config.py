@@ -111,10 +111,21 @@ class MergeConfig(Section):
 class QAConfig(Section):
     """Thresholds of the QA checks; findings flag, they do not drop."""
 
-    min_photo_agreement: float = Field(
-        0.8, ge=0, le=1, description="flag photos whose median annotator IoU with the merged mask is lower")
-    min_annotator_agreement: float = Field(0.7, ge=0, le=1, description="flag annotators whose mean IoU is lower")
+    min_side: int = Field(512, ge=1, description="flag photos whose shorter side is smaller")
+    min_sharpness: float = Field(20.0, ge=0, description="flag photos whose Laplacian variance (at 640 px) is lower")
+    dark_below: float = Field(0.2, ge=0, le=1, description="flag photos whose mean brightness is lower")
+    bright_above: float = Field(0.85, ge=0, le=1, description="flag photos whose mean brightness is higher")
+    face_checks: bool = Field(True, description="flag photos with no detected face, or a face too small")
+    min_face_share: float = Field(0.15, ge=0, le=1, description="flag faces narrower than this share of the "
+                                  "photo's shorter side")
+    grey_below: float = Field(3.0, ge=0, description="flag photos whose colour spread is lower (greyscale)")
     min_annotators_per_photo: int = Field(3, ge=1, description="flag photos merged from fewer assignments")
+    min_annotator_agreement: float = Field(0.7, ge=0, le=1, description="flag annotators whose mean agreement is "
+                                           "lower and also far below their peers")
+    peer_gap: float = Field(0.15, ge=0, le=1, description="how far below the peer median an annotator must be")
+    max_ratio_error: float = Field(0.01, ge=0, le=1, description="flag splits further than this from their ratio")
+    max_presence_gap: float = Field(0.1, ge=0, le=1, description="flag a class whose share of photos in a split "
+                                    "differs more from its share overall")
 
 
 class SplitConfig(Section):

@@ -74,9 +74,10 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
 
 
 @task(name="qa", **STAGE)
-def run_qa(merged: pd.DataFrame, assignments: pd.DataFrame, duplicates: pd.DataFrame, spec: Spec, cfg: Config
-           ) -> pd.DataFrame:
-    return qa.run_checks(merged, assignments, duplicates, spec, cfg.qa)
+def run_qa(inputs: qa.QAInputs) -> pd.DataFrame:
+    findings = qa.run_checks(inputs)
+    get_run_logger().info("%d findings", len(findings))
+    return findings
 
 
 @task(name="split", **STAGE)
@@ -154,10 +155,12 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
 
-    findings = run_qa.submit(merged, m.assignments, duplicates, spec, cfg)
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], links, cfg)
     published = b.published_table(kept, merged, splits)
+    annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
+    findings = run_qa.submit(qa.QAInputs(published, m.assignments, m.classes, m.repairs, annotators, duplicates,
+                                         spec, cfg.qa, cfg.split.ratios))
     export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout)).result()
     classes = publish(published, spec, cfg, layout)
 
@@ -167,7 +170,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 rejections, duplicates)
     findings = findings.result()
     summary = b.summary(spec, cfg, ledger, published, findings)
-    tables = b.report_tables(rejections, duplicates, m, skills, findings, classes, published, cfg, spec)
+    tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, cfg)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
     return {"report": write_reports(summary, tables, paths, layout), "dataset": str(layout.dataset), **ledger}
 

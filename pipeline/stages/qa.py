@@ -1,76 +1,261 @@
-"""QA: checks over merged photos, annotators and the dataset, as one findings table."""
+"""QA: a registry of small checks over photos, annotations, annotators and the dataset, as one findings table.
+
+Each check has an id, a level and a severity, reads its thresholds from ``QAConfig`` and returns findings; checks
+flag, they never drop. Register one with ``@check(id, level, severity)``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import QAConfig
 from pipeline.spec import Spec
 from pipeline.tables import FINDING_COLUMNS, frame
 
+Finding = dict[str, Any]
 
-def finding(level: str, subject: str, check: str, severity: str, value: float, threshold: float,
-            message: str) -> dict[str, Any]:
-    return {"level": level, "subject_id": subject, "check": check, "severity": severity, "value": value,
+
+@dataclass
+class QAInputs:
+    """Everything the checks may read. ``photos`` holds the published photos with ingest signals, merge results
+    and their split; ``classes`` the per-photo, per-class agreement; ``repairs`` the polygon repairs."""
+
+    photos: pd.DataFrame
+    assignments: pd.DataFrame
+    classes: pd.DataFrame
+    repairs: pd.DataFrame
+    annotators: pd.DataFrame
+    duplicates: pd.DataFrame
+    spec: Spec
+    cfg: QAConfig
+    ratios: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    level: str  # photo, annotation, annotator or dataset
+    severity: str  # info, warning or error
+    run: Callable[[QAInputs, Check], list[Finding]]
+
+
+REGISTRY: list[Check] = []
+
+
+def check(id: str, level: str, severity: str) -> Callable[[Callable[[QAInputs, Check], list[Finding]]], Check]:
+    """Register a check function under an id, a level and a severity."""
+    def register(fn: Callable[[QAInputs, Check], list[Finding]]) -> Check:
+        registered = Check(id, level, severity, fn)
+        REGISTRY.append(registered)
+        return registered
+    return register
+
+
+def found(c: Check, subject: str, value: Any, threshold: Any, message: str) -> Finding:
+    """One finding of check ``c``."""
+    return {"level": c.level, "subject_id": subject, "check": c.id, "severity": c.severity, "value": value,
             "threshold": threshold, "message": message}
 
 
-def photo_findings(merged: pd.DataFrame, spec: Spec, cfg: QAConfig) -> list[dict[str, Any]]:
-    """Per photo: too few annotators, low agreement, an empty mask, parts below their minimum area."""
-    out = []
-    for p in merged.to_dict("records"):
-        pid = p["photo_id"]
-        if p["n_assignments"] < cfg.min_annotators_per_photo:
-            out.append(finding("photo", pid, "few_annotators", "warning", p["n_assignments"],
-                               cfg.min_annotators_per_photo, f"merged from {p['n_assignments']} assignment(s)"))
-        if p["median_iou"] < cfg.min_photo_agreement:
-            out.append(finding("photo", pid, "low_agreement", "warning", round(p["median_iou"], 4),
-                               cfg.min_photo_agreement, f"annotators' median IoU with the merged mask is "
-                               f"{p['median_iou']:.2f}"))
-        if sum(p[f"px_{c.name}"] for c in spec.classes[1:]) == 0:
-            out.append(finding("photo", pid, "empty_mask", "error", 0, 1, "the merged mask has no labelled pixel"))
-        for c in spec.classes[1:]:
-            px = p[f"px_{c.name}"]
-            if 0 < px < c.min_area_px:
-                out.append(finding("photo", pid, "small_part", "info", px, c.min_area_px,
-                                   f"{c.name} covers only {px} px"))
-    return out
+def _flag(c: Check, photos: pd.DataFrame, values: pd.Series, bad: pd.Series, threshold: float, what: str
+          ) -> list[Finding]:
+    return [found(c, p, round(float(v), 4), threshold, f"{what} {v:.3g}")
+            for p, v in zip(photos.loc[bad, "photo_id"], values[bad], strict=True)]
 
 
-def annotator_findings(assignments: pd.DataFrame, cfg: QAConfig) -> list[dict[str, Any]]:
-    """Per annotator: mean agreement with the merged masks below the threshold."""
-    if assignments.empty:
+# --- photo ------------------------------------------------------------------------------------------------------
+
+@check("low_resolution", "photo", "warning")
+def _low_resolution(q: QAInputs, c: Check) -> list[Finding]:
+    side = q.photos[["width", "height"]].min(axis=1)
+    return _flag(c, q.photos, side, side < q.cfg.min_side, q.cfg.min_side, "shorter side (px)")
+
+
+@check("blur", "photo", "warning")
+def _blur(q: QAInputs, c: Check) -> list[Finding]:
+    s = q.photos["sharpness"]
+    return _flag(c, q.photos, s, s < q.cfg.min_sharpness, q.cfg.min_sharpness, "variance of the Laplacian")
+
+
+@check("underexposed", "photo", "warning")
+def _dark(q: QAInputs, c: Check) -> list[Finding]:
+    b = q.photos["brightness"]
+    return _flag(c, q.photos, b, b < q.cfg.dark_below, q.cfg.dark_below, "mean brightness")
+
+
+@check("overexposed", "photo", "warning")
+def _bright(q: QAInputs, c: Check) -> list[Finding]:
+    b = q.photos["brightness"]
+    return _flag(c, q.photos, b, b > q.cfg.bright_above, q.cfg.bright_above, "mean brightness")
+
+
+@check("no_face", "photo", "warning")
+def _no_face(q: QAInputs, c: Check) -> list[Finding]:
+    if not q.cfg.face_checks:
         return []
-    crowd = assignments[~assignments["golden"].astype(bool)]
-    stats = crowd.groupby("annotator_id")["mean_iou"].agg(["mean", "size"]).sort_index()
-    return [finding("annotator", a, "low_annotator_agreement", "warning", round(float(s["mean"]), 4),
-                    cfg.min_annotator_agreement, f"mean IoU {s['mean']:.2f} over {int(s['size'])} photo(s)")
-            for a, s in stats.iterrows() if s["mean"] < cfg.min_annotator_agreement]
+    return [found(c, p, 0, 1, "the face detector found no face") for p in q.photos.loc[q.photos["faces"] == 0,
+                                                                                         "photo_id"]]
 
 
-def dataset_findings(merged: pd.DataFrame, spec: Spec) -> list[dict[str, Any]]:
-    """Dataset level: classes that appear in no merged mask."""
-    return [finding("dataset", "dataset", "class_absent", "warning", 0, 1, f"no photo has any {c.name} pixel")
-            for c in spec.classes[1:] if len(merged) and int(merged[f"px_{c.name}"].sum()) == 0]
+@check("small_face", "photo", "warning")
+def _small_face(q: QAInputs, c: Check) -> list[Finding]:
+    if not q.cfg.face_checks:
+        return []
+    share = q.photos["face_w"] / q.photos[["width", "height"]].min(axis=1)
+    bad = (q.photos["faces"] > 0) & (share < q.cfg.min_face_share)
+    return _flag(c, q.photos, share, bad, q.cfg.min_face_share, "face width / shorter side")
 
 
-def duplicate_findings(duplicates: pd.DataFrame) -> list[dict[str, Any]]:
-    """Near copies across users that were kept: flagged ones for review, grouped ones for information."""
+@check("greyscale", "photo", "info")
+def _greyscale(q: QAInputs, c: Check) -> list[Finding]:
+    chroma = q.photos["thumb"].map(thumb_chroma)
+    return _flag(c, q.photos, chroma, chroma < q.cfg.grey_below, q.cfg.grey_below, "colour spread")
+
+
+def thumb_chroma(thumb_hex: str) -> float:
+    """Mean |R-G| + |G-B| of a colour thumbnail: near 0 for a greyscale photo."""
+    rgb = np.frombuffer(bytes.fromhex(thumb_hex), np.uint8).reshape(-1, 3).astype(np.float32)
+    return float(np.abs(np.diff(rgb, axis=1)).sum(axis=1).mean())
+
+
+@check("empty_mask", "photo", "error")
+def _empty(q: QAInputs, c: Check) -> list[Finding]:
+    drawn = sum(q.photos[f"px_{k.name}"] for k in q.spec.classes[1:])
+    return [found(c, p, 0, 1, "the merged mask has no labelled pixel") for p in q.photos.loc[drawn == 0, "photo_id"]]
+
+
+@check("small_part", "photo", "info")
+def _small_part(q: QAInputs, c: Check) -> list[Finding]:
     out = []
-    for d in duplicates[duplicates["action"].isin(["flag", "group"]) & duplicates["photo_id"].ne(
-            duplicates["cluster"])].to_dict("records"):
-        flagged = d["action"] == "flag"
-        out.append(finding("photo", d["photo_id"], "cross_user_duplicate", "warning" if flagged else "info",
-                           d["distance"], 0, f"{d['kind']} copy of {d['cluster']} by another user"
-                           + ("" if flagged else "; both kept in one split")))
+    for k in q.spec.classes[1:]:
+        px = q.photos[f"px_{k.name}"]
+        bad = (px > 0) & (px < k.min_area_px)
+        out += [found(c, p, int(v), k.min_area_px, f"{k.name} covers only {v} px")
+                for p, v in zip(q.photos.loc[bad, "photo_id"], px[bad], strict=True)]
     return out
 
 
-def run_checks(merged: pd.DataFrame, assignments: pd.DataFrame, duplicates: pd.DataFrame, spec: Spec,
-               cfg: QAConfig) -> pd.DataFrame:
-    """All findings, sorted by level, check and subject."""
-    rows = (photo_findings(merged, spec, cfg) + annotator_findings(assignments, cfg) + dataset_findings(merged, spec)
-            + duplicate_findings(duplicates))
+# --- annotation ---------------------------------------------------------------------------------------------------
+
+@check("few_annotators", "annotation", "warning")
+def _few(q: QAInputs, c: Check) -> list[Finding]:
+    n = q.photos["n_used"]
+    bad = (n < q.cfg.min_annotators_per_photo) & (q.photos["source"] == "vote")
+    return [found(c, p, int(v), q.cfg.min_annotators_per_photo, f"merged from {v} assignment(s)")
+            for p, v in zip(q.photos.loc[bad, "photo_id"], n[bad], strict=True)]
+
+
+@check("low_class_agreement", "annotation", "warning")
+def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
+    rows = q.classes[q.classes["photo_id"].isin(q.photos["photo_id"]) & q.classes["disputed"].astype(bool)]
+    return [found(c, r.photo_id, round(float(r.agreement), 4), "", f"{r['class']}: annotators agree at "
+                  f"{r.agreement:.2f}") for _, r in rows.iterrows()]
+
+
+@check("class_missing", "annotation", "warning")
+def _class_missing(q: QAInputs, c: Check) -> list[Finding]:
+    used = q.photos.set_index("photo_id")["n_used"]
+    rows = q.classes[q.classes["photo_id"].isin(used.index)]
+    half = rows["photo_id"].map(used) / 2
+    bad = (rows["drawn_by"] > half) & (rows["pixels"] == 0)
+    return [found(c, r.photo_id, int(r.drawn_by), "", f"{r['class']} was drawn by {r.drawn_by} annotators but is "
+                  "missing from the merged mask") for _, r in rows[bad].iterrows()]
+
+
+@check("excluded_assignments", "annotation", "info")
+def _excluded(q: QAInputs, c: Check) -> list[Finding]:
+    a = q.assignments[q.assignments["photo_id"].isin(q.photos["photo_id"]) & q.assignments["excluded"].ne("")
+                      & q.assignments["excluded"].notna()]
+    return [found(c, pid, len(g), "", "left out: " + ", ".join(f"{x.annotator_id} ({x.excluded})"
+                                                              for x in g.itertuples()))
+            for pid, g in a.groupby("photo_id", sort=True)]
+
+
+@check("polygon_repairs", "annotation", "info")
+def _repairs(q: QAInputs, c: Check) -> list[Finding]:
+    r = q.repairs[q.repairs["photo_id"].isin(q.photos["photo_id"])]
+    return [found(c, pid, len(g), "", ", ".join(f"{k} x{n}" for k, n in g["repair"].value_counts().sort_index()
+                                                .items())) for pid, g in r.groupby("photo_id", sort=True)]
+
+
+# --- annotator ----------------------------------------------------------------------------------------------------
+
+@check("spammer", "annotator", "error")
+def _spammer(q: QAInputs, c: Check) -> list[Finding]:
+    a = q.annotators[q.annotators["status"] == "spammer"]
+    return [found(c, r.annotator_id, round(float(r.spam_score), 4), 0.5, f"unrelated to the others on "
+                  f"{r.spam_score:.0%} of {r.photos} photos") for r in a.itertuples()]
+
+
+@check("swapper", "annotator", "warning")
+def _swapper(q: QAInputs, c: Check) -> list[Finding]:
+    a = q.annotators[q.annotators["status"] == "swapper"]
+    return [found(c, r.annotator_id, int(r.swaps), "", f"left and right swapped on {r.swaps} of {r.photos} photos")
+            for r in a.itertuples()]
+
+
+@check("low_annotator_agreement", "annotator", "warning")
+def _low_annotator(q: QAInputs, c: Check) -> list[Finding]:
+    a = q.annotators[q.annotators["status"].isin(["ok", "low_agreement"])].dropna(subset=["agreement"])
+    if a.empty:
+        return []
+    median = float(a["agreement"].median())
+    floor = min(q.cfg.min_annotator_agreement, median - q.cfg.peer_gap)
+    bad = a[a["agreement"] < floor]
+    return [found(c, r.annotator_id, round(float(r.agreement), 4), round(floor, 4),
+                  f"agreement {r.agreement:.2f} against a peer median of {median:.2f}") for r in bad.itertuples()]
+
+
+# --- dataset ------------------------------------------------------------------------------------------------------
+
+@check("class_absent", "dataset", "warning")
+def _class_absent(q: QAInputs, c: Check) -> list[Finding]:
+    return [found(c, "dataset", 0, 1, f"no photo has any {k.name} pixel") for k in q.spec.classes[1:]
+            if len(q.photos) and int(q.photos[f"px_{k.name}"].sum()) == 0]
+
+
+@check("split_ratio", "dataset", "warning")
+def _split_ratio(q: QAInputs, c: Check) -> list[Finding]:
+    if q.photos.empty:
+        return []
+    share = q.photos["split"].value_counts(normalize=True)
+    return [found(c, s, round(float(share.get(s, 0.0)), 4), r, f"{share.get(s, 0.0):.1%} of photos, target {r:.1%}")
+            for s, r in q.ratios.items() if abs(float(share.get(s, 0.0)) - r) > q.cfg.max_ratio_error]
+
+
+@check("class_presence_by_split", "dataset", "warning")
+def _presence(q: QAInputs, c: Check) -> list[Finding]:
+    out = []
+    for k in q.spec.classes[1:]:
+        has = q.photos[f"px_{k.name}"] > 0
+        overall = float(has.mean()) if len(has) else 0.0
+        for s, part in has.groupby(q.photos["split"]):
+            if len(part) >= 20 and abs(float(part.mean()) - overall) > q.cfg.max_presence_gap:
+                out.append(found(c, f"{s}/{k.name}", round(float(part.mean()), 4), round(overall, 4),
+                                 f"{k.name} is in {part.mean():.1%} of {s} photos against {overall:.1%} overall"))
+    return out
+
+
+@check("user_across_splits", "dataset", "error")
+def _user_leak(q: QAInputs, c: Check) -> list[Finding]:
+    n = q.photos.groupby("user_id")["split"].nunique()
+    return [found(c, u, int(v), 1, f"user's photos are in {v} splits") for u, v in n[n > 1].items()]
+
+
+@check("duplicate_across_splits", "dataset", "error")
+def _dup_leak(q: QAInputs, c: Check) -> list[Finding]:
+    split = q.photos.set_index("photo_id")["split"]
+    d = q.duplicates[q.duplicates["photo_id"].isin(split.index)]
+    n = d.assign(split=d["photo_id"].map(split)).groupby("cluster")["split"].nunique()
+    return [found(c, cl, int(v), 1, f"near-duplicate cluster spans {v} splits") for cl, v in n[n > 1].items()]
+
+
+def run_checks(q: QAInputs) -> pd.DataFrame:
+    """Every registered check, sorted by level, check and subject."""
+    rows = [f for c in REGISTRY for f in c.run(q, c)]
     return frame(rows, FINDING_COLUMNS).sort_values(["level", "check", "subject_id"], ignore_index=True)
