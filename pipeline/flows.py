@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -18,6 +19,7 @@ from pipeline import build as b
 from pipeline.config import Config
 from pipeline.io.manifest import read_manifest
 from pipeline.report.html import render_report
+from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
 from pipeline.spec import Spec
 from pipeline.stages import accounting, dedup, export, ingest, merge, qa, skill, split
@@ -115,6 +117,11 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
     for name in b.JSON_TABLES:
         write_json(b.records(tables[name]), layout.reports / f"{name}.json")
     write_json(summary, layout.reports / "qa.json")
+    markdown = summary_markdown(summary, tables["findings"])
+    (layout.reports / "summary.md").write_text(markdown, encoding="utf-8")
+    create_markdown_artifact(markdown, key="crowdseg-summary", description="build summary")
+    create_table_artifact(b.records(tables["findings"].head(1000)), key="crowdseg-findings",
+                          description="QA findings (first 1,000)")
     html = render_report(summary, tables, paths)
     path = layout.reports / "qa.html"
     path.write_text(html, encoding="utf-8")

@@ -92,6 +92,7 @@ def test_dataset_tree_is_complete(builds):
         rows = json.loads((out / "reports" / f"{name}.json").read_text())
         assert len(rows) == len(pd.read_csv(out / "reports" / f"{name}.csv")) > 0
     assert (out / "work" / "index.parquet").exists()
+    assert (out / "reports" / "summary.md").read_text().startswith("# crowdseg build: easyportrait")
 
 
 def test_rebuild_is_byte_identical(builds):
