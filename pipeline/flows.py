@@ -168,13 +168,12 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
     findings = run_qa.submit(qa.QAInputs(published, m.assignments, m.classes, m.repairs, annotators, duplicates,
                                          spec, cfg.qa, cfg.split.ratios))
-    export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout)).result()
-    classes = publish(published, spec, cfg, layout)
-
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
                                 published, int(m.assignments["photo_id"].isin(published["photo_id"]).sum()),
-                                rejections, duplicates)
+                                rejections, duplicates)  # before publishing: a build that lost an input stops here
+    export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout)).result()
+    classes = publish(published, spec, cfg, layout)
     findings = findings.result()
     summary = b.summary(spec, cfg, ledger, published, findings)
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, cfg)
