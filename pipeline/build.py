@@ -70,8 +70,9 @@ def batches(df: pd.DataFrame, size: int) -> list[pd.DataFrame]:
 
 def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     """Photos that survive dedup, sorted by id."""
-    dropped = set(duplicates.loc[duplicates["action"] == "drop", "photo_id"])
-    return photos[~photos["photo_id"].isin(dropped)].sort_values("photo_id", ignore_index=True)
+    from pipeline.stages.dedup import dropped_ids
+
+    return photos[~photos["photo_id"].isin(dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
 
 
 def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:

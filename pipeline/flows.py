@@ -147,7 +147,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     kept = b.kept_photos(photos, duplicates)
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
-        set(duplicates.loc[duplicates["action"] == "drop", "photo_id"]))
+        dedup.dropped_ids(duplicates))
     to_merge, repeated = merge.one_per_annotator(to_merge)
     jobs = b.merge_jobs(kept, to_merge, shapes, size)
     columns = [[j[k] for j in jobs] for k in range(3)]

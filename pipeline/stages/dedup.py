@@ -248,9 +248,14 @@ def user_links(duplicates: pd.DataFrame, policy: str) -> list[tuple[str, str]]:
     return sorted(links)
 
 
+def dropped_ids(duplicates: pd.DataFrame) -> set[str]:
+    """Photos a dedup decision removed."""
+    return set(duplicates.loc[duplicates["action"] == "drop", "photo_id"])
+
+
 def index_table(photos: pd.DataFrame, duplicates: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
     """The hash index a later build checks its uploads against: the previous index plus this build's keepers."""
-    dropped = set(duplicates.loc[duplicates["action"] == "drop", "photo_id"])
+    dropped = dropped_ids(duplicates)
     fresh = photos.loc[~photos["photo_id"].isin(dropped), INDEX_COLUMNS]
     parts = [fresh] + ([previous.loc[~previous["photo_id"].isin(photos["photo_id"]), INDEX_COLUMNS]]
                        if previous is not None and len(previous) else [])

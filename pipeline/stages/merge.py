@@ -413,7 +413,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         cv2.imwrite(str(out_dir / f"{key}.png"), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         cv2.imwrite(str(out_dir / f"{key}.agreement.png"), result.agreement, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         counts = np.bincount(result.mask.ravel(), minlength=len(spec.classes))
-        crowd = [r for r in assign_rows if r["photo_id"] == p.photo_id and not r["golden"] and r["used"]]
+        crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append({
             "photo_id": p.photo_id, "status": result.status, "reasons": ";".join(result.reasons),
             "source": result.source, "n_assignments": int((~todo["golden"]).sum()), "n_used": len(result.used),
