@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint schemas clean bench
+.PHONY: demo test lint schemas clean bench browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "crowdseg needs Python >= 3.11"'
@@ -19,9 +19,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/crowdseg demo reports/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# make browser: Debian's Chromium for tests/test_report_browser.py (Playwright drives it; it never downloads one).
+# Installs it with apt-get when missing (as root, or through sudo); if that fails, warns and the test skips.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo -n ); \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  { $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -q >/dev/null 2>&1 \
+	         && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } \
+	  || echo "warning: could not install chromium; tests/test_report_browser.py will be skipped"; }
 
 # make bench: install the benchmark peers into the same venv and run the side-by-side benchmarks (~10 min).
 # imagededup goes in with --no-deps: its torch/torchvision are for its CNN only, and would pull GBs of CUDA.
@@ -36,6 +47,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/dedup_recall.py
 	$(BIN)/python benchmarks/merge_accuracy.py
 	$(BIN)/python benchmarks/merge_speed.py
+	$(BIN)/python benchmarks/report_time.py
 
 schemas: $(STAMP)
 	$(BIN)/crowdseg schemas

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import Config
@@ -34,6 +37,11 @@ class Layout:
     @property
     def masks(self) -> Path:
         return self.out / "work" / "masks"
+
+    @property
+    def thumbs(self) -> Path:
+        """Cached report thumbnails of flagged photos, keyed by content."""
+        return self.out / "work" / "thumbs"
 
     @property
     def index(self) -> Path:
@@ -75,11 +83,15 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     return photos[~photos["photo_id"].isin(dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
 
 
-def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """One row per published photo: ingest signals, merge results and split."""
-    cols = ["photo_id", "user_id", "path", "width", "height", "brightness", "sharpness", "faces", "face_w", "thumb"]
-    return (photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id")
-            .sort_values("photo_id", ignore_index=True))
+def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame, every: bool = False
+                    ) -> pd.DataFrame:
+    """One row per published photo: ingest signals, merge results and split. With ``every``, one row per merged
+    photo, the split empty for those held back or rejected by a reviewer (what QA and reviewers look at)."""
+    cols = ["photo_id", "user_id", "path", "sha256", "width", "height", "brightness", "sharpness", "faces", "face_w",
+            "thumb"]
+    table = photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id",
+                                                            how="left" if every else "inner")
+    return table.fillna({"split": ""}).sort_values("photo_id", ignore_index=True)
 
 
 def split_summary(published: pd.DataFrame, ratios: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -97,6 +109,88 @@ def class_summary(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     return pd.DataFrame([{"id": c.id, "class": c.name, "photos": int((published[f"px_{c.name}"] > 0).sum()),
                           "pixel_share": round(float(published[f"px_{c.name}"].sum()) / total, 5)}
                          for c in spec.classes])
+
+
+def class_by_split(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """Per split and class: photos containing the class, their share of the split, and the class's pixel share."""
+    rows = []
+    for split, part in published.groupby("split", sort=True):
+        total = sum(int(part[f"px_{c.name}"].sum()) for c in spec.classes) or 1
+        rows += [{"split": split, "class": c.name, "photos": int((part[f"px_{c.name}"] > 0).sum()),
+                  "presence": round(float((part[f"px_{c.name}"] > 0).mean()), 4),
+                  "pixel_share": round(float(part[f"px_{c.name}"].sum()) / total, 5)} for c in spec.classes[1:]]
+    return pd.DataFrame(rows, columns=["split", "class", "photos", "presence", "pixel_share"])
+
+
+THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(21)]
+
+
+def threshold_table(classes: pd.DataFrame, spec: Spec, current: dict[int, float]) -> pd.DataFrame:
+    """The threshold explorer: per class and agreement threshold, the share of the photos drawing the class that
+    would be accepted, and on gold photos the mean IoU of the crowd's vote with the gold answer among those."""
+    rows = []
+    for c in spec.classes[1:]:
+        own = classes[(classes["class"] == c.name) & classes["agreement"].notna()]
+        gold = own[own["gold_iou"].notna()]
+        for t in sorted({*THRESHOLD_GRID, current[c.id]}):
+            accepted = gold[gold["agreement"] >= t - 1e-9]
+            rows.append({"class": c.name, "threshold": t, "photos": len(own),
+                         "accepted_share": round(float((own["agreement"] >= t - 1e-9).mean()), 4) if len(own)
+                         else float("nan"),
+                         "gold_photos": len(accepted),
+                         "gold_iou": round(float(accepted["gold_iou"].mean()), 4) if len(accepted) else float("nan"),
+                         "current": t == current[c.id]})
+    return pd.DataFrame(rows, columns=["class", "threshold", "photos", "accepted_share", "gold_photos", "gold_iou",
+                                       "current"])
+
+
+def gallery_job(photo: pd.Series, mask_path: str, assignments: pd.DataFrame, shapes: pd.DataFrame,
+                outcome: pd.DataFrame, spec: Spec, min_area: float) -> tuple[str, Callable[[], dict[str, np.ndarray]]]:
+    """A flagged photo's thumbnail cache key, and a function drawing each of its annotators' masks.
+
+    The key covers the photo's bytes, the merged mask's bytes, the spec and every shape, so a cached thumbnail is
+    reused exactly while none of them changes. ``outcome`` (merge's assignment rows) adds how each was used.
+    """
+    from pipeline.stages.merge import rasterise_photo
+    from pipeline.stages.polygons import composite
+    from pipeline.tables import keyed_hash
+
+    todo = assignments.sort_values("assignment")
+    own = shapes[shapes["assignment"].isin(set(todo["assignment"]))].sort_values(["assignment", "index"])
+    drawn = json.dumps([photo["sha256"], hashlib.sha256(Path(mask_path).read_bytes()).hexdigest(), spec.name,
+                        spec.version, own[["assignment", "label", "points", "holes"]].to_dict("records")],
+                       default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    notes = outcome.set_index("assignment") if len(outcome) else None
+
+    def masks() -> dict[str, np.ndarray]:
+        layers, _, _ = rasterise_photo(photo, todo, {k: g.to_dict("records") for k, g in own.groupby("assignment")},
+                                       min_area)
+        return {_caption(a.annotator_id, a.golden, notes, a.assignment):
+                composite(a.layers, spec.draw_ids, int(photo["height"]), int(photo["width"])) for a in layers}
+
+    return keyed_hash("thumb", drawn, 24), masks
+
+
+def _caption(annotator: str, golden: bool, notes: pd.DataFrame | None, assignment: str) -> str:
+    """An annotator thumbnail's caption: who, and how merge used their work."""
+    if golden:
+        return f"{annotator} (gold)"
+    if notes is None or assignment not in notes.index:
+        return annotator
+    r = notes.loc[assignment]
+    if r["excluded"]:
+        return f"{annotator} (left out: {r['excluded']})"
+    return f"{annotator} (agreement {r['agreement']:.2f}{', swapped' if r['swapped'] else ''})"
+
+
+def build_id(cfg: Config, photos: pd.DataFrame, assignments: pd.DataFrame) -> str:
+    """A short id of this build's inputs and config: the same inputs and config give the same id."""
+    from pipeline.tables import keyed_hash
+
+    settings = cfg.model_dump(mode="json", exclude={"output"})
+    content = json.dumps([settings, sorted(photos.get("sha256", pd.Series(dtype=str))),
+                          sorted(assignments["assignment"])], sort_keys=True)
+    return keyed_hash("build", content, 12)
 
 
 def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, size: int
@@ -154,14 +248,18 @@ def annotator_status(annotator: str, row: pd.Series, min_agreement: float, ban: 
     return "low_agreement" if row["agreement"] < min_agreement else "ok"
 
 
-def reannotation_queue(agreement: pd.DataFrame, paths: dict[str, str]) -> list[dict[str, object]]:
-    """Photos that need re-annotation, as crowd tasks: the image, the classes in dispute and why."""
-    if agreement.empty:
-        return []
-    need = agreement[agreement["status"] == "needs_reannotation"].sort_values("photo_id")
+def reannotation_queue(rejections: pd.DataFrame, agreement: pd.DataFrame, paths: dict[str, str]
+                       ) -> list[dict[str, object]]:
+    """Photos held back for re-annotation, as crowd tasks: the image, the classes in dispute and why."""
+    from pipeline.stages.review import HELD_REASONS
+
+    held = rejections[(rejections["item"] == "photo") & rejections["reason"].isin(HELD_REASONS)]
+    merge_reasons = agreement.set_index("photo_id")["reasons"] if len(agreement) else pd.Series(dtype=str)
     tasks = []
-    for p in need.itertuples():
-        reasons = p.reasons.split(";")
+    for p in held.sort_values("photo_id").itertuples():
+        reasons = [r for r in str(merge_reasons.get(p.photo_id, "")).split(";") if r]
+        if p.reason == "reviewer_reannotate":
+            reasons.append(p.message)
         disputed = [c for r in reasons if r.startswith("disputed:") for c in r.removeprefix("disputed:").split(",")]
         tasks.append({"photo_id": p.photo_id, "image": paths.get(p.photo_id, ""), "classes": disputed or "all",
                       "reasons": reasons})
@@ -184,38 +282,52 @@ def records(df: pd.DataFrame) -> list[dict[str, object]]:
 
 def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult, skills: pd.DataFrame,
                   annotators: pd.DataFrame, findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame,
-                  cfg: Config) -> dict[str, pd.DataFrame]:
+                  decisions: pd.DataFrame, spec: Spec, cfg: Config) -> dict[str, pd.DataFrame]:
     """The tables written under ``reports/``; ``photo_map`` is private and never published."""
     from pipeline.stages.export import image_name
+    from pipeline.stages.merge import class_agreement
 
     photo_map = published[["photo_id", "user_id", "split"]].assign(
         image_name=[image_name(p, cfg.export.name_salt) for p in published["photo_id"]])
     rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
     agreement = m.photos.drop(columns=["mask_path", "agreement_path"]).sort_values("photo_id", ignore_index=True)
+    class_rows = m.classes.sort_values(["photo_id", "class"], ignore_index=True)
     return {
         "rejections": rejections,
         "rejected_photos": rejections[rejections["item"] == "photo"].reset_index(drop=True),
         "duplicates": duplicates,
         "agreement": agreement,
-        "class_agreement": m.classes.sort_values(["photo_id", "class"], ignore_index=True),
+        "class_agreement": class_rows,
         "assignments": m.assignments.sort_values(["photo_id", "assignment"], ignore_index=True),
         "annotators": annotators,
         "skills": skills,
         "repairs": m.repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),
         "findings": findings,
         "classes": classes,
+        "class_by_split": class_by_split(published, spec),
+        "thresholds": threshold_table(class_rows, spec, class_agreement(spec, cfg.merge.class_agreement)),
+        "decisions": decisions,
         "photo_map": photo_map[["photo_id", "image_name", "user_id", "split"]],
     }
 
 
-def summary(spec: Spec, cfg: Config, ledger: dict[str, int], published: pd.DataFrame,
-            findings: pd.DataFrame) -> dict[str, object]:
+def summary(spec: Spec, cfg: Config, ledger: dict[str, int], published: pd.DataFrame, findings: pd.DataFrame,
+            decisions: pd.DataFrame, build: str) -> dict[str, object]:
     """The machine-readable QA summary (``reports/qa.json``)."""
     return {
-        "spec": spec.name, "ledger": ledger, "splits": split_summary(published, cfg.split.ratios),
+        "spec": spec.name, "build_id": build, "ledger": ledger, "splits": split_summary(published, cfg.split.ratios),
         "findings": {f"{lv}/{ck}": int(n) for (lv, ck), n in findings.groupby(["level", "check"]).size().items()},
+        "decisions": {f"{d}/{st}": int(n) for (d, st), n in decisions.groupby(["decision", "status"]).size().items()},
         "config": cfg.model_dump(),
     }
+
+
+def decisions(cfg: Config) -> pd.DataFrame:
+    """The reviewers' decisions the config names (none when ``review.decisions`` is empty)."""
+    from pipeline.stages.review import read_decisions
+
+    path = cfg.review.decisions
+    return read_decisions(cfg.path(path)) if path else pd.DataFrame(columns=["photo_id", "decision", "note", "row"])
 
 
 def refused_ids(manifest_rejected: pd.DataFrame, ingest_rejected: pd.DataFrame, manifest: pd.DataFrame) -> set[str]:
@@ -236,6 +348,8 @@ def load_index(cfg: Config) -> pd.DataFrame | None:
         index = pd.read_parquet(path)
     except (OSError, ValueError) as e:
         raise CrowdsegError(f"dedup.index: cannot read the hash index: {e}", file=str(path)) from None
+    if "brightness" not in index:  # indexes written before exposure counted towards the best copy
+        index["brightness"] = float("nan")
     missing = sorted(set(INDEX_COLUMNS) - set(index.columns))
     if missing:
         raise CrowdsegError(f"dedup.index: not a crowdseg hash index (missing {', '.join(missing)})", file=str(path))
@@ -270,4 +384,5 @@ def preflight(cfg: Config) -> Spec:
         if src.format == "auto":
             detect_format(cfg.path(src.path))
     load_index(cfg)
+    decisions(cfg)
     return spec

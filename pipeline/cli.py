@@ -36,12 +36,13 @@ def simulate(
     spec: Annotated[str, typer.Option(help="annotation spec name")] = "easyportrait",
     careful: Annotated[bool, typer.Option(help="make every annotator careful")] = False,
     broken: Annotated[bool, typer.Option(help="also write a few broken inputs")] = False,
+    defects: Annotated[int, typer.Option(min=0, help="photos of each defect kind: blurred, dark, tiny_face")] = 0,
 ) -> None:
     """Simulate a crowd: photos, manifest, annotations and config, plus truth/ that crowdseg never reads."""
     from pipeline.simulate import simulate as run
 
     counts = run(out, photos=photos, users=users, annotators=annotators, seed=seed, size=_size(size), spec=spec,
-                 profiles={"careful": 1.0} if careful else None, broken=broken)
+                 profiles={"careful": 1.0} if careful else None, broken=broken, defects=defects)
     typer.echo(f"simulated crowd in {out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 
 
@@ -52,10 +53,13 @@ def build(
     annotations: Annotated[Path | None, typer.Option(help="annotations JSONL; overrides inputs.annotations")] = None,
     spec: Annotated[str | None, typer.Option(help="spec name or YAML; overrides inputs.spec")] = None,
     out: Annotated[Path | None, typer.Option(help="build folder; overrides output.out")] = None,
+    decisions: Annotated[Path | None, typer.Option(help="reviewer decisions downloaded from a QA report; "
+                                                        "overrides review.decisions")] = None,
 ) -> None:
     """Run the build flow: ingest, dedup, merge, QA, split, export and report."""
     overrides: dict[str, Any] = {}
-    for key, value in (("inputs.photos", photos), ("inputs.annotations", annotations), ("output.out", out)):
+    for key, value in (("inputs.photos", photos), ("inputs.annotations", annotations), ("output.out", out),
+                       ("review.decisions", decisions)):
         if value is not None:
             overrides[key] = str(value.resolve())
     if spec is not None:
@@ -79,11 +83,12 @@ def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 def demo(out: Annotated[Path, typer.Argument(help="demo folder")] = Path("crowdseg-demo")) -> None:
-    """Simulate a small crowd (200 photos, 80 users, 5 annotators per photo) and build it."""
+    """Simulate a small crowd (200 photos, 80 users, 5 annotators per photo, a few broken inputs and defective
+    photos) and build it."""
     from pipeline.simulate import simulate as run
 
     crowd = out / "crowd"
-    run(crowd, photos=200, users=80, annotators=5, seed=0, broken=True)
+    run(crowd, photos=200, users=80, annotators=5, seed=0, broken=True, defects=3)
     _build(crowd / "config.toml", {"output.out": str((out / "build").resolve())})
 
 

@@ -126,6 +126,9 @@ class QAConfig(Section):
     max_ratio_error: float = Field(0.01, ge=0, le=1, description="flag splits further than this from their ratio")
     max_presence_gap: float = Field(0.1, ge=0, le=1, description="flag a class whose share of photos in a split "
                                     "differs more from its share overall")
+    max_miss_rate: float = Field(0.25, ge=0, le=1, description="flag annotators who leave out a class the merged "
+                                 "mask has on more than this share of such photos (and far more than their peers)")
+    gallery_limit: int = Field(400, ge=0, description="at most this many flagged photos get thumbnails in the report")
 
 
 class SplitConfig(Section):
@@ -153,6 +156,13 @@ class ExportConfig(Section):
     jpeg_quality: int = Field(95, ge=50, le=100, description="quality of published JPEGs")
 
 
+class ReviewConfig(Section):
+    """Reviewers' decisions from an earlier QA report, applied by the next build."""
+
+    decisions: str = Field("", description="decisions file downloaded from the QA report (CSV: photo_id, decision, "
+                           "note; decision is accept, reject or reannotate); empty: none")
+
+
 class BuildConfig(Section):
     """How the Prefect flow runs."""
 
@@ -170,6 +180,7 @@ class Config(Section):
     qa: QAConfig = Field(default_factory=QAConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr("<defaults>")

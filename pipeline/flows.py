@@ -18,11 +18,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline import build as b
 from pipeline.config import Config
 from pipeline.io.manifest import read_manifest
+from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
 from pipeline.spec import Spec
-from pipeline.stages import accounting, dedup, export, ingest, merge, qa, skill, split
+from pipeline.stages import accounting, dedup, export, ingest, merge, qa, review, skill, split
 from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -108,12 +109,28 @@ def publish(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) 
     return classes
 
 
+@task(name="thumbnails", **STAGE)
+def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame,
+                    outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> dict[str, list[Thumb]]:
+    """Report thumbnails of flagged photos: made once per content, then read from the cache."""
+    layout.thumbs.mkdir(parents=True, exist_ok=True)
+    rows = reviewed.set_index("photo_id", drop=False)
+    out = {}
+    for pid in ids:
+        photo = rows.loc[pid]
+        key, masks = b.gallery_job(photo, photo["mask_path"], assignments[assignments["photo_id"] == pid], shapes,
+                                   outcome[outcome["photo_id"] == pid], spec, cfg.merge.min_shape_area_px)
+        out[pid] = gallery_thumbs(photo["path"], photo["mask_path"], masks, spec, layout.thumbs, key)
+    return out
+
+
 @task(name="report", **STAGE)
 def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
-                  layout: b.Layout) -> str:
+                  gallery: dict[str, list[Thumb]], layout: b.Layout) -> str:
     for name, df in tables.items():
         write_csv(df, layout.reports / f"{name}.csv")
-    b.write_jsonl(b.reannotation_queue(tables["agreement"], paths), layout.reports / "reannotation.jsonl")
+    b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
+                  layout.reports / "reannotation.jsonl")
     for name in b.JSON_TABLES:
         write_json(b.records(tables[name]), layout.reports / f"{name}.json")
     write_json(summary, layout.reports / "qa.json")
@@ -122,7 +139,7 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
     create_markdown_artifact(markdown, key="crowdseg-summary", description="build summary")
     create_table_artifact(b.records(tables["findings"].head(1000)), key="crowdseg-findings",
                           description="QA findings (first 1,000)")
-    html = render_report(summary, tables, paths)
+    html = render_report(summary, tables, paths, gallery)
     path = layout.reports / "qa.html"
     path.write_text(html, encoding="utf-8")
     return str(path)
@@ -159,14 +176,16 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                   unmapped(layout)).result(), spec)
     skills = estimate_skills(m.scores, cfg).skills_
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
+    held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], links, cfg)
     published = b.published_table(kept, merged, splits)
+    reviewed = b.published_table(kept, m.photos, splits, every=True)
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
-    findings = run_qa.submit(qa.QAInputs(published, m.assignments, m.classes, m.repairs, annotators, duplicates,
+    findings = run_qa.submit(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
                                          spec, cfg.qa, cfg.split.ratios))
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
@@ -175,10 +194,17 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout)).result()
     classes = publish(published, spec, cfg, layout)
     findings = findings.result()
-    summary = b.summary(spec, cfg, ledger, published, findings)
-    tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, cfg)
+    flagged = b.batches(pd.DataFrame({"photo_id": flagged_photos(findings, cfg.qa.gallery_limit)}), size)
+    thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
+                                 unmapped(shapes), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
+                                 unmapped(layout)).result()
+    summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments))
+    tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
+                             spec, cfg)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
-    return {"report": write_reports(summary, tables, paths, layout), "dataset": str(layout.dataset), **ledger}
+    gallery = {k: v for part in thumbs for k, v in part.items()}
+    return {"report": write_reports(summary, tables, paths, gallery, layout), "dataset": str(layout.dataset),
+            **ledger}
 
 
 @contextmanager

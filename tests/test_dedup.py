@@ -10,7 +10,14 @@ from PIL import Image, ImageEnhance, ImageOps
 from pipeline.config import DedupConfig, IngestConfig
 from pipeline.io.manifest import read_manifest
 from pipeline.simulate import simulate
-from pipeline.stages.dedup import find_duplicates, index_table, thumb_correlation, user_links, within_group_pairs
+from pipeline.stages.dedup import (
+    find_duplicates,
+    index_table,
+    rank,
+    thumb_correlation,
+    user_links,
+    within_group_pairs,
+)
 from pipeline.stages.ingest import ingest
 from tests.conftest import realdata, write_jpeg
 
@@ -159,3 +166,10 @@ def test_identical_copy_under_another_account_drops_even_if_its_twin_was_dropped
     found = find_duplicates(photos, DedupConfig()).set_index("photo_id")
     assert found.loc["c_copy", "action"] == "drop"
     assert found.loc["c_copy", "kept_photo_id"] == found.loc["b_jpg", "kept_photo_id"] == "a_png"
+
+
+def test_the_best_copy_is_the_well_exposed_one_before_the_sharpest():
+    copies = pd.DataFrame({"photo_id": ["dark", "plain", "small"], "source": "new", "width": [720, 720, 360],
+                           "height": 960, "brightness": [0.12, 0.45, 0.5], "sharpness": [300.0, 150.0, 900.0],
+                           "submitted_at": ""})
+    assert list(rank(copies)["photo_id"]) == ["plain", "dark", "small"]

@@ -222,3 +222,76 @@ def test_next_build_checks_new_uploads_against_the_previous_index(builds, crowd,
     found = pd.read_csv(tmp_path / "out" / "reports" / "duplicates.csv", dtype=str).set_index("photo_id")
     assert found.loc["z1", "action"] == "drop" and found.loc["z1", "kept_photo_id"] == kept["photo_id"]
     assert found.loc[kept["photo_id"], "source"] == "index" and "z2" not in found.index
+
+
+DEFECT_CHECKS = {"blurred": "blur", "dark": "underexposed", "tiny_face": "small_face", "spammer": "spammer",
+                 "swapper": "swapper", "lazy": "misses_classes"}
+
+
+@pytest.fixture(scope="module")
+def defective(prefect_server, tmp_path_factory) -> tuple[Path, Path]:
+    """A crowd with every kind of injected defect: blurred, dark and tiny-face photos; spammers, swappers and
+    lazy annotators. Built once."""
+    crowd = tmp_path_factory.mktemp("defects")
+    simulate(crowd, photos=150, users=50, annotators=5, seed=23, size=(720, 960), pool=30, defects=4,
+             profiles={"careful": 0.55, "sloppy": 0.15, "lazy": 0.1, "swapper": 0.1, "spammer": 0.1})
+    _build(crowd, crowd / "build")
+    return crowd, crowd / "build"
+
+
+def test_findings_catch_each_injected_defect(defective):
+    crowd, build = defective
+    photos = pd.read_csv(crowd / "truth" / "photos.csv", dtype=str, keep_default_na=False)
+    annotators = pd.read_csv(crowd / "truth" / "annotators.csv", dtype=str)
+    truth = {k: set(photos.loc[photos["defect"] == k, "photo_id"]) for k in ("blurred", "dark", "tiny_face")}
+    truth |= {k: set(annotators.loc[annotators["profile"] == k, "annotator_id"])
+              for k in ("spammer", "swapper", "lazy")}
+    findings = pd.read_csv(build / "reports" / "findings.csv", dtype=str, keep_default_na=False)
+    scores = {}
+    for kind, check in DEFECT_CHECKS.items():
+        flagged = set(findings.loc[findings["check"] == check, "subject_id"])
+        hit = len(flagged & truth[kind])
+        scores[kind] = (hit / len(truth[kind]), hit / len(flagged) if flagged else 0.0, len(truth[kind]))
+    assert all(n >= 3 for _, _, n in scores.values()), scores
+    assert all(recall >= 0.95 and precision >= 0.9 for recall, precision, _ in scores.values()), scores
+
+
+def test_reviewer_decisions_apply_on_the_next_build_and_thumbnails_are_cached(defective):
+    crowd, build = defective
+    reports = build / "reports"
+    agreement = pd.read_csv(reports / "agreement.csv", dtype=str, keep_default_na=False)
+    published = sorted(pd.read_csv(reports / "photo_map.csv", dtype=str)["photo_id"])
+    held = sorted(set(agreement.loc[agreement["status"] == "needs_reannotation", "photo_id"]) - set(published))
+    assert held, "the defective crowd should leave some photos held back"
+    thumbs = {p: p.stat().st_mtime_ns for p in (build / "work" / "thumbs").iterdir()}
+    assert thumbs and "data-photo=" in (reports / "qa.html").read_text()
+    decisions = crowd / "decisions.csv"
+    decisions.write_text(f"photo_id,decision,note\n{held[0]},accept,checked by hand\n{published[0]},reject,"
+                         f"\"blurry, see =A1\"\n{published[1]},reannotate,\nnot_a_photo,accept,\n", encoding="utf-8")
+    cfg = load_config(crowd / "config.toml", {"output.out": str(build), "review.decisions": str(decisions)})
+    ledger = run_build(cfg, preflight(cfg))
+
+    now = sorted(pd.read_csv(reports / "photo_map.csv", dtype=str)["photo_id"])
+    assert held[0] in now and published[0] not in now and published[1] not in now
+    assert ledger["photos_published"] == len(published) - 1
+    rejections = pd.read_csv(reports / "rejections.csv", dtype=str, keep_default_na=False)
+    reasons = rejections[rejections["item"] == "photo"].set_index("photo_id")["reason"]
+    assert reasons[published[0]] == "reviewer_rejected" and reasons[published[1]] == "reviewer_reannotate"
+    queue = [json.loads(line)["photo_id"] for line in (reports / "reannotation.jsonl").read_text().splitlines()]
+    assert published[1] in queue and held[0] not in queue
+    applied = pd.read_csv(reports / "decisions.csv", dtype=str).set_index("photo_id")["status"].to_dict()
+    assert applied == {held[0]: "applied", published[0]: "applied", published[1]: "applied",
+                       "not_a_photo": "not_applied"}
+    assert "not_a_photo" in (reports / "qa.html").read_text()
+    assert all(p.stat().st_mtime_ns == t for p, t in thumbs.items()), "a cached thumbnail was made again"
+
+
+def test_the_built_report_opens_cleanly_in_chromium(defective, browser):
+    _, build = defective
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((build / "reports" / "qa.html").as_uri(), wait_until="load")
+    assert page.locator(".card[data-photo]").count() > 0 and not errors
+    page.close()

@@ -26,16 +26,19 @@ def _inputs() -> QAInputs:
         _photo("grey", thumb=GREY), _photo("tiny", width=320, height=240), _photo("few", n_used=2),
         _photo("empty", **{f"px_{c.name}": 0 for c in SPEC.classes[1:]}), _photo("specks", px_teeth=2),
         _photo("leak_a", user_id="u_same", split="train"), _photo("leak_b", user_id="u_same", split="test"),
+        _photo("held", user_id="u_same", split=""),  # held back: photo checks yes, dataset checks no
     ])
     classes = pd.DataFrame([
         {"photo_id": "clean", "class": "teeth", "pixels": 500, "drawn_by": 5, "agreement": 0.9, "disputed": False},
         {"photo_id": "few", "class": "teeth", "pixels": 0, "drawn_by": 2, "agreement": 0.3, "disputed": True},
         {"photo_id": "dark", "class": "left_eye", "pixels": 0, "drawn_by": 4, "agreement": 0.0, "disputed": False},
     ])
-    assignments = pd.DataFrame([
-        {"photo_id": "clean", "assignment": "a", "annotator_id": "w1", "excluded": ""},
-        {"photo_id": "blurry", "assignment": "b", "annotator_id": "w9", "excluded": "low_agreement"},
-    ])
+    work = [("clean", "w1", "", 0.9), ("blurry", "w9", "low_agreement", 0.9)]
+    work += [(p, w, "", 0.9) for p in ("dark", "glare", "grey", "tiny", "few", "specks") for w in ("w1", "w2")]
+    work += [(p, "w6", "", 0.0) for p in ("dark", "glare", "grey", "tiny", "few", "specks")]  # never draws teeth
+    assignments = pd.DataFrame([{"photo_id": p, "assignment": f"{p}/{w}", "annotator_id": w, "golden": False,
+                                 "excluded": x, "drawn": "person,skin,teeth" if v else "person,skin"}
+                                for p, w, x, v in work])
     repairs = pd.DataFrame([{"photo_id": "grey", "repair": "made_valid"}, {"photo_id": "grey", "repair": "clipped"}])
     annotators = pd.DataFrame([
         {"annotator_id": "w1", "photos": 40, "agreement": 0.95, "swaps": 0, "spam_score": 0.0, "status": "ok"},
@@ -58,12 +61,13 @@ def test_each_check_fires_on_its_defect_and_not_on_the_clean_photo():
                 ("small_face", "far"), ("greyscale", "grey"), ("low_resolution", "tiny"), ("few_annotators", "few"),
                 ("empty_mask", "empty"), ("small_part", "specks"), ("low_class_agreement", "few"),
                 ("class_missing", "dark"), ("excluded_assignments", "blurry"), ("polygon_repairs", "grey"),
-                ("spammer", "w4"), ("swapper", "w5"), ("low_annotator_agreement", "w3"),
+                ("spammer", "w4"), ("swapper", "w5"), ("low_annotator_agreement", "w3"), ("misses_classes", "w6"),
                 ("user_across_splits", "u_same"), ("duplicate_across_splits", "clean"), ("split_ratio", "train"),
                 ("split_ratio", "test")}
     assert expected <= got
     assert not {s for c, s in got if s == "clean" and c != "duplicate_across_splits"}
-    assert {c.id for c in REGISTRY} == {c for c, _ in got} | {"class_absent", "class_presence_by_split"}
+    assert not {c for c, s in got if s in ("held", "w1", "w2")}
+    assert {c.id for c in REGISTRY} == {c for c, _ in got} | {"class_absent", "class_presence_by_split", "anatomy"}
     row = findings[findings["check"] == "blur"].iloc[0]
     assert row["severity"] == "warning" and row["threshold"] == QAConfig().min_sharpness
 
@@ -77,3 +81,25 @@ def test_thresholds_come_from_the_config():
 
 def test_greyscale_spread():
     assert thumb_chroma(GREY) == 0.0 and thumb_chroma(COLOUR) > 50
+
+
+def test_the_merged_mask_overrules_a_face_detector_that_missed():
+    q = _inputs()
+    q.photos = q.photos[q.photos["photo_id"].isin(["faceless", "far"])].assign(face_width_px=[250.0, 0.0])
+    got = {(f.check, f.subject_id) for f in run_checks(q).itertuples()}
+    assert ("no_face", "faceless") not in got and ("small_face", "far") in got
+    q.photos = q.photos.assign(face_width_px=[30.0, 0.0])
+    assert ("small_face", "faceless") in {(f.check, f.subject_id) for f in run_checks(q).itertuples()}
+
+
+def test_anatomy_findings_come_from_the_spec_rules():
+    from pipeline.stages.anatomy import measure_columns
+
+    q = _inputs()
+    broken = {"eyes_sides": -12.0, "components_left_eye": 2.0, "teeth_near_lips": float("nan")}
+    q.photos = q.photos.assign(**{k: [broken.get(k, 1.0) if p == "far" else float("nan") for p in q.photos["photo_id"]]
+                                  for k in measure_columns(SPEC) if k != "face_width_px"})
+    got = {(f.check, f.subject_id) for f in run_checks(q).itertuples() if f.check.startswith("anatomy.")}
+    assert got == {("anatomy.eyes_sides", "far"), ("anatomy.components_left_eye", "far")}
+    q.spec = load_spec("portrait")
+    assert not any(c.startswith("anatomy.") for c in run_checks(q)["check"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -12,18 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from shapely.geometry import Polygon
+from typer.testing import CliRunner
 
-from pipeline.config import load_config
+from pipeline.cli import app
+from pipeline.config import IngestConfig, load_config
 from pipeline.errors import CrowdsegError
 from pipeline.io.formats import Assignment, PhotoRecord
 from pipeline.simulate import simulate
-from pipeline.simulate.crowd import DUPLICATE_KINDS, encode_jpeg
+from pipeline.simulate.crowd import DEFECT_KINDS, DUPLICATE_KINDS, encode_jpeg
 from pipeline.simulate.portrait import Layer
 from pipeline.simulate.trace import outlines
 from pipeline.spec import load_spec
+from pipeline.stages.ingest import photo_signals
 
 SPEC = load_spec("easyportrait")
 RUN = {"photos": 60, "users": 15, "annotators": 3, "seed": 3, "size": (320, 240), "broken": True}
+DEFECT_RUN = {"photos": 30, "users": 8, "annotators": 2, "seed": 4, "size": (240, 320)}
+FACE_PARTS = ("skin", "left_brow", "right_brow", "left_eye", "right_eye", "lips", "teeth")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +45,20 @@ def portrait_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("portrait")
     simulate(out, photos=12, users=4, annotators=2, seed=5, size=(240, 320), profiles={"careful": 1.0},
              spec="portrait")
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clean")
+    simulate(out, **DEFECT_RUN)
+    return out
+
+
+@pytest.fixture(scope="module")
+def defect_sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("defects")
+    assert simulate(out, **DEFECT_RUN, defects=3)["defects"] == 9
     return out
 
 
@@ -219,7 +240,96 @@ def test_portrait_spec_and_an_all_careful_crowd(portrait_sim: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"pool": 2}, {"profiles": {"careful": 1, "genius": 1}}, {"spec": "nope"},
-                                 {"size": (32, 32)}, {"gold_share": 2.0}])
+                                 {"size": (32, 32)}, {"gold_share": 2.0}, {"defects": -1}])
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(CrowdsegError):
         simulate(tmp_path, **({"photos": 2, "users": 1, "annotators": 3, "seed": 0} | bad))
+
+
+def files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def defective(out: Path) -> dict[str, list[str]]:
+    """Photo ids by defect kind ('' for the fine ones)."""
+    kinds: dict[str, list[str]] = {}
+    for r in rows(out / "truth" / "photos.csv"):
+        kinds.setdefault(r["defect"], []).append(r["photo_id"])
+    return kinds
+
+
+def signals(out: Path, photo_ids: list[str]) -> list[dict]:
+    """What ingest measures on each photo (brightness, sharpness), without the face detector."""
+    paths = {r["photo_id"]: out / r["path"] for r in rows(out / "photos.csv")}
+    return [photo_signals(paths[p].read_bytes(), IngestConfig(detect_faces=False)) for p in photo_ids]
+
+
+def face_share(mask: np.ndarray) -> float:
+    """Width of the face parts' bounding box over the photo's shorter side, from a truth mask."""
+    cols = np.flatnonzero(np.isin(mask, [SPEC.by_name[n].id for n in FACE_PARTS]).any(axis=0))
+    return (cols[-1] - cols[0] + 1) / min(mask.shape)
+
+
+def test_defects_go_to_plain_originals_and_into_truth(defect_sim: Path) -> None:
+    kinds = defective(defect_sim)
+    assert Counter({k: len(v) for k, v in kinds.items() if k}) == dict.fromkeys(DEFECT_KINDS, 3)
+    copied = {d["original_photo_id"] for d in rows(defect_sim / "truth" / "duplicates.csv")}
+    for r in rows(defect_sim / "truth" / "photos.csv"):
+        if r["defect"]:
+            assert (r["kind"], r["gold"], r["photo_id"] in copied) == ("original", "false", False), r
+
+
+def test_defects_leave_everything_else_as_it_was(clean_sim: Path, defect_sim: Path, tmp_path: Path) -> None:
+    simulate(tmp_path, **DEFECT_RUN, defects=0)
+    clean = files(clean_sim)
+    assert files(tmp_path) == clean
+    assert all(r["defect"] == "" for r in rows(clean_sim / "truth" / "photos.csv"))
+    kinds = defective(defect_sim)
+    photos = {f"photos/{r['user_id']}/{r['photo_id']}.jpg" for r in rows(defect_sim / "truth" / "photos.csv")
+              if r["defect"]}
+    masks = {f"truth/masks/{p}.png" for p in kinds["tiny_face"]}
+    changed = {f for f, data in files(defect_sim).items() if clean[f] != data}
+    assert changed == photos | masks | {"annotations.jsonl", "truth/photos.csv"}
+    same = [line for line in lines(defect_sim) if line["photo_id"] not in kinds["tiny_face"]]
+    assert same == [line for line in lines(clean_sim) if line["photo_id"] not in kinds["tiny_face"]]
+
+
+def test_defects_are_deterministic(defect_sim: Path, tmp_path: Path) -> None:
+    simulate(tmp_path, **DEFECT_RUN, defects=3)
+    assert files(tmp_path) == files(defect_sim)
+
+
+def test_blurred_and_dark_photos_measure_so(defect_sim: Path) -> None:
+    kinds = defective(defect_sim)
+    fine = signals(defect_sim, kinds[""])
+    blurred, dark = signals(defect_sim, kinds["blurred"]), signals(defect_sim, kinds["dark"])
+    assert max(s["sharpness"] for s in blurred) < 20 < min(s["sharpness"] for s in fine)  # 20: blurry in a real photo
+    assert max(s["brightness"] for s in dark) < 0.13
+    assert min(s["brightness"] for s in fine) > 0.2
+
+
+def test_tiny_faces_are_small_in_the_truth(defect_sim: Path) -> None:
+    kinds = defective(defect_sim)
+    tiny = [face_share(truth(defect_sim, p)) for p in kinds["tiny_face"]]
+    assert all(0.03 < share < 0.12 for share in tiny), tiny
+    assert min(face_share(truth(defect_sim, p)) for p in kinds[""]) > 0.2
+    facts = {r["photo_id"]: int(r["face_width"]) for r in rows(defect_sim / "truth" / "photos.csv")}
+    assert all(0.05 * 240 <= facts[p] <= 0.1 * 240 + 1 for p in kinds["tiny_face"])
+
+
+def test_too_many_defects_is_an_error_and_broken_photos_are_spared(tmp_path: Path) -> None:
+    run = {"photos": 12, "users": 4, "annotators": 1, "seed": 2, "size": (96, 128), "broken": True}
+    with pytest.raises(CrowdsegError, match=r"defects=5 needs 15 photos") as e:
+        simulate(tmp_path, **run, defects=5)
+    assert not any(tmp_path.iterdir()), "nothing is written before the check"
+    room = int(re.search(r"only (\d+) are", str(e.value))[1])
+    simulate(tmp_path, **run, defects=room // 3)
+    assert broken(tmp_path)["truncated_jpeg"]["photo_id"] in defective(tmp_path)[""]
+
+
+def test_cli_simulates_defects(tmp_path: Path) -> None:
+    args = ["simulate", str(tmp_path), "--photos", "12", "--users", "3", "--annotators", "1", "--size", "96x128",
+            "--defects", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "defects=3" in result.output

@@ -2,9 +2,10 @@ import copy
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.errors import CrowdsegError
-from pipeline.spec import SPEC_DIR, Spec, load_spec
+from pipeline.spec import SPEC_DIR, Spec, load_spec, validation_reason
 
 
 def test_easyportrait_spec_matches_the_published_dataset():
@@ -30,15 +31,24 @@ def test_source_label_map_applies_before_aliases():
 def test_portrait_spec_has_two_classes():
     spec = load_spec("portrait")
     assert spec.names == ["background", "person"] and spec.draw_ids == [1]
+    assert spec.rules == [] and spec.classes[1].max_components is None  # no anatomy to check
+
+
+def test_rules_are_typed_by_kind_with_defaults():
+    rules = {r.id: r for r in load_spec("easyportrait").rules}
+    assert rules["parts_inside_person"].min_share == 0.98
+    assert rules["teeth_near_lips"].kind == "near" and rules["teeth_near_lips"].max_gap_px == 3
+    assert rules["skin_touches_eyes"].classes == ["skin", "left_eye", "right_eye"]
+    assert rules["eyes_sides"].classes == ["left_eye", "right_eye"]
 
 
 def _bad(mutate) -> str:
     data = yaml.safe_load((SPEC_DIR / "easyportrait.yaml").read_text())
     data = copy.deepcopy(data)
     mutate(data)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValidationError) as e:
         Spec.model_validate(data)
-    return str(e.value)
+    return validation_reason(e.value)
 
 
 @pytest.mark.parametrize("mutate,message", [
@@ -50,6 +60,16 @@ def _bad(mutate) -> str:
     (lambda d: d["classes"][4]["aliases"].append("left eye"), "names both"),
     (lambda d: d["draw_order"].pop(), "draw_order must list every class"),
     (lambda d: d.update(colour=1), "Extra inputs"),
+    (lambda d: d["classes"][5].update(max_components=0), "classes.5.max_components"),
+    (lambda d: d["rules"][5].update(to="tongue"), "rule 'teeth_near_lips': 'tongue' is not a class"),
+    (lambda d: d["rules"][2].update(id="left_brow_above_left_eye"), "rule id 'left_brow_above_left_eye' is used twice"),
+    (lambda d: d["rules"][0].update(kind="behind"), "tag 'behind' found using 'kind' does not match"),
+    (lambda d: d["rules"][0].pop("kind"), "Unable to extract tag using discriminator 'kind'"),
+    (lambda d: d["rules"][0].update(id="Eyes-Sides"), "String should match pattern"),
+    (lambda d: d["rules"][6].update(min_gap_px=3), "rules.6.side.min_gap_px: Extra inputs"),
+    (lambda d: d["rules"][6].update(left="background"), "rule 'eyes_sides': background cannot be a part"),
+    (lambda d: d["rules"][6].update(right="left_eye"), "rule 'eyes_sides': a class is named twice"),
+    (lambda d: d["rules"][6].update(id="face_width_px"), "reserved for a measure column"),
 ])
 def test_bad_specs_are_refused_with_a_reason(mutate, message):
     assert message in _bad(mutate)

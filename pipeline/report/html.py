@@ -1,54 +1,348 @@
-"""The QA report as one self-contained HTML file that opens offline."""
+"""The QA report as one self-contained HTML file: it opens offline, loads nothing and stays small at 20k photos.
+
+Everything users wrote (photo and annotator ids, messages, notes) is escaped; data for the inline script goes in
+JSON blocks that cannot close their ``<script>``; a Content-Security-Policy forbids any network load. Tables are
+capped at ``TABLE_LIMIT`` rows (the CSVs next to the report have them all). Same inputs give the same bytes.
+"""
 
 from __future__ import annotations
 
-import base64
-import io
+import json
 from html import escape
+from importlib import resources
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from pipeline.stages.ingest import load_oriented
+from pipeline.errors import CrowdsegError
+from pipeline.report import plots
+from pipeline.report.gallery import FLAG_LEVELS, FLAG_RANK, Thumb, jpeg_uri, oriented_thumbnail
+from pipeline.spec import load_spec
 
-CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{font-size:1.6rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-.cards{display:flex;flex-wrap:wrap;gap:.8rem}.card{border:1px solid #ddd;border-radius:6px;padding:.6rem 1rem;
-min-width:9rem}.card b{display:block;font-size:1.4rem}table{border-collapse:collapse;margin:.5rem 0;width:100%}
-th,td{border:1px solid #e3e3e3;padding:.25rem .5rem;text-align:left}th{background:#f6f6f6}
-td.num{text-align:right;font-variant-numeric:tabular-nums}.error{color:#b00020}.warning{color:#a15c00}
-.info{color:#555}.pairs{display:flex;flex-wrap:wrap;gap:1rem}.pair{border:1px solid #ddd;padding:.4rem}
-.pair figure{display:inline-block;margin:0 .3rem;text-align:center}.pair img{max-height:160px}
-.ok{color:#1b7f3b}.swatch{display:inline-block;width:.9rem;height:.9rem;border:1px solid #999;
-vertical-align:middle;margin-right:.3rem}details{margin:.4rem 0}.scroll{overflow-x:auto}
-"""
+TABLE_LIMIT = 500
+SEVERITIES = ("error", "warning", "info")
+DECISIONS = (("accept", "Accept"), ("reject", "Reject"), ("reannotate", "Re-annotate"))
+OPTIONAL_TABLES = {  # tables a build may not have yet, by their columns
+    "thresholds": ["class", "threshold", "photos", "accepted_share", "gold_photos", "gold_iou", "current"],
+    "class_by_split": ["split", "class", "photos", "presence", "pixel_share"],
+    "decisions": ["photo_id", "decision", "note", "status", "detail"],
+}
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+       "base-uri 'none'; form-action 'none'")
 
 
-def table(df: pd.DataFrame, limit: int = 500, table_id: str = "") -> str:
-    """An HTML table of at most ``limit`` rows, numbers right-aligned."""
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in df.columns)
-    body = []
-    for rec in df.head(limit).itertuples(index=False):
-        cells = []
-        for v in rec:
-            num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            text = f"{v:.4g}" if isinstance(v, float) else str(v)
-            cells.append(f'<td class="num">{escape(text)}</td>' if num else f"<td>{escape(text)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    more = f"<p>{len(df) - limit} more rows in the CSV.</p>" if len(df) > limit else ""
+def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
+                  gallery: dict[str, list[Thumb]]) -> str:
+    """The QA report page. ``paths`` maps photo ids to files (for duplicate examples); ``gallery`` maps each
+    flagged photo id, in ``flagged_photos`` order, to its thumbnails (merged first, then one per annotator)."""
+    tables = {**{k: pd.DataFrame(columns=c) for k, c in OPTIONAL_TABLES.items()}, **tables}
+    sections = [
+        ("summary", "Summary", summary_section(summary, tables)),
+        ("plots", "Plots", plots_section(summary, tables)),
+        ("gallery", "Flagged photos", gallery_section(summary, tables, gallery)),
+        ("thresholds", "Threshold explorer", thresholds_section(tables["thresholds"])),
+        ("decisions", "Review decisions", decisions_section(summary, tables["decisions"])),
+        ("findings", "Findings", findings_section(tables["findings"])),
+        ("duplicates", "Duplicates", duplicates_section(tables["duplicates"], paths)),
+        ("annotators", "Annotators", annotators_section(tables["annotators"])),
+        ("rejections", "Rejections", rejections_section(tables["rejections"])),
+    ]
+    nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in sections)
+    build = summary.get("build_id", "")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name=viewport content="width=device-width,initial-scale=1"><link rel=icon href="data:,">'
+        f"<title>crowdseg QA report: {escape(str(summary['spec']))}</title><style>{_asset('report.css')}</style>"
+        f'</head><body><header class=top><div class=wrap><h1>QA report: {escape(str(summary["spec"]))}</h1>'
+        f'<p class=sub>crowdseg build <code>{escape(str(build) or "unnamed")}</code></p></div></header>'
+        f'<nav class=sections><div class=wrap>{nav}</div></nav><main class=wrap>{body}</main>'
+        "<footer>Generated by crowdseg. Every table here is capped; the CSV files next to this report have all rows."
+        f"</footer>{json_script('report-meta', {'build_id': str(build)})}<script>{_asset('report.js')}</script>"
+        "</body></html>\n"
+    )
+
+
+# ---- sections ---------------------------------------------------------------------------------------------------
+
+def summary_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame]) -> str:
+    """Where every photo went (in, rejected, deduplicated, held back, published), why, and the splits."""
+    ledger = dict(summary["ledger"])
+    n_in = ledger.get("photos_in", 0)
+    kept = n_in - ledger.get("photos_rejected", 0) - ledger.get("photos_deduplicated", 0)
+    photo_cards = [("photos in", n_in, ""), ("rejected", ledger.pop("photos_rejected", 0), "bad"),
+                   ("deduplicated", ledger.pop("photos_deduplicated", 0), "warn"), ("kept", kept, ""),
+                   ("held back for re-annotation", ledger.pop("photos_held_back", 0), "warn"),
+                   ("published", ledger.pop("photos_published", 0), "good")]
+    ledger.pop("photos_in", None)
+    kpis = "".join(_kpi(label, n, cls, f"{n / n_in:.1%} of photos in" if n_in and label != "photos in" else "")
+                   for label, n, cls in photo_cards)
+    other = "".join(_kpi(k.replace("_", " "), v, "small") for k, v in ledger.items())
+    splits = pd.DataFrame([{"split": s, **{k: v.get(k) for k in ("photos", "users", "target", "actual")}}
+                           for s, v in summary["splits"].items()])
+    return (
+        f'<p class=lead>{n_in:,} photos and {summary["ledger"].get("assignments_in", 0):,} assignments came in. '
+        "Every input is published, rejected, deduplicated or held back; the counts balance.</p>"
+        f'<div class=kpis id=ledger>{kpis}</div><div class="kpis">{other}</div>'
+        '<div class=cols><div><h3>Why photos were not published</h3>'
+        f'{table(not_published(tables["rejected_photos"], tables["duplicates"]), table_id="not-published")}</div>'
+        f'<div><h3>Splits</h3>{table(splits, table_id="splits")}'
+        f'<h3>Classes</h3>{table(tables["classes"], table_id="classes")}</div></div>'
+    )
+
+
+def plots_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame]) -> str:
+    """Agreement per class, class frequency per split, annotators, duplicates."""
+    classes = tables["classes"]
+    order = [str(c) for c in classes["class"]] if "class" in classes else []
+    min_agreement = summary.get("config", {}).get("qa", {}).get("min_annotator_agreement")
+    figures = [plots.agreement_by_class(tables["class_agreement"], order, current_thresholds(tables["thresholds"])),
+               plots.class_frequency(tables["class_by_split"]),
+               plots.annotators(tables["annotators"], min_agreement),
+               plots.duplicates(tables["duplicates"])]
+    return '<div class=cols>' + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
+
+
+def gallery_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], gallery: dict[str, list[Thumb]]) -> str:
+    """One card per flagged photo with its thumbnails, findings and decision buttons, and filters over them."""
+    findings = tables["findings"]
+    mine = findings[findings["level"].isin(FLAG_LEVELS)].assign(subject_id=lambda d: d["subject_id"].astype(str))
+    flagged = mine[mine["severity"].isin(FLAG_RANK)]["subject_id"].nunique()
+    left_out = max(0, flagged - len(gallery))
+    intro = (f"<p class=lead>{flagged:,} photos have a photo- or annotation-level finding of severity warning or "
+             f"error. {len(gallery):,} are shown, worst first (errors, then most findings)"
+             + (f"; the other {left_out:,} are left out by the gallery limit and are all in "
+                "<code>findings.csv</code>." if left_out else ".")
+             + " The large thumbnail is the merged mask; the small ones are each annotator's.</p>")
+    if not gallery:
+        return intro + '<p class=nodata>No flagged photos to show.</p>'
+    shown = mine[mine["subject_id"].isin(set(gallery))]
+    per_photo = dict(list(shown.groupby("subject_id", sort=False)))
+    facts = photo_facts(tables["agreement"], set(gallery))
+    cards = "".join(card(pid, thumbs, per_photo.get(pid), facts.get(pid, "")) for pid, thumbs in gallery.items())
+    return intro + _legend(summary) + _filters(shown) + f'<div class=gallery id=cards>{cards}</div>'
+
+
+def thresholds_section(thresholds: pd.DataFrame) -> str:
+    """Accepted share per class against the agreement threshold: a figure and an interactive slider."""
+    figure = plots.thresholds(thresholds)
+    data = threshold_data(thresholds) if len(thresholds) else {"grid": []}
+    if not data["grid"]:  # no threshold every class was evaluated at: nothing to slide over
+        return figure
+    gold = data["gold"]
+    note = ("Gold IoU is the mean IoU of the merged mask with the gold annotation, over the gold photos accepted at "
+            "that threshold (their number in brackets)." if gold else
+            "No gold tasks exist in this build, so mask quality at each threshold cannot be estimated.")
+    head = ("<tr><th>class</th><th class=num>photos</th><th class=num>configured</th>"
+            "<th class=num>accepted at configured</th><th>accepted at chosen</th><th class=num>change (photos)</th>"
+            + ("<th class=num>gold IoU at chosen</th>" if gold else "") + "</tr>")
+    rows = "".join(
+        f"<tr><td>{escape(c['name'])}</td><td class=num>{c['photos']:,}</td>"
+        f"<td class=num>{_num_text(c['current'])}</td>"
+        f"<td class=num>{_pct(c['current_share'])}</td><td><span class=bar><span></span></span>"
+        "<span class=at-share></span></td><td class='num at-delta'></td>"
+        + ("<td class='num at-gold'></td>" if gold else "") + "</tr>" for c in data["classes"])
+    return (
+        "<p class=lead>For each class, the share of photos whose annotators agree at least this much. The dashed "
+        "line is the configured threshold; photos below it on any class are held back for re-annotation. Move the "
+        "slider to see what another threshold would cost.</p>"
+        f"{figure}<div class=explorer><label for=threshold-slider>Agreement threshold</label>"
+        f'<input type=range id=threshold-slider min=0 max={len(data["grid"]) - 1} step=1 value={data["start"]}>'
+        f'<span id=threshold-value></span></div><p class="more">{escape(note)}</p>'
+        f"<div class=scroll><table id=threshold-table><thead>{head}</thead><tbody>{rows}</tbody></table></div>"
+        + json_script("threshold-data", data)
+    )
+
+
+def decisions_section(summary: dict[str, Any], decisions: pd.DataFrame) -> str:
+    """How to hand decisions back to the build, and which decisions of the previous review this build applied."""
+    build = escape(str(summary.get("build_id", "")) or "unnamed")
+    how = ("<p class=lead>Decide on photos in the gallery: <b>accept</b> publishes a photo despite its findings, "
+           "<b>reject</b> leaves it out, <b>re-annotate</b> sends it back to the crowd; a note is optional. "
+           f"Decisions are saved in this browser (for build <code>{build}</code>) until you press "
+           "<b>Download decisions.csv</b> in the gallery's filter bar. To apply them, set "
+           '<code>review.decisions = "path/to/decisions.csv"</code> in the build config (the <code>[review]</code> '
+           "table; a relative path is read from the config's folder) and rebuild. The next report lists below which "
+           "decisions were applied.</p>")
+    if decisions.empty:
+        return how + "<p class=muted>No decisions from a previous review were applied to this build.</p>"
+    applied = decisions["status"].astype(str).value_counts()
+    tally = ", ".join(f'<span class="st-{escape(k)}">{n:,} {escape(k.replace("_", " "))}</span>'
+                      for k, n in sorted(applied.items()))
+    return (how + f"<h3>Decisions from the previous review: {tally}</h3>"
+            + table(decisions.sort_values(["status", "photo_id"], kind="stable"), table_id="decisions-table"))
+
+
+def findings_section(findings: pd.DataFrame) -> str:
+    return (table(counts(findings, ["level", "check", "severity"]), table_id="findings-summary")
+            + "<details><summary>All findings</summary>" + table(findings, table_id="findings-table") + "</details>")
+
+
+def duplicates_section(duplicates: pd.DataFrame, paths: dict[str, str]) -> str:
+    examples = "".join(_pair(e, paths) for e in duplicate_examples(duplicates, paths))
+    return (table(counts(duplicates, ["kind", "action"]), table_id="duplicates-summary")
+            + f'<h3>Examples</h3><div class=pairs id=duplicate-examples>{examples or "<p class=muted>None.</p>"}</div>'
+            + "<details><summary>All duplicate clusters</summary>" + table(duplicates, table_id="duplicates-table")
+            + "</details>")
+
+
+def annotators_section(annotators: pd.DataFrame) -> str:
+    return ("<p class=lead>Annotators whose status is not <code>ok</code> first, then by agreement, lowest first. "
+            "Per-class skills are in <code>skills.csv</code>.</p>"
+            + table(flagged_first(annotators), table_id="annotators-table"))
+
+
+def rejections_section(rejections: pd.DataFrame) -> str:
+    return (table(counts(rejections, ["stage", "item", "reason"]), table_id="rejections-summary")
+            + "<details><summary>All rejections</summary>" + table(rejections, table_id="rejections-table")
+            + "</details>")
+
+
+# ---- gallery parts ----------------------------------------------------------------------------------------------
+
+def card(photo_id: str, thumbs: list[Thumb], findings: pd.DataFrame | None, facts: str) -> str:
+    """One gallery card: merged thumb large, annotator thumbs beside it, findings, decision buttons."""
+    rows = findings if findings is not None else pd.DataFrame(columns=["check", "severity", "message"])
+    rows = rows.assign(_rank=rows["severity"].map({s: i for i, s in enumerate(SEVERITIES)}).fillna(len(SEVERITIES)))
+    rows = rows.sort_values(["_rank", "check"], kind="stable")
+    keys = sorted({f"{c}/{s}" for c, s in zip(rows["check"].astype(str), rows["severity"].astype(str), strict=True)})
+    worst = str(rows["severity"].iloc[0]) if len(rows) else "info"
+    figs = [f'<figure class="{"merged" if i == 0 else "annotator"}"><img alt="{escape(cap)}" src="{escape(uri)}">'
+            f'<figcaption title="{escape(cap)}">{escape(cap)}</figcaption></figure>'
+            for i, (cap, uri) in enumerate(thumbs)]
+    items = "".join(f'<li><span class="badge sev-{escape(str(s))}">{escape(str(s))}</span><span class=check>'
+                    f"{escape(str(c))}</span><span class=msg>{escape(str(m))}</span></li>"
+                    for c, s, m in zip(rows["check"], rows["severity"], rows["message"], strict=True))
+    buttons = "".join(f'<button type=button data-decision={d} aria-pressed=false>{label}</button>'
+                      for d, label in DECISIONS)
+    return (f'<article class=card data-photo="{escape(photo_id)}" data-keys="{escape(json.dumps(keys))}">'
+            f'<header><h3>{escape(photo_id)}</h3><span class="badge sev-{escape(worst)}">{escape(worst)}</span>'
+            f"<span class=facts>{escape(facts)}</span></header>"
+            f'<div class=thumbs>{"".join(figs[:1])}<div class=annot>{"".join(figs[1:])}</div></div>'
+            f"<ul class=findings>{items}</ul><div class=decide>{buttons}"
+            f'<input type=text class=note placeholder="note (optional)" aria-label="note for {escape(photo_id)}">'
+            "</div></article>")
+
+
+def photo_facts(agreement: pd.DataFrame, ids: set[str]) -> dict[str, str]:
+    """A one-line summary per photo: merge status, annotators and mean IoU."""
+    rows = agreement[agreement["photo_id"].astype(str).isin(ids)]
+    return {str(r.photo_id): " · ".join([str(r.status), f"{r.n_assignments} annotators"]
+                                        + ([] if pd.isna(r.mean_iou) else [f"mean IoU {r.mean_iou:.3f}"]))
+            for r in rows.itertuples(index=False)}
+
+
+def _filters(findings: pd.DataFrame) -> str:
+    """The gallery's sticky bar: filters by check, severity and decision, the match count, and the download."""
+    checks = findings.groupby("check").size() if len(findings) else pd.Series(dtype=int)
+    options = "".join(f'<option value="{escape(str(c))}">{escape(str(c))} ({n})</option>' for c, n in checks.items())
+    boxes = "".join(f"<label><input type=checkbox name=severity value={s} checked> {s}</label>" for s in SEVERITIES)
+    decided = "".join(f"<option value={v}>{t}</option>" for v, t in
+                      [("", "any"), ("none", "undecided"), *((d, label) for d, label in DECISIONS)])
+    return (f'<div class=filters id=gallery-filters><label>Check <select id=filter-check><option value="">all checks'
+            f"</option>{options}</select></label><fieldset><legend>Severity</legend>{boxes}</fieldset>"
+            f"<label>Decision <select id=filter-decision>{decided}</select></label>"
+            "<span id=filter-count aria-live=polite></span><span class=actions><span id=decision-count></span>"
+            "<button type=button id=download-decisions disabled>Download decisions.csv</button></span></div>")
+
+
+def _legend(summary: dict[str, Any]) -> str:
+    """Colour swatches of the spec's classes, when the spec is a bundled one this process can load."""
+    try:
+        spec = load_spec(str(summary["spec"]))
+    except CrowdsegError:
+        return ""
+    items = "".join(f'<span><span class=swatch style="background:rgb{tuple(c.color)}"></span>{escape(c.name)}</span>'
+                    for c in spec.classes[1:])
+    ignored = '<span><span class=swatch style="background:rgb(128,128,128)"></span>ignored</span>'
+    return f"<div class=legend>{items}{ignored}</div>"
+
+
+# ---- thresholds -------------------------------------------------------------------------------------------------
+
+def current_thresholds(thresholds: pd.DataFrame) -> dict[str, float]:
+    """The configured agreement threshold of each class (the row marked ``current``)."""
+    cur = thresholds[thresholds["current"].astype(bool)]
+    return {str(c): float(t) for c, t in zip(cur["class"], cur["threshold"], strict=True)}
+
+
+def threshold_data(thresholds: pd.DataFrame) -> dict[str, Any]:
+    """The explorer's data: a grid of thresholds every class has, and per class the share (and gold IoU) on it."""
+    df = thresholds.assign(threshold=thresholds["threshold"].astype(float).round(6))
+    classes = list(pd.unique(df["class"]))
+    grid = sorted(set.intersection(*(set(df.loc[df["class"] == c, "threshold"]) for c in classes)))
+    current = current_thresholds(df)
+    start_at = float(np.median(list(current.values()))) if current else 0.5
+    out = []
+    for c in classes:
+        rows = df[df["class"] == c].drop_duplicates("threshold").set_index("threshold")
+        on_grid = rows.reindex(grid)
+        cur = rows.loc[current[str(c)]] if str(c) in current else None
+        out.append({"name": str(c), "photos": int(rows["photos"].max()), "current": current.get(str(c)),
+                    "current_share": _num(cur["accepted_share"]) if cur is not None else None,
+                    "share": [_num(v) for v in on_grid["accepted_share"]],
+                    "gold": [_num(v) if n and n > 0 else None for v, n in
+                             zip(on_grid["gold_iou"], on_grid["gold_photos"].fillna(0), strict=True)],
+                    "gold_photos": [int(n) if n == n else 0 for n in on_grid["gold_photos"]]})
+    start = int(np.argmin([abs(t - start_at) for t in grid])) if grid else 0
+    return {"grid": grid, "start": start, "classes": out, "gold": bool((df["gold_photos"] > 0).any())}
+
+
+# ---- tables and helpers -----------------------------------------------------------------------------------------
+
+def table(df: pd.DataFrame, limit: int = TABLE_LIMIT, table_id: str = "") -> str:
+    """An HTML table of at most ``limit`` rows, numbers right-aligned, NaN blank."""
+    if df.empty:
+        return '<p class=muted>None.</p>'
+    head = "".join(f"<th class=num>{escape(str(c))}</th>" if _numeric(df[c]) else f"<th>{escape(str(c))}</th>"
+                   for c in df.columns)
+    body = "".join("<tr>" + "".join(_cell(v) for v in rec) + "</tr>" for rec in df.head(limit).itertuples(index=False))
+    more = f'<p class=more>{len(df) - limit:,} more rows in the CSV.</p>' if len(df) > limit else ""
     attr = f' id="{escape(table_id)}"' if table_id else ""
-    return (f'<div class="scroll"><table{attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-            f"</table></div>{more}")
+    return (f"<div class=scroll><table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+            f"{more}")
 
 
-def thumbnail_uri(path: str, side: int = 160) -> str:
-    """A small JPEG of a photo as a data URI, so the report needs no other file."""
-    im = load_oriented(path)
-    im.thumbnail((side, side))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+def _numeric(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
+def _cell(v: Any) -> str:
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return "<td></td>"
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+        return f"<td class=num>{v:.4g}</td>" if isinstance(v, (float, np.floating)) else f"<td class=num>{v}</td>"
+    return f"<td>{escape(str(v))}</td>"
+
+
+def counts(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Row counts per combination of ``by``, for summary tables."""
+    if df.empty:
+        return pd.DataFrame(columns=[*by, "count"])
+    return df.groupby(by, dropna=False).size().rename("count").reset_index()
+
+
+def not_published(rejected_photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
+    """Photos that did not reach the dataset, by stage and reason (duplicates by kind)."""
+    rejected = rejected_photos.groupby(["stage", "reason"], dropna=False)["photo_id"].nunique().rename("photos")
+    dropped = duplicates[duplicates["action"] == "drop"]
+    dups = dropped.groupby("kind", dropna=False)["photo_id"].nunique().rename("photos").reset_index()
+    dups = dups.assign(stage="dedup", reason="duplicate (" + dups["kind"].astype(str) + ")")
+    parts = [p for p in (rejected.reset_index(), dups[["stage", "reason", "photos"]]) if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=["stage", "reason", "photos"])
+    both = pd.concat(parts, ignore_index=True)
+    return both.sort_values(["photos", "stage", "reason"], ascending=[False, True, True], ignore_index=True)
+
+
+def flagged_first(annotators: pd.DataFrame) -> pd.DataFrame:
+    """Annotators not ``ok`` first, then by agreement, lowest first."""
+    if annotators.empty or "status" not in annotators:
+        return annotators
+    order = annotators.assign(_ok=annotators["status"] == "ok").sort_values(["_ok", "agreement"], kind="stable")
+    return order.drop(columns="_ok")
 
 
 def duplicate_examples(duplicates: pd.DataFrame, paths: dict[str, str], n: int = 12) -> list[dict[str, Any]]:
@@ -64,43 +358,41 @@ def duplicate_examples(duplicates: pd.DataFrame, paths: dict[str, str], n: int =
     return picked
 
 
+def thumbnail_uri(path: str, side: int = 160) -> str:
+    """A small JPEG of a photo as a data URI, so the report needs no other file."""
+    return jpeg_uri(np.asarray(oriented_thumbnail(path, side)))
+
+
 def _pair(example: dict[str, Any], paths: dict[str, str]) -> str:
     figs = "".join(f'<figure><img alt="{escape(pid)}" src="{thumbnail_uri(paths[pid])}"><figcaption>{escape(pid)}'
                    "</figcaption></figure>" for pid in (example["cluster"], example["photo_id"]))
     note = f'{example["kind"]}, distance {example["distance"]}: {example["action"]}'
-    return f'<div class="pair">{figs}<p>{escape(note)}</p></div>'
+    return f'<div class=pair>{figs}<p>{escape(note)}</p></div>'
 
 
-def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str]) -> str:
-    """The QA report page; ``paths`` maps photo ids to files, for the duplicate examples."""
-    ledger = summary["ledger"]
-    findings, rejections, duplicates = tables["findings"], tables["rejections"], tables["duplicates"]
-    cards = "".join(f'<div class="card"><b>{v}</b>{escape(k.replace("_", " "))}</div>' for k, v in ledger.items())
-    splits = pd.DataFrame([{"split": s, **v} for s, v in summary["splits"].items()])
-    examples = "".join(_pair(e, paths) for e in duplicate_examples(duplicates, paths))
-    sections = [
-        f"<h1>QA report: {escape(summary['spec'])}</h1>",
-        f"<p>Build of {ledger['photos_in']} photos and {ledger['assignments_in']} assignments. Every input is "
-        "published, rejected, deduplicated or held back; the counts below balance.</p>",
-        f'<div class="cards" id="ledger">{cards}</div>',
-        "<h2>Splits</h2>", table(splits, table_id="splits"),
-        "<h2>Classes</h2>", table(tables["classes"], table_id="classes"),
-        "<h2>Findings</h2>", table(counts(findings, ["level", "check", "severity"]), table_id="findings-summary"),
-        "<details><summary>All findings</summary>" + table(findings, table_id="findings") + "</details>",
-        "<h2>Duplicates</h2>", table(counts(duplicates, ["kind", "action"]), table_id="duplicates-summary"),
-        f'<div class="pairs" id="duplicate-examples">{examples}</div>',
-        "<details><summary>All duplicate clusters</summary>" + table(duplicates, table_id="duplicates")
-        + "</details>",
-        "<h2>Annotators</h2>", table(tables["annotators"], table_id="annotators"),
-        "<h2>Rejections</h2>", table(counts(rejections, ["stage", "item", "reason"]), table_id="rejections-summary"),
-        "<details><summary>All rejections</summary>" + table(rejections, table_id="rejections") + "</details>",
-    ]
-    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>crowdseg QA report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")
+def json_script(element_id: str, obj: Any) -> str:
+    """Data for the inline script, in a JSON block no value can break out of."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return f'<script type="application/json" id="{escape(element_id)}">{text}</script>'
 
 
-def counts(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Row counts per combination of ``by``, for summary tables."""
-    if df.empty:
-        return pd.DataFrame(columns=[*by, "count"])
-    return df.groupby(by, dropna=False).size().rename("count").reset_index()
+def _kpi(label: str, n: int, cls: str, sub: str = "") -> str:
+    extra = f"<small>{escape(sub)}</small>" if sub else ""
+    return f'<div class="kpi {cls}"><b>{int(n):,}</b><span>{escape(label)}</span>{extra}</div>'
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def _num_text(x: float | None) -> str:
+    return "–" if x is None else f"{x:g}"
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or pd.isna(v) else round(float(v), 6)
+
+
+def _asset(name: str) -> str:
+    return (resources.files("pipeline.report") / "assets" / name).read_text(encoding="utf-8")

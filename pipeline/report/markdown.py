@@ -8,7 +8,7 @@ import pandas as pd
 
 
 def summary_markdown(summary: dict[str, Any], findings: pd.DataFrame) -> str:
-    """Counts in and out, the splits, and findings by check."""
+    """Counts in and out, the splits, findings by check, and the reviewer decisions applied."""
     ledger = summary["ledger"]
     lines = [f"# crowdseg build: {summary['spec']}", "", "| | count |", "|---|---:|"]
     lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in ledger.items()]
@@ -19,4 +19,7 @@ def summary_markdown(summary: dict[str, Any], findings: pd.DataFrame) -> str:
     if len(findings):
         counts = findings.groupby(["level", "check", "severity"]).size()
         lines += [f"| {lv} | {ck} | {sv} | {n} |" for (lv, ck, sv), n in counts.items()]
+    if summary.get("decisions"):
+        lines += ["", "## Reviewer decisions", "", "| decision | status | count |", "|---|---|---:|"]
+        lines += [f"| {k.split('/')[0]} | {k.split('/')[1]} | {n} |" for k, n in summary["decisions"].items()]
     return "\n".join(lines) + "\n"

@@ -10,8 +10,12 @@
     truth/duplicates.csv              photo_id,original_photo_id,kind,same_user
     truth/annotators.csv              annotator_id,profile,epsilon,jitter,grow,skip_prob,swap_prob,alias_prob
     truth/photos.csv                  photo_id,user_id,device,width,height,orientation,jpeg_quality,gold,
-                                      original_photo_id,kind,has_teeth,has_beard,face_width,roll_deg
+                                      original_photo_id,kind,has_teeth,has_beard,face_width,roll_deg,defect
     truth/broken.csv                  kind,file,row,photo_id,detail   (rows only with broken=True)
+
+``defect`` is '' or the photo's injected flaw (``defects=N`` gives N of each, never on gold, duplicated or broken
+photos): ``blurred`` (out of focus or shaken), ``dark`` (under-exposed and noisy) or ``tiny_face`` (the subject far
+away, the face 5-10% of the shorter side wide). The truth masks and the annotators follow what is really there.
 
 crowdseg never reads ``truth/``.
 """

@@ -21,23 +21,34 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import CrowdsegError
-from pipeline.simulate.portrait import LAYER_NAMES, Portrait, render, truth_mask
+from pipeline.simulate.portrait import (
+    FAR_FACE,
+    LAYER_NAMES,
+    SELFIE_FACE,
+    Portrait,
+    blur,
+    render,
+    truth_mask,
+    underexpose,
+)
 from pipeline.simulate.trace import DEFAULT_PROFILES, EXPERT, Annotator, annotate, apportion, sample_annotator
 from pipeline.spec import Spec, load_spec
 
 DUPLICATE_KINDS = ("exact_cross_user", "recompressed", "resized", "cropped", "brightness", "mirrored")
+DEFECT_KINDS = ("blurred", "dark", "tiny_face")
+IMAGE_DEFECTS = {"blurred": blur, "dark": underexpose}  # tiny_face is drawn so, not edited afterwards
 DEVICES = {"laptop_webcam": (1920, 1080), "phone_fhd": (1080, 1920), "phone_3mp": (1440, 1920), "phone_vga": (720, 960)}
 DEVICE_SHARES = (0.15, 0.15, 0.2, 0.5)
 EPOCH = datetime(2024, 3, 1, tzinfo=UTC)
 DAY = 86_400
 BROKEN_COLUMNS = ["kind", "file", "row", "photo_id", "detail"]
 TRUTH_PHOTO_COLUMNS = ["photo_id", "user_id", "device", "width", "height", "orientation", "jpeg_quality", "gold",
-                       "original_photo_id", "kind", "has_teeth", "has_beard", "face_width", "roll_deg"]
+                       "original_photo_id", "kind", "has_teeth", "has_beard", "face_width", "roll_deg", "defect"]
 
 # Random streams. Run-wide draws are seeded by [seed, stream], per-item draws by [seed, stream, item...]; the two
 # kinds never share a stream, as numpy's SeedSequence seeds [s, k] and [s, k, 0] alike.
-DEVICE_PLAN, OWNER_PLAN, DUPLICATE_PLAN, POOL_PLAN, GOLD_PLAN, BROKEN_PLAN, BROKEN_LINES = range(1, 8)
-UPLOAD, DUPLICATE, RENDER, HABITS, CROWD, TRACE, EXPERT_TRACE = range(11, 18)
+DEVICE_PLAN, OWNER_PLAN, DUPLICATE_PLAN, POOL_PLAN, GOLD_PLAN, BROKEN_PLAN, BROKEN_LINES, DEFECT_PLAN = range(1, 9)
+UPLOAD, DUPLICATE, RENDER, HABITS, CROWD, TRACE, EXPERT_TRACE, DEFECT = range(11, 19)
 
 
 def _rng(seed: int, stream: int, *item: int) -> np.random.Generator:
@@ -62,6 +73,7 @@ class Upload:
     photo_id: str = ""
     annotators: list[int] = field(default_factory=list)
     gold: bool = False
+    defect: str = ""        # one of DEFECT_KINDS, or "" for a fine photo
 
     @property
     def path(self) -> str:
@@ -143,6 +155,16 @@ def _duplicate(src: Upload, key: int, kind: str, users: int, devices: list[str],
     return dup
 
 
+def plan_defects(uploads: list[Upload], eligible: list[int], defects: int, seed: int) -> None:
+    """Give ``defects`` of the ``eligible`` originals each defect kind."""
+    need = defects * len(DEFECT_KINDS)
+    if need > len(eligible):
+        raise CrowdsegError(f"defects={defects} needs {need} photos that are neither gold, duplicated nor broken; "
+                            f"only {len(eligible)} are: simulate more photos or fewer defects")
+    for n, key in enumerate(_rng(seed, DEFECT_PLAN).choice(eligible, need, replace=False)):
+        uploads[int(key)].defect = DEFECT_KINDS[n // defects]
+
+
 def make_pool(size: int, profiles: dict[str, float], seed: int) -> list[Annotator]:
     """``size`` annotators, profiles in proportion to ``profiles``, in shuffled order of ids a001, a002, ..."""
     names = apportion(size, profiles)
@@ -203,7 +225,10 @@ class Crowd:
 def write_group(out: Path, crowd: Crowd, group: list[Upload]) -> tuple[list[dict], list[dict]]:
     """Render an original, derive its duplicates, write their files; return annotation lines and truth rows."""
     src = group[0]
-    portrait = render(_rng(crowd.seed, RENDER, src.key), *src.size).for_spec(crowd.spec)
+    share = FAR_FACE if src.defect == "tiny_face" else SELFIE_FACE
+    portrait = render(_rng(crowd.seed, RENDER, src.key), *src.size, share).for_spec(crowd.spec)
+    if src.defect in IMAGE_DEFECTS:
+        portrait = portrait.with_image(IMAGE_DEFECTS[src.defect](portrait.image, _rng(crowd.seed, DEFECT, src.key)))
     lines, rows = [], []
     original_bytes = encode_jpeg(portrait.image, src.quality, src.orientation)
     for up in group:
@@ -240,7 +265,8 @@ def _assignments(crowd: Crowd, up: Upload, pic: Portrait) -> list[dict]:
 def _truth_row(up: Upload, src: Upload, pic: Portrait) -> dict:
     return {"photo_id": up.photo_id, "user_id": user_id(up.user), "device": up.device, "width": up.size[0],
             "height": up.size[1], "orientation": up.orientation, "jpeg_quality": up.quality, "gold": up.gold,
-            "original_photo_id": "" if up.kind == "original" else src.photo_id, "kind": up.kind, **pic.facts}
+            "original_photo_id": "" if up.kind == "original" else src.photo_id, "kind": up.kind, **pic.facts,
+            "defect": up.defect}
 
 
 def break_lines(lines: list[dict], uploads: list[Upload], rng: np.random.Generator) -> list[dict]:
@@ -295,9 +321,11 @@ def _prepare(out: Path) -> None:
 
 
 def _check(photos: int, users: int, annotators: int, seed: int, pool: int, size: tuple[int, int] | None,
-           profiles: dict[str, float], gold_share: float, spec: Spec) -> None:
+           profiles: dict[str, float], gold_share: float, defects: int, spec: Spec) -> None:
     if photos < 1 or users < 1 or annotators < 1:
         raise CrowdsegError("photos, users and annotators must be at least 1")
+    if defects < 0:
+        raise CrowdsegError(f"defects must be a non-negative integer, got {defects}")
     if seed < 0:
         raise CrowdsegError(f"seed must be a non-negative integer, got {seed}")
     if pool < annotators:
@@ -317,13 +345,16 @@ def _check(photos: int, users: int, annotators: int, seed: int, pool: int, size:
 def simulate(out: Path, *, photos: int, users: int, annotators: int, seed: int,
              size: tuple[int, int] | None = None, pool: int | None = None,
              profiles: dict[str, float] | None = None, gold_share: float = 0.05,
-             broken: bool = False, spec: str = "easyportrait") -> dict[str, int]:
-    """Write a synthetic crowd project to ``out`` (see the package docstring for the layout); return counts."""
+             broken: bool = False, spec: str = "easyportrait", defects: int = 0) -> dict[str, int]:
+    """Write a synthetic crowd project to ``out`` (see the package docstring for the layout); return counts.
+
+    ``defects`` photos of each of DEFECT_KINDS are picked among originals that are neither gold, duplicated nor
+    broken; the annotators still trace what is really there.
+    """
     out, the_spec = Path(out), load_spec(spec)
     pool = 4 * annotators if pool is None else pool
     profiles = DEFAULT_PROFILES if profiles is None else profiles
-    _check(photos, users, annotators, seed, pool, size, profiles, gold_share, the_spec)
-    _prepare(out)
+    _check(photos, users, annotators, seed, pool, size, profiles, gold_share, defects, the_spec)
 
     uploads = plan_uploads(photos, users, seed, size)
     for up in uploads:
@@ -331,10 +362,12 @@ def simulate(out: Path, *, photos: int, users: int, annotators: int, seed: int,
     for key in _rng(seed, GOLD_PLAN).choice(photos, round(gold_share * photos), replace=False):
         uploads[int(key)].gold = True
     has_copies = {u.original for u in uploads if u.kind != "original"}
-    plain = [u.key for u in uploads[:photos] if not u.gold and u.key not in has_copies] or [0]
+    plain = [u.key for u in uploads[:photos] if not u.gold and u.key not in has_copies]
+    truncate = int(_rng(seed, BROKEN_PLAN).choice(plain or [0])) if broken else None
+    plan_defects(uploads, [key for key in plain if key != truncate], defects, seed)
     crowd = Crowd(seed, the_spec, make_pool(pool, profiles, seed),
-                  {c.name: c.flip for c in the_spec.classes if c.flip},
-                  int(_rng(seed, BROKEN_PLAN).choice(plain)) if broken else None)
+                  {c.name: c.flip for c in the_spec.classes if c.flip}, truncate)
+    _prepare(out)
 
     lines, truth_rows = [], []
     groups: dict[int, list[Upload]] = {}
@@ -353,7 +386,7 @@ def simulate(out: Path, *, photos: int, users: int, annotators: int, seed: int,
     return {"photos": photos, "duplicates": len(uploads) - photos, "manifest_rows": len(uploads),
             "users": len({u.user for u in uploads}), "annotators": pool, "assignments": len(lines),
             "gold": sum(u.gold for u in uploads), "shapes": sum(len(line["shapes"]) for line in lines),
-            "broken": len(broken_rows) + (crowd.truncate is not None)}
+            "broken": len(broken_rows) + (crowd.truncate is not None), "defects": sum(bool(u.defect) for u in uploads)}
 
 
 def _write_inputs(out: Path, uploads: list[Upload], lines: list[dict], spec: str) -> None:

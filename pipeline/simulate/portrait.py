@@ -21,6 +21,8 @@ SKIN_TONES = [(255, 224, 196), (241, 194, 167), (224, 172, 138), (198, 134, 102)
               (84, 56, 40)]
 HAIR_COLOURS = [(28, 24, 22), (58, 40, 30), (98, 68, 44), (186, 154, 104), (140, 68, 38), (150, 148, 146)]
 IRIS_COLOURS = [(86, 56, 34), (70, 104, 146), (84, 116, 76), (112, 116, 120)]
+SELFIE_FACE = (0.25, 0.45)  # face width as a share of the shorter side: a selfie at arm's length
+FAR_FACE = (0.05, 0.1)      # the subject a few metres from the camera
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,10 @@ class Face:
     shoulders: float           # half-width in units of a
 
 
-def sample_face(rng: np.random.Generator, width: int, height: int) -> Face:
-    """Draw a selfie-sized face (25-45% of the shorter side wide), somewhere near the upper middle."""
-    a = rng.uniform(0.25, 0.45) * min(width, height) / 2
+def sample_face(rng: np.random.Generator, width: int, height: int,
+                share: tuple[float, float] = SELFIE_FACE) -> Face:
+    """Draw a face whose width is a ``share`` of the shorter side, somewhere near the upper middle."""
+    a = rng.uniform(*share) * min(width, height) / 2
     b = a * rng.uniform(1.25, 1.4)
     cx = float(np.clip(width / 2 + rng.uniform(-0.15, 0.15) * width, 1.2 * a, width - 1.2 * a))
     cy = float(max(height * rng.uniform(0.36, 0.48), 1.05 * b))
@@ -382,6 +385,23 @@ def _light(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(out, (3, 3), 0.6)
 
 
+def _detail(image: np.ndarray, rng: np.random.Generator, skin: Layer | None) -> np.ndarray:
+    """Fine scene texture (walls, fabric, hair; fainter on skin): three octaves of noise whose finest grain is
+    tied to the frame, not the pixel, so a photo is as detailed at 640 px whatever its resolution."""
+    h, w = image.shape[:2]
+    field = np.zeros((h, w), dtype=np.float32)
+    step = max(1.0, max(w, h) / 850)
+    for _ in range(3):
+        grain = rng.normal(0, 1, (max(2, round(h / step)), max(2, round(w / step)))).astype(np.float32)
+        field += cv2.resize(grain, (w, h), interpolation=cv2.INTER_LINEAR)
+        step *= 2
+    field *= np.float32(rng.uniform(0.04, 0.06))
+    if skin is not None:
+        x0, y0, x1, y1 = skin.box
+        field[y0:y1, x0:x1][skin.mask] *= 0.4
+    return np.clip(np.rint(image * (1 + field[..., None])), 0, 255).astype(np.uint8)
+
+
 def _paint(image: np.ndarray, layer: Layer | None, colour: np.ndarray | tuple[float, ...]) -> Layer | None:
     """Fill a region with a flat colour (light and noise come later); return the region."""
     if layer is not None:
@@ -441,9 +461,9 @@ def _draw_mouth(image: np.ndarray, face: Face, colours: dict[str, np.ndarray]) -
             "teeth": _paint(image, g.layer(mouth["teeth"]), (236, 230, 214))}
 
 
-def render(rng: np.random.Generator, width: int, height: int) -> Portrait:
-    """Draw one selfie of ``width`` x ``height`` pixels with every layer of LAYER_NAMES."""
-    face = sample_face(rng, width, height)
+def render(rng: np.random.Generator, width: int, height: int, share: tuple[float, float] = SELFIE_FACE) -> Portrait:
+    """Draw one photo of ``width`` x ``height`` pixels with every layer of LAYER_NAMES; ``share`` as in sample_face."""
+    face = sample_face(rng, width, height, share)
     image = _background(rng, width, height)
     colours = {"skin": _tone(SKIN_TONES[rng.integers(len(SKIN_TONES))], rng),
                "hair": _tone(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], rng, 6),
@@ -453,4 +473,39 @@ def render(rng: np.random.Generator, width: int, height: int) -> Portrait:
     layers |= _draw_mouth(image, face, colours)
     facts = {"has_teeth": layers.get("teeth") is not None, "has_beard": layers.pop("beard") is not None,
              "face_width": round(2 * face.frame.a), "roll_deg": round(math.degrees(face.frame.roll), 1)}
-    return Portrait(_light(image, rng), _present(layers), facts)
+    return Portrait(_detail(_light(image, rng), rng, layers.get("skin")), _present(layers), facts)
+
+
+def blur(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An unusable photo: out of focus (a Gaussian 0.6-1.2% of the shorter side wide) or shaken (a streak 3-6% of it
+    long, softened as a hand never moves in a straight line), with the sensor's noise on top."""
+    side = min(image.shape[:2])
+    if rng.random() < 0.5:
+        out = cv2.GaussianBlur(image, (0, 0), side * rng.uniform(0.006, 0.012))
+    else:
+        streak = _streak(side * rng.uniform(0.03, 0.06), rng.uniform(0, math.pi))
+        out = cv2.GaussianBlur(cv2.filter2D(image, -1, streak, borderType=cv2.BORDER_REFLECT), (0, 0), side * 0.003)
+    return _sensor_noise(out, rng, rng.uniform(0.5, 1))
+
+
+def _streak(length: float, angle: float) -> np.ndarray:
+    """A motion-blur kernel: an anti-aliased line through the centre, summing to 1."""
+    k = 2 * math.ceil(length / 2) + 1
+    c, dx, dy = k // 2, length / 2 * math.cos(angle), length / 2 * math.sin(angle)
+    line = np.zeros((k, k), dtype=np.uint8)
+    cv2.line(line, (round(c - dx), round(c - dy)), (round(c + dx), round(c + dy)), 255, 1, cv2.LINE_AA)
+    return line.astype(np.float32) / float(line.sum())
+
+
+def underexpose(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An under-exposed photo: mean brightness cut to 5-12%, with the grain of a phone pushing its ISO."""
+    target = rng.uniform(0.05, 0.12) * 255
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return _sensor_noise(image * np.float32(target / max(float(grey.mean()), 1.0)), rng, rng.uniform(2.5, 5))
+
+
+def _sensor_noise(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """Per-pixel noise, mostly in luminance, with half as much in colour; back to 8 bits."""
+    h, w = image.shape[:2]
+    noise = rng.normal(0, sigma, (h, w, 1)) + rng.normal(0, sigma / 2, (h, w, 3))
+    return np.clip(np.rint(image + noise.astype(np.float32)), 0, 255).astype(np.uint8)

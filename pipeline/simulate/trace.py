@@ -82,9 +82,10 @@ def outlines(layer: Layer, epsilon: float, grow: int = 0) -> list[tuple[Ring, li
     """The region's polygons, as an annotator would draw them: (outer ring, holes) per connected part."""
     pad = 2 + abs(grow)
     m = cv2.copyMakeBorder(layer.mask.view(np.uint8), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    if grow:
+    if grow:  # a tight outline still outlines something: a part the shrinking would erase is drawn as it is
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(grow) + 1,) * 2)
-        m = cv2.dilate(m, kernel) if grow > 0 else cv2.erode(m, kernel)
+        grown = cv2.dilate(m, kernel) if grow > 0 else cv2.erode(m, kernel)
+        m = grown if grown.any() else m
     contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
@@ -116,7 +117,10 @@ def _hole_pixels(mask: np.ndarray, contour: np.ndarray) -> list[np.ndarray]:
 
 
 def _simplify(contour: np.ndarray, epsilon: float) -> Ring | None:
+    """The contour with ``epsilon`` px of slack; a part too thin for that gets a rough box, as a person would draw."""
     ring = cv2.approxPolyDP(contour, epsilon, True) if epsilon > 0 else contour
+    if len(ring) < 3 and epsilon > 0 and len(contour) >= 2:
+        return cv2.boxPoints(cv2.minAreaRect(contour)).astype(np.float64)
     return ring[:, 0, :].astype(np.float64) if len(ring) >= 3 else None
 
 

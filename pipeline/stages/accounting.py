@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.stages.review import HELD_REASONS
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 
 
@@ -43,7 +44,7 @@ def balance(photos_in: int, assignments_in: int, published: pd.DataFrame, used_a
             rejections: pd.DataFrame, duplicates: pd.DataFrame) -> dict[str, int]:
     """The build's input/output ledger; raises AccountingError when something went missing."""
     item = rejections["item"]
-    held = int(((item == "photo") & (rejections["stage"] == "merge")).sum())
+    held = int(((item == "photo") & rejections["reason"].isin(HELD_REASONS)).sum())
     ledger = {
         "photos_in": photos_in, "photos_published": len(published),
         "photos_rejected": int((item == "photo").sum()) - held,

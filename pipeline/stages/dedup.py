@@ -17,8 +17,8 @@ from pipeline.stages.hamming import near_pairs
 from pipeline.stages.ingest import THUMB_SIDE
 from pipeline.tables import DUPLICATE_COLUMNS, frame
 
-INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "sha256", "pixel_hash",
-                 "phash", "phash_mirror", "thumb"]
+INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "brightness", "sha256",
+                 "pixel_hash", "phash", "phash_mirror", "thumb"]
 
 
 class UnionFind:
@@ -52,11 +52,14 @@ def hashes_to_uint64(hex_hashes: pd.Series) -> np.ndarray:
 
 
 def rank(photos: pd.DataFrame) -> pd.DataFrame:
-    """Photos best-first: already-published index photos, then most pixels, sharpest, earliest upload, id."""
+    """Photos best-first: already-published index photos, then most pixels, best exposed (mean brightness nearest
+    mid-grey, in steps of 0.05), sharpest, earliest upload, id."""
+    exposure = photos["brightness"].astype(float).fillna(0.5)
     order = photos.assign(_old=photos["source"].ne("index"), _px=-(photos["width"] * photos["height"]),
-                          _sharp=-photos["sharpness"], _undated=photos["submitted_at"].eq(""))
-    keys = ["_old", "_px", "_sharp", "_undated", "submitted_at", "photo_id"]
-    return order.sort_values(keys, kind="stable").drop(columns=keys[:4]).reset_index(drop=True)
+                          _exposure=((exposure - 0.5).abs() * 20).round(), _sharp=-photos["sharpness"],
+                          _undated=photos["submitted_at"].eq(""))
+    keys = ["_old", "_px", "_exposure", "_sharp", "_undated", "submitted_at", "photo_id"]
+    return order.sort_values(keys, kind="stable").drop(columns=keys[:5]).reset_index(drop=True)
 
 
 def within_group_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

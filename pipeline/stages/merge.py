@@ -5,6 +5,9 @@ assignments with left and right swapped are swapped back (or left out); assignme
 left out; the rest vote per class, weighted by their pooled skill. A pixel belongs to class c when the weighted
 share of remaining annotators who drew c there is at least ``quorum[c]`` (a share exactly at the quorum passes);
 regions are painted in spec draw order. The photo is accepted, or needs re-annotation with its reasons.
+
+A class's agreement on a photo is the used annotators' weighted IoU with the crowd's vote. On a photo with a golden
+answer the vote is also compared with it (``gold_iou``), which tells what an agreement threshold buys in quality.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pandas as pd
 
 from pipeline.config import MergeConfig
 from pipeline.spec import Spec
+from pipeline.stages.anatomy import measure, measure_columns
 from pipeline.stages.polygons import AssignmentLayers, Layer, assignment_layers, composite
 from pipeline.stages.skill import SCORE_COLUMNS
 from pipeline.tables import REJECTION_COLUMNS, frame, keyed_hash, rejection
@@ -289,14 +293,15 @@ def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLaye
           by_key: dict[str, AssignmentLayers]) -> Fusion:
     classes = spec.draw_ids
     reasons: list[str] = []
-    if cfg.use_golden and gold:
-        regions, source = {c: gold[0].layers.get(c) for c in classes}, "golden"
+    vote = {c: weighted_region([a.layers.get(c) for a in used], [_w(weights, a.annotator_id, c) for a in used],
+                               quorum[c]) for c in classes}
+    golden = {c: gold[0].layers.get(c) for c in classes} if gold else None
+    if cfg.use_golden and golden is not None:
+        regions, source = golden, "golden"
     else:
-        source = "vote"
+        regions, source = vote, "vote"
         if len(used) < cfg.min_annotators:
             reasons.append(f"too_few_annotators:{len(used)}")
-        regions = {c: weighted_region([a.layers.get(c) for a in used],
-                                      [_w(weights, a.annotator_id, c) for a in used], quorum[c]) for c in classes}
     mask = composite(regions, classes, height, width)
     share = np.ones((height, width), np.float32)  # outside every drawn layer, all agree on background
     every = [la for a in used for la in a.layers.values()]
@@ -310,7 +315,7 @@ def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLaye
         share[y0:y1, x0:x1] = agree / len(used)
     class_rows, disputed = [], []
     for c in classes:
-        ious = [layer_iou(a.layers.get(c), regions[c]) for a in used]
+        ious = [layer_iou(a.layers.get(c), vote[c]) for a in used]
         ws = [_w(weights, a.annotator_id, c) for a in used]
         finite = [(v, w) for v, w in zip(ious, ws, strict=True) if not math.isnan(v)]
         agreement = sum(v * w for v, w in finite) / sum(w for _, w in finite) if finite else math.nan
@@ -321,7 +326,8 @@ def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLaye
         class_rows.append({"photo_id": photo_id, "class": spec.classes[c].name, "pixels": area(regions[c]),
                            "drawn_by": sum(c in a.layers for a in used), "agreement": agreement,
                            "pairwise_iou": float(np.mean(pairwise)) if pairwise else math.nan,
-                           "disputed": spec.classes[c].name in disputed})
+                           "disputed": spec.classes[c].name in disputed,
+                           "gold_iou": layer_iou(vote[c], golden[c]) if golden is not None else math.nan})
     if disputed:
         reasons.append("disputed:" + ",".join(disputed))
     status = "needs_reannotation" if reasons else "accepted"
@@ -345,13 +351,16 @@ def _shifted(layers: dict[int, Layer], y0: int, x0: int) -> dict[int, Layer]:
 PHOTO_COLUMNS = ["photo_id", "status", "reasons", "source", "n_assignments", "n_used", "n_golden", "n_swapped",
                  "mean_iou", "median_iou", "unanimous", "mask_path", "agreement_path"]
 ASSIGNMENT_COLUMNS = ["photo_id", "assignment", "annotator_id", "golden", "agreement", "swapped", "excluded", "used",
-                      "mean_iou"]
-CLASS_COLUMNS = ["photo_id", "class", "pixels", "drawn_by", "agreement", "pairwise_iou", "disputed"]
+                      "mean_iou", "drawn"]
+CLASS_COLUMNS = ["photo_id", "class", "pixels", "drawn_by", "agreement", "pairwise_iou", "disputed", "gold_iou"]
 
 
 @dataclass
 class MergeResult:
-    """Tables produced by merging a batch of photos; masks and agreement maps are written to disk."""
+    """Tables produced by merging a batch of photos; masks and agreement maps are written to disk.
+
+    ``photos`` also holds each merged mask's anatomy measures (``pipeline.stages.anatomy``), for QA.
+    """
 
     photos: pd.DataFrame
     assignments: pd.DataFrame
@@ -366,7 +375,7 @@ class MergeResult:
            repairs: list[dict[str, Any]]) -> MergeResult:
         """Tables with their declared columns, even when empty."""
         names = [c.name for c in spec.classes]
-        return cls(pd.DataFrame(photos, columns=PHOTO_COLUMNS + [f"px_{n}" for n in names]),
+        return cls(pd.DataFrame(photos, columns=PHOTO_COLUMNS + [f"px_{n}" for n in names] + measure_columns(spec)),
                    pd.DataFrame(assignments, columns=ASSIGNMENT_COLUMNS + [f"iou_{n}" for n in names[1:]]),
                    pd.DataFrame(scores, columns=SCORE_COLUMNS), pd.DataFrame(classes, columns=CLASS_COLUMNS),
                    frame(rejections, REJECTION_COLUMNS), pd.DataFrame(repairs, columns=REPAIR_COLUMNS))
@@ -407,7 +416,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
             continue
         rejected += bad
         repairs += fixed
-        assign_rows += result.assignments
+        assign_rows += [r | {"drawn": drawn_classes(shapes_by.get(r["assignment"], []), spec)}
+                        for r in result.assignments]
         class_rows += result.classes
         key = work_key(p.photo_id)
         cv2.imwrite(str(out_dir / f"{key}.png"), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -423,8 +433,14 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
             "median_iou": float(np.median([r["mean_iou"] for r in crowd])) if crowd else math.nan,
             "unanimous": result.unanimous, "mask_path": str(out_dir / f"{key}.png"),
             "agreement_path": str(out_dir / f"{key}.agreement.png"),
-            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}})
+            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}, **measure(result.mask, spec)})
     return MergeResult.of(spec, photo_rows, assign_rows, score_rows, class_rows, rejected, repairs)
+
+
+def drawn_classes(shapes: list[dict[str, Any]], spec: Spec) -> str:
+    """The classes an assignment has shapes for, as submitted (before repairs and rejections), comma-separated."""
+    ids = {int(s["class_id"]) for s in shapes}
+    return ",".join(c.name for c in spec.classes if c.id in ids)
 
 
 def held_back(photos: pd.DataFrame, assignments: pd.DataFrame, merged: pd.DataFrame, hold_disputed: bool

@@ -1,7 +1,9 @@
 """QA: a registry of small checks over photos, annotations, annotators and the dataset, as one findings table.
 
 Each check has an id, a level and a severity, reads its thresholds from ``QAConfig`` and returns findings; checks
-flag, they never drop. Register one with ``@check(id, level, severity)``.
+flag, they never drop. Register one with ``@check(id, level, severity)``. The anatomy check runs the annotation
+spec's own rules on each merged mask and reports each broken rule as check ``anatomy.<rule id>``, so a spec without
+rules (a 2-class portrait spec) gets none of them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from pipeline.config import QAConfig
 from pipeline.spec import Spec
+from pipeline.stages.anatomy import FACE_WIDTH, measure_columns, violations
 from pipeline.tables import FINDING_COLUMNS, frame
 
 Finding = dict[str, Any]
@@ -98,17 +101,28 @@ def _bright(q: QAInputs, c: Check) -> list[Finding]:
 def _no_face(q: QAInputs, c: Check) -> list[Finding]:
     if not q.cfg.face_checks:
         return []
-    return [found(c, p, 0, 1, "the face detector found no face") for p in q.photos.loc[q.photos["faces"] == 0,
-                                                                                         "photo_id"]]
+    faceless = face_width(q.photos) == 0
+    return [found(c, p, 0, 1, "no face: the detector found none and the merged mask has none")
+            for p in q.photos.loc[faceless, "photo_id"]]
 
 
 @check("small_face", "photo", "warning")
 def _small_face(q: QAInputs, c: Check) -> list[Finding]:
     if not q.cfg.face_checks:
         return []
-    share = q.photos["face_w"] / q.photos[["width", "height"]].min(axis=1)
-    bad = (q.photos["faces"] > 0) & (share < q.cfg.min_face_share)
+    width = face_width(q.photos)
+    share = width / q.photos[["width", "height"]].min(axis=1)
+    bad = (width > 0) & (share < q.cfg.min_face_share)
     return _flag(c, q.photos, share, bad, q.cfg.min_face_share, "face width / shorter side")
+
+
+def face_width(photos: pd.DataFrame) -> pd.Series:
+    """Face width in pixels: from the merged mask where it has a face (annotators overrule a detector that missed
+    it), else from the face detector; 0 when neither has one."""
+    detected = photos["face_w"].where(photos["faces"] > 0, 0).astype(float)
+    if FACE_WIDTH not in photos:
+        return detected
+    return photos[FACE_WIDTH].where(photos[FACE_WIDTH] > 0, detected).fillna(detected)
 
 
 @check("greyscale", "photo", "info")
@@ -161,10 +175,22 @@ def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
 def _class_missing(q: QAInputs, c: Check) -> list[Finding]:
     used = q.photos.set_index("photo_id")["n_used"]
     rows = q.classes[q.classes["photo_id"].isin(used.index)]
-    half = rows["photo_id"].map(used) / 2
+    half = rows["photo_id"].map(used).astype(float) / 2
     bad = (rows["drawn_by"] > half) & (rows["pixels"] == 0)
     return [found(c, r.photo_id, int(r.drawn_by), "", f"{r['class']} was drawn by {r.drawn_by} annotators but is "
                   "missing from the merged mask") for _, r in rows[bad].iterrows()]
+
+
+@check("anatomy", "annotation", "warning")
+def _anatomy(q: QAInputs, c: Check) -> list[Finding]:
+    columns = [k for k in measure_columns(q.spec) if k != FACE_WIDTH and k in q.photos]
+    if not columns:
+        return []
+    out = []
+    for pid, values in zip(q.photos["photo_id"], q.photos[columns].to_dict("records"), strict=True):
+        out += [{**found(c, pid, round(v.value, 4), v.threshold, v.message), "check": f"anatomy.{v.rule}"}
+                for v in violations(values, q.spec)]
+    return out
 
 
 @check("excluded_assignments", "annotation", "info")
@@ -211,30 +237,76 @@ def _low_annotator(q: QAInputs, c: Check) -> list[Finding]:
                   f"agreement {r.agreement:.2f} against a peer median of {median:.2f}") for r in bad.itertuples()]
 
 
+@check("misses_classes", "annotator", "warning")
+def _misses(q: QAInputs, c: Check) -> list[Finding]:
+    rates = miss_rates(q)
+    if rates.empty:
+        return []
+    peers = rates.groupby("class")["rate"].median()
+    floor = np.maximum(q.cfg.max_miss_rate, rates["class"].map(peers) + q.cfg.peer_gap)
+    bad = rates[(rates["photos"] >= MIN_MISS_PHOTOS) & (rates["rate"] > floor)].assign(floor=floor)
+    return [found(c, a, round(float(g["rate"].max()), 4), round(float(g["floor"].min()), 4), "left out " + ", ".join(
+        f"{r['class']} on {r.missed} of {r.photos} photos that have it (peers: {peers[r['class']]:.0%})"
+        for _, r in g.iterrows())) for a, g in bad.groupby("annotator_id", sort=True)]
+
+
+MIN_MISS_PHOTOS = 5  # an annotator's miss rate for a class counts from this many photos that have the class
+
+
+def miss_rates(q: QAInputs) -> pd.DataFrame:
+    """Per crowd annotator and class: photos whose merged mask has the class, and on how many the annotator drew no
+    shape of it at all (a shape drawn too thin to count is a repair or rejection, not a miss).
+
+    Annotators already flagged as spammers or banned are left out: their misses are not news.
+    """
+    px = q.photos.set_index("photo_id")
+    skip = set(q.annotators.loc[q.annotators["status"].isin(["spammer", "banned"]), "annotator_id"])
+    work = q.assignments[~q.assignments["golden"].astype(bool) & q.assignments["photo_id"].isin(px.index)
+                         & ~q.assignments["annotator_id"].isin(skip)]
+    parts = []
+    for k in q.spec.classes[1:]:
+        has = work[work["photo_id"].map(px[f"px_{k.name}"]) > 0]
+        missed = ~has["drawn"].str.split(",").map(lambda names, n=k.name: n in names)
+        parts.append(pd.DataFrame({"annotator_id": has["annotator_id"], "class": k.name, "missed": missed}))
+    if not parts:
+        return pd.DataFrame(columns=["annotator_id", "class", "photos", "missed", "rate"])
+    rows = pd.concat(parts).groupby(["annotator_id", "class"], sort=True)["missed"].agg(["size", "sum"])
+    rows = rows.rename(columns={"size": "photos", "sum": "missed"}).reset_index()
+    return rows.assign(missed=rows["missed"].astype(int), rate=rows["missed"] / rows["photos"])
+
+
 # --- dataset ------------------------------------------------------------------------------------------------------
+
+def published(q: QAInputs) -> pd.DataFrame:
+    """The photos in the dataset (QA also sees photos held back or rejected by a reviewer; they have no split)."""
+    return q.photos[q.photos["split"] != ""]
+
 
 @check("class_absent", "dataset", "warning")
 def _class_absent(q: QAInputs, c: Check) -> list[Finding]:
+    photos = published(q)
     return [found(c, "dataset", 0, 1, f"no photo has any {k.name} pixel") for k in q.spec.classes[1:]
-            if len(q.photos) and int(q.photos[f"px_{k.name}"].sum()) == 0]
+            if len(photos) and int(photos[f"px_{k.name}"].sum()) == 0]
 
 
 @check("split_ratio", "dataset", "warning")
 def _split_ratio(q: QAInputs, c: Check) -> list[Finding]:
-    if q.photos.empty:
+    photos = published(q)
+    if photos.empty:
         return []
-    share = q.photos["split"].value_counts(normalize=True)
+    share = photos["split"].value_counts(normalize=True)
     return [found(c, s, round(float(share.get(s, 0.0)), 4), r, f"{share.get(s, 0.0):.1%} of photos, target {r:.1%}")
             for s, r in q.ratios.items() if abs(float(share.get(s, 0.0)) - r) > q.cfg.max_ratio_error]
 
 
 @check("class_presence_by_split", "dataset", "warning")
 def _presence(q: QAInputs, c: Check) -> list[Finding]:
+    photos = published(q)
     out = []
     for k in q.spec.classes[1:]:
-        has = q.photos[f"px_{k.name}"] > 0
+        has = photos[f"px_{k.name}"] > 0
         overall = float(has.mean()) if len(has) else 0.0
-        for s, part in has.groupby(q.photos["split"]):
+        for s, part in has.groupby(photos["split"]):
             if len(part) >= 20 and abs(float(part.mean()) - overall) > q.cfg.max_presence_gap:
                 out.append(found(c, f"{s}/{k.name}", round(float(part.mean()), 4), round(overall, 4),
                                  f"{k.name} is in {part.mean():.1%} of {s} photos against {overall:.1%} overall"))
@@ -243,13 +315,15 @@ def _presence(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("user_across_splits", "dataset", "error")
 def _user_leak(q: QAInputs, c: Check) -> list[Finding]:
-    n = q.photos.groupby("user_id")["split"].nunique()
+    photos = published(q)
+    n = photos.groupby("user_id")["split"].nunique()
     return [found(c, u, int(v), 1, f"user's photos are in {v} splits") for u, v in n[n > 1].items()]
 
 
 @check("duplicate_across_splits", "dataset", "error")
 def _dup_leak(q: QAInputs, c: Check) -> list[Finding]:
-    split = q.photos.set_index("photo_id")["split"]
+    photos = published(q)
+    split = photos.set_index("photo_id")["split"]
     d = q.duplicates[q.duplicates["photo_id"].isin(split.index)]
     n = d.assign(split=d["photo_id"].map(split)).groupby("cluster")["split"].nunique()
     return [found(c, cl, int(v), 1, f"near-duplicate cluster spans {v} splits") for cl, v in n[n > 1].items()]

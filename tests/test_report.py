@@ -1,0 +1,256 @@
+"""The QA report: gallery selection, cached overlay thumbnails, and the self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.report.gallery import ALPHA, ANNOTATOR_SCALE, flagged_photos, gallery_thumbs
+from pipeline.report.html import OPTIONAL_TABLES, render_report
+from pipeline.simulate.portrait import render, truth_mask
+from pipeline.spec import Spec, load_spec
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+CLASSES = ["person", "skin", "left_brow", "right_brow", "left_eye", "right_eye", "lips", "teeth"]
+SPEC = load_spec("easyportrait")
+
+
+def finding(level: str, subject: str, check: str, severity: str, message: str = "") -> dict[str, object]:
+    return {"level": level, "subject_id": subject, "check": check, "severity": severity, "value": 1.0,
+            "threshold": np.nan, "message": message or f"{check} on {subject}"}
+
+
+def findings_table(photos: list[str]) -> pd.DataFrame:
+    """Each photo gets a mix of checks; the hostile id gets an error, annotators get their own findings."""
+    rows = [finding("annotator", "a1", "spammer", "error"), finding("dataset", "all", "presence_gap", "warning")]
+    for k, p in enumerate(photos):
+        rows.append(finding("photo", p, "blur" if k % 2 else "no_face", "warning"))
+        rows.append(finding("annotation", p, "excluded_assignments", "info", "left out: a1 (low_agreement)"))
+        if k % 3 == 0:
+            rows.append(finding("annotation", p, "disputed_class", "warning", "annotators disagree on lips"))
+    rows.append(finding("photo", HOSTILE, "corrupt_exif", "error", "<script>alert('msg')</script>"))
+    return pd.DataFrame(rows)
+
+
+def report_tables(photos: list[str], gold: bool = True) -> dict[str, pd.DataFrame]:
+    """Small tables in the shapes the build writes (see reports/*.csv), for the given published photo ids."""
+    rng = np.random.default_rng(0)
+    n = len(photos)
+    grid = [round(0.05 * k, 2) for k in range(21)]
+    thresholds = pd.DataFrame([
+        {"class": c, "threshold": t, "photos": n, "accepted_share": float(np.clip(1.2 - t ** 3 * (1 + i / 8), 0, 1)),
+         "gold_photos": 3 if gold and t <= 0.8 else 0,
+         "gold_iou": 0.8 + 0.1 * t if gold and t <= 0.8 else np.nan, "current": t == 0.5}
+        for i, c in enumerate(CLASSES) for t in grid])
+    thresholds.loc[(thresholds["class"] == "teeth") & (thresholds["threshold"] == 0.5), "current"] = False
+    thresholds = pd.concat([thresholds, pd.DataFrame([{"class": "teeth", "threshold": 0.62, "photos": n,
+                                                       "accepted_share": 0.7, "gold_photos": 0, "gold_iou": np.nan,
+                                                       "current": True}])], ignore_index=True)
+    class_agreement = pd.DataFrame([{"photo_id": p, "class": c, "pixels": 100, "drawn_by": 5,
+                                     "agreement": float(rng.beta(8, 1)), "pairwise_iou": 0.9, "disputed": False}
+                                    for p in photos for c in CLASSES])
+    duplicates = pd.DataFrame([
+        {"cluster": "p900", "photo_id": "p900", "user_id": "u1", "source": "new", "action": "keep",
+         "kept_photo_id": "p900", "kind": None, "distance": 0, "reason": "best copy"},
+        {"cluster": "p900", "photo_id": "p901", "user_id": "u2", "source": "new", "action": "drop",
+         "kept_photo_id": "p900", "kind": "exact", "distance": 0, "reason": "identical copy"},
+        {"cluster": "p900", "photo_id": "p902", "user_id": "u1", "source": "new", "action": "drop",
+         "kept_photo_id": "p900", "kind": "mirror", "distance": 3, "reason": "mirrored copy"}])
+    annotators = pd.DataFrame([{"annotator_id": f"a{k}", "photos": int(5 + 7 * k), "agreement": 0.2 if k == 1 else
+                                0.9 - 0.01 * k, "mean_iou": 0.9, "status": "spammer" if k == 1 else "ok"}
+                               for k in range(1, 9)])
+    rejections = pd.DataFrame([{"stage": "ingest", "item": "photo", "file": "photos.csv", "row": 3, "photo_id": "p777",
+                                "annotator_id": "", "reason": "corrupt_image", "message": "cannot decode"},
+                               {"stage": "merge", "item": "photo", "file": "photos.csv", "row": 4, "photo_id": "p778",
+                                "annotator_id": "", "reason": "needs_reannotation", "message": "disputed:lips"}])
+    return {
+        "rejections": rejections, "rejected_photos": rejections, "duplicates": duplicates,
+        "agreement": pd.DataFrame({"photo_id": photos, "status": "accepted", "n_assignments": 5,
+                                   "mean_iou": rng.uniform(0.8, 1, n)}),
+        "class_agreement": class_agreement,
+        "annotators": annotators,
+        "findings": findings_table(photos),
+        "classes": pd.DataFrame({"id": range(9), "class": ["background", *CLASSES], "photos": n,
+                                 "pixel_share": 1 / 9}),
+        "thresholds": thresholds,
+        "class_by_split": pd.DataFrame([{"split": s, "class": c, "photos": n, "presence": 1 - i / 20 - j / 10,
+                                         "pixel_share": 0.01} for j, s in enumerate(["train", "val", "test"])
+                                        for i, c in enumerate(CLASSES)]),
+        "decisions": pd.DataFrame([{"photo_id": "p001", "decision": "accept", "note": "fine", "status": "applied",
+                                    "detail": "published despite disputed classes"},
+                                   {"photo_id": "gone", "decision": "reject", "note": "", "status": "not_applied",
+                                    "detail": "no such photo in this build"}]),
+    }
+
+
+def summary_dict(n: int) -> dict[str, object]:
+    ledger = {"photos_in": n + 4, "photos_published": n - 1, "photos_rejected": 1, "photos_deduplicated": 2,
+              "photos_held_back": 1, "assignments_in": 5 * n, "assignments_used": 5 * n - 3, "assignments_rejected": 3}
+    return {"spec": "easyportrait", "build_id": "0123abcd", "ledger": ledger,
+            "splits": {"train": {"photos": n - 3, "users": 4, "target": 0.7, "actual": 0.7},
+                       "val": {"photos": 1, "users": 1, "target": 0.1, "actual": 0.1},
+                       "test": {"photos": 1, "users": 1, "target": 0.2, "actual": 0.2}},
+            "findings": {}, "config": {"merge": {"min_agreement": 0.5}, "qa": {"min_annotator_agreement": 0.7}}}
+
+
+def annotator_masks(mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Three annotators: one close to the merged mask, one shifted, one who swapped left and right eyes."""
+    swapped = mask.copy()
+    swapped[mask == 5], swapped[mask == 6] = 6, 5
+    return {"a2": np.roll(mask, 1, axis=1), "a3": np.roll(mask, (9, 14), axis=(0, 1)), "a1": swapped}
+
+
+def write_photo(folder: Path, photo_id: str, seed: int, size: tuple[int, int] = (480, 640)
+                ) -> tuple[Path, Path, np.ndarray]:
+    """A simulated selfie JPEG and its class-index PNG mask."""
+    portrait = render(np.random.default_rng(seed), *size)
+    mask = truth_mask(portrait, SPEC)
+    folder.mkdir(parents=True, exist_ok=True)
+    photo, png = folder / f"photo{seed}.jpg", folder / f"mask{seed}.png"
+    Image.fromarray(portrait.image).save(photo, "JPEG", quality=90)
+    Image.fromarray(mask).save(png)
+    return photo, png, mask
+
+
+def make_gallery(tmp: Path, findings: pd.DataFrame, limit: int, spec: Spec = SPEC) -> dict[str, list[tuple[str, str]]]:
+    """Real thumbnails for the flagged photos, through gallery_thumbs."""
+    out = {}
+    for k, pid in enumerate(flagged_photos(findings, limit)):
+        photo, png, mask = write_photo(tmp / "photos", pid, k % 4)
+        out[pid] = gallery_thumbs(str(photo), str(png), lambda m=mask: annotator_masks(m), spec, tmp / "cache",
+                                  pid, side=200)
+    return out
+
+
+def duplicate_paths(tmp: Path) -> dict[str, str]:
+    """Photo files for the duplicate cluster of ``report_tables``, so the report shows an example pair."""
+    photo = str(write_photo(tmp / "duplicates", "p900", 5)[0])
+    return dict.fromkeys(("p900", "p901", "p902"), photo)
+
+
+def decode(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/jpeg;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+# ---- flagged_photos ---------------------------------------------------------------------------------------------
+
+def test_flagged_photos_orders_by_worst_severity_then_count_then_id() -> None:
+    f = pd.DataFrame([finding("photo", "b", "blur", "warning"), finding("annotation", "b", "disputed", "warning"),
+                      finding("photo", "a", "blur", "warning"), finding("photo", "c", "dark", "error"),
+                      finding("photo", "z", "blur", "warning"), finding("annotation", "a", "disputed", "warning"),
+                      finding("photo", "i", "blur", "info"), finding("annotator", "x", "spammer", "error"),
+                      finding("dataset", "d", "gap", "error")])
+    assert flagged_photos(f, 10) == ["c", "a", "b", "z"]
+    assert flagged_photos(f, 2) == ["c", "a"]
+    assert flagged_photos(f, 0) == []
+    assert flagged_photos(f.head(0), 5) == []
+
+
+# ---- gallery_thumbs ---------------------------------------------------------------------------------------------
+
+def test_gallery_thumbs_overlay_the_palette_and_hit_the_cache(tmp_path: Path) -> None:
+    h, w = 120, 160
+    photo = tmp_path / "grey.png"
+    Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(photo)
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, w // 2:] = 1  # person on the right half
+    mask[: h // 4, : w // 4] = SPEC.ignore_index
+    png = tmp_path / "mask.png"
+    Image.fromarray(mask).save(png)
+    lips = np.full((h, w), 7, np.uint8)
+    first = gallery_thumbs(str(photo), str(png), lambda: {"b": lips, "a": mask}, SPEC, tmp_path / "c", "k", side=80)
+
+    assert [c for c, _ in first] == ["merged", "a", "b"]
+    merged = decode(first[0][1])
+    assert max(merged.shape[:2]) == 80 and max(decode(first[1][1]).shape[:2]) == round(80 * ANNOTATOR_SCALE)
+    blend = lambda rgb: 100 * (1 - ALPHA) + np.array(rgb) * ALPHA  # noqa: E731
+    assert np.abs(merged[30, 70] - blend(SPEC.classes[1].color)).max() <= 6  # person colour
+    assert np.abs(merged[45, 10] - 100).max() <= 3  # background untouched
+    assert np.abs(merged[5, 5] - blend((128, 128, 128))).max() <= 6  # ignore index in grey
+    assert np.abs(decode(first[2][1])[20, 20] - blend(SPEC.classes[7].color)).max() <= 8  # b drew lips everywhere
+
+    def boom() -> dict[str, np.ndarray]:
+        raise AssertionError("annotator masks must not be computed on a cache hit")
+
+    photo.unlink()  # nothing is decoded on a hit either
+    assert gallery_thumbs(str(photo), str(png), boom, SPEC, tmp_path / "c", "k", side=80) == first
+    assert len(list((tmp_path / "c").glob("*.json"))) == 1
+
+
+def test_gallery_thumbs_apply_exif_orientation(tmp_path: Path) -> None:
+    stored = np.zeros((40, 80, 3), np.uint8)  # landscape as stored; orientation 6 shows it as portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "p.jpg", exif=exif.tobytes())
+    Image.fromarray(np.zeros((80, 40), np.uint8)).save(tmp_path / "m.png")
+    (_, uri), = gallery_thumbs(str(tmp_path / "p.jpg"), str(tmp_path / "m.png"), dict, SPEC, tmp_path, "o", side=40)
+    assert decode(uri).shape[:2] == (40, 20)
+
+
+# ---- render_report ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    tmp = tmp_path_factory.mktemp("report")
+    photos = [f"p{k:03d}" for k in range(1, 9)] + [HOSTILE]
+    tables = report_tables(photos)
+    gallery = make_gallery(tmp, tables["findings"], limit=6)
+    summary, paths = summary_dict(len(photos)), duplicate_paths(tmp)
+    html = render_report(summary, tables, paths, gallery)
+    return html, {"summary": summary, "tables": tables, "paths": paths, "gallery": gallery}
+
+
+def test_report_has_every_section_and_loads_nothing(page: tuple[str, dict]) -> None:
+    html, _ = page
+    for sid in ("summary", "plots", "gallery", "thresholds", "decisions", "findings", "duplicates", "annotators",
+                "rejections"):
+        assert f'<section id="{sid}">' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", html, re.I)
+    assert "<link rel=stylesheet" not in html and "<script src" not in html
+    assert html.count('<img class="plot"') == 5  # 4 plots + the threshold small multiples
+    assert html.count("<div class=pair>") == 2  # the exact and the mirrored copy of p900
+
+
+def test_report_escapes_user_text(page: tuple[str, dict]) -> None:
+    html, inputs = page
+    assert HOSTILE in inputs["gallery"]  # the hostile photo has an error, so it is first in the gallery
+    assert "<img src=x" not in html and "onerror=alert(1)>" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<script>alert" not in html
+
+
+def test_report_gallery_cards_follow_flagged_order(page: tuple[str, dict]) -> None:
+    html, inputs = page
+    cards = re.findall(r'<article class=card data-photo="([^"]*)"', html)
+    assert cards == [c.replace("<", "&lt;").replace(">", "&gt;") for c in inputs["gallery"]]
+    assert "3 are left out by the gallery limit" in html  # 9 flagged, 6 shown
+    assert "review.decisions" in html and "no such photo in this build" in html
+
+
+def test_report_is_byte_identical_across_renders(page: tuple[str, dict]) -> None:
+    html, inputs = page
+    assert render_report(inputs["summary"], inputs["tables"], inputs["paths"], inputs["gallery"]) == html
+
+
+def test_report_threshold_explorer_says_when_there_is_no_gold() -> None:
+    photos = ["p1", "p2"]
+    html = render_report(summary_dict(2), report_tables(photos, gold=False), {}, {})
+    assert "No gold tasks exist in this build" in html
+    assert "gold IoU at chosen" not in html
+
+
+def test_report_on_empty_tables() -> None:
+    full = report_tables(["p1"])
+    empty = {name: df.head(0) for name, df in full.items()}
+    html = render_report(summary_dict(0) | {"splits": {}}, empty, {}, {})
+    assert html.count('class="nodata"') + html.count("class=nodata") >= 5
+    legacy = {k: v for k, v in empty.items() if k not in OPTIONAL_TABLES}  # a build without the newer tables
+    assert "<section id=\"thresholds\">" in render_report(summary_dict(0), legacy, {}, {})
