@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/merge_accuracy.py
 	$(BIN)/python benchmarks/merge_speed.py
 	$(BIN)/python benchmarks/report_time.py
+	$(BIN)/python benchmarks/qa_defects.py
 
 schemas: $(STAMP)
 	$(BIN)/crowdseg schemas
