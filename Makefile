@@ -49,6 +49,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/merge_speed.py
 	$(BIN)/python benchmarks/report_time.py
 	$(BIN)/python benchmarks/qa_defects.py
+	$(BIN)/python benchmarks/split_quality.py
 
 schemas: $(STAMP)
 	$(BIN)/crowdseg schemas

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config
+from pipeline.config import Config, SplitConfig
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 
@@ -37,6 +38,11 @@ class Layout:
     @property
     def masks(self) -> Path:
         return self.out / "work" / "masks"
+
+    @property
+    def splits(self) -> Path:
+        """This build's split table, which a later build can pin its photos to (``split.previous``)."""
+        return self.out / "work" / "splits.csv"
 
     @property
     def thumbs(self) -> Path:
@@ -92,6 +98,36 @@ def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataF
     table = photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id",
                                                             how="left" if every else "inner")
     return table.fillna({"split": ""}).sort_values("photo_id", ignore_index=True)
+
+
+BRIGHTNESS_EDGES = (0.25, 0.4, 0.55)  # mean-brightness buckets for stratified splits
+PRESENCE_BAND = (0.02, 0.98)  # a class present in a share of photos outside this band is not worth stratifying
+
+
+def split_strata(photos: pd.DataFrame, merged: pd.DataFrame, spec: Spec, cfg: SplitConfig
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """The photos to split, with one column per stratum the config asks for, and those columns' names.
+
+    ``photos`` are the kept photos (ingest signals and manifest attributes), ``merged`` the published merge rows.
+    """
+    table = photos[photos["photo_id"].isin(merged["photo_id"])][["photo_id", "user_id"]].reset_index(drop=True)
+    rows = photos.set_index("photo_id").loc[table["photo_id"]]
+    strata: dict[str, list[object]] = {}
+    if "classes" in cfg.stratify and len(table):
+        px = merged.set_index("photo_id").loc[table["photo_id"]]
+        for c in spec.classes[1:]:
+            has = px[f"px_{c.name}"].to_numpy() > 0
+            if PRESENCE_BAND[0] < has.mean() < PRESENCE_BAND[1]:
+                strata[f"has_{c.name}"] = has.tolist()
+    if "brightness" in cfg.stratify:
+        strata["brightness"] = np.searchsorted(BRIGHTNESS_EDGES, rows["brightness"].to_numpy()).tolist()
+    if "orientation" in cfg.stratify:
+        strata["orientation"] = np.where(rows["height"].to_numpy() >= rows["width"].to_numpy(), "portrait",
+                                         "landscape").tolist()
+    attrs = [json.loads(a) if a else {} for a in rows["attrs"]] if cfg.attributes else []
+    for name in cfg.attributes:
+        strata[f"attr_{name}"] = [str(a.get(name, "")) for a in attrs]
+    return table.assign(**strata), list(strata)
 
 
 def split_summary(published: pd.DataFrame, ratios: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -282,13 +318,13 @@ def records(df: pd.DataFrame) -> list[dict[str, object]]:
 
 def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult, skills: pd.DataFrame,
                   annotators: pd.DataFrame, findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame,
-                  decisions: pd.DataFrame, spec: Spec, cfg: Config) -> dict[str, pd.DataFrame]:
+                  decisions: pd.DataFrame, spec: Spec, cfg: Config, key: bytes) -> dict[str, pd.DataFrame]:
     """The tables written under ``reports/``; ``photo_map`` is private and never published."""
     from pipeline.stages.export import image_name
     from pipeline.stages.merge import class_agreement
 
     photo_map = published[["photo_id", "user_id", "split"]].assign(
-        image_name=[image_name(p, cfg.export.name_salt) for p in published["photo_id"]])
+        image_name=[image_name(p, key) for p in published["photo_id"]])
     rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
     agreement = m.photos.drop(columns=["mask_path", "agreement_path"]).sort_values("photo_id", ignore_index=True)
     class_rows = m.classes.sort_values(["photo_id", "class"], ignore_index=True)
@@ -330,6 +366,26 @@ def decisions(cfg: Config) -> pd.DataFrame:
     return read_decisions(cfg.path(path)) if path else pd.DataFrame(columns=["photo_id", "decision", "note", "row"])
 
 
+def previous_splits(cfg: Config) -> pd.DataFrame | None:
+    """The earlier build's split table named by ``split.previous`` (photo_id, user_id, split), if any."""
+    from pipeline.errors import CrowdsegError
+
+    if not cfg.split.previous:
+        return None
+    path = cfg.path(cfg.split.previous)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        raise CrowdsegError(f"split.previous: cannot read the split table: {e}", file=str(path)) from None
+    missing = sorted({"photo_id", "user_id", "split"} - set(table.columns))
+    if missing:
+        raise CrowdsegError(f"split.previous: not a split table (missing {', '.join(missing)})", file=str(path))
+    unknown = sorted(set(table["split"]) - set(cfg.split.ratios))
+    if unknown:
+        raise CrowdsegError(f"split.previous: split {unknown[0]!r} is not in split.ratios", file=str(path))
+    return table[["photo_id", "user_id", "split"]]
+
+
 def refused_ids(manifest_rejected: pd.DataFrame, ingest_rejected: pd.DataFrame, manifest: pd.DataFrame) -> set[str]:
     """Photo ids refused at ingest: failed photos, and manifest rows rejected under an id no valid row has."""
     photo_rows = manifest_rejected[manifest_rejected["item"] == "photo"]
@@ -364,6 +420,7 @@ def preflight(cfg: Config) -> Spec:
     from pipeline.errors import CrowdsegError
     from pipeline.io.manifest import read_manifest, read_text
     from pipeline.io.sources import detect_format
+    from pipeline.stages.export import pseudonym_key
     from pipeline.stages.merge import class_agreement, class_quorum
 
     spec = resolve_spec(cfg)
@@ -384,5 +441,7 @@ def preflight(cfg: Config) -> Spec:
         if src.format == "auto":
             detect_format(cfg.path(src.path))
     load_index(cfg)
+    pseudonym_key(os.environ, cfg.export.throwaway_key)  # a missing key stops the build before it starts
+    previous_splits(cfg)
     decisions(cfg)
     return spec

@@ -89,7 +89,7 @@ def demo(out: Annotated[Path, typer.Argument(help="demo folder")] = Path("crowds
 
     crowd = out / "crowd"
     run(crowd, photos=200, users=80, annotators=5, seed=0, broken=True, defects=3)
-    _build(crowd / "config.toml", {"output.out": str((out / "build").resolve())})
+    _build(crowd / "config.toml", {"output.out": str((out / "build").resolve()), "export.throwaway_key": True})
 
 
 @app.command()

@@ -137,6 +137,14 @@ class SplitConfig(Section):
     ratios: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2},
                                      description="share of photos per split; groups of users never straddle splits")
     seed: str = Field("crowdseg", description="key of the hash that orders groups")
+    stratify: list[Literal["classes", "brightness", "orientation"]] = Field(
+        default_factory=lambda: ["classes", "brightness", "orientation"],
+        description="what each split should hold in proportion: 'classes' (presence of every class that is neither "
+        "rare nor everywhere: teeth, brows, ...), 'brightness' (four buckets), 'orientation' (portrait/landscape)")
+    attributes: list[str] = Field(default_factory=list, description="manifest attributes (extra columns) to "
+                                  "stratify on too, e.g. device")
+    previous: str = Field("", description="an earlier build's work/splits.csv: its photos keep their split and only "
+                          "new user groups are assigned (empty: assign all)")
 
     @field_validator("ratios")
     @classmethod
@@ -152,7 +160,10 @@ class SplitConfig(Section):
 class ExportConfig(Section):
     """The published dataset."""
 
-    name_salt: str = Field("crowdseg", description="key of the hash that turns photo and user ids into public names")
+    throwaway_key: bool = Field(False, description="without CROWDSEG_PSEUDONYM_KEY in the environment, pseudonymise "
+                                "with a random one-off key (names then change every build) instead of stopping")
+    agreement_maps: bool = Field(False, description="also publish per-pixel agreement maps under extras/agreement/")
+    ignore_masks: bool = Field(False, description="also publish ignore-label masks under extras/ignore/")
     jpeg_quality: int = Field(95, ge=50, le=100, description="quality of published JPEGs")
 
 

@@ -23,7 +23,7 @@ from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
 from pipeline.spec import Spec
-from pipeline.stages import accounting, dedup, export, ingest, merge, qa, review, skill, split
+from pipeline.stages import accounting, card, dedup, export, ingest, merge, qa, review, skill, split
 from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -84,29 +84,43 @@ def run_qa(inputs: qa.QAInputs) -> pd.DataFrame:
 
 
 @task(name="split", **STAGE)
-def split_photos(photos: pd.DataFrame, links: list[tuple[str, str]], cfg: Config) -> pd.DataFrame:
-    return split.assign_splits(photos, cfg.split.ratios, cfg.split.seed, links)
+def split_photos(photos: pd.DataFrame, strata: list[str], links: list[tuple[str, str]], cfg: Config,
+                 layout: b.Layout) -> tuple[pd.DataFrame, split.SplitReport]:
+    splits, report = split.assign_splits(photos, cfg.split.ratios, cfg.split.seed, links, strata,
+                                         b.previous_splits(cfg))
+    write_csv(splits, layout.splits)
+    get_run_logger().info("split %d photos: ratio error %.2f pp, worst stratum %.2f pp, %d pinned, %d moved",
+                          len(splits), report.max_ratio_error_pp, report.worst_stratum_deviation_pp,
+                          report.pinned_photos, report.moved_photos)
+    return splits, report
 
 
 @task(name="export-batch", **STAGE)
-def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> int:
-    share, index = cfg.merge.ignore_below, spec.ignore_index
-    for p in published.itertuples(index=False):
-        export.export_photo(p.path, p.mask_path, layout.staging, p.split,
-                            export.image_name(p.photo_id, cfg.export.name_salt), cfg.export.jpeg_quality,
-                            (p.agreement_path, share, index) if share > 0 else None)
-    return len(published)
+def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout, key: bytes
+                 ) -> list[export.Exported]:
+    return export.export_photos(published, layout.staging, spec, key, export.ExportOptions.from_config(cfg))
 
 
 @task(name="publish", **STAGE)
-def publish(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> pd.DataFrame:
-    meta = export.meta_table(published, cfg.export.name_salt)
-    write_csv(meta, layout.staging / "meta.csv")
-    classes = b.class_summary(published, spec)
-    card = export.dataset_card(meta, classes, spec, list(cfg.split.ratios))
-    (layout.staging / "README.md").write_text(card, encoding="utf-8")
-    export.publish(layout.staging, layout.dataset)
-    return classes
+def publish(published: pd.DataFrame, exported: list[export.Exported], findings: pd.DataFrame, ledger: dict[str, int],
+            split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout, key: bytes, throwaway: bool
+            ) -> pd.DataFrame:
+    root, splits = layout.staging, list(cfg.split.ratios)
+    write_csv(export.meta_table(published, key), root / "meta.csv")
+    for s in splits:
+        export.write_coco(root, s, spec, exported)
+    export.write_view_classes(root, spec)
+    facts = card.CardFacts(
+        spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),
+        sources=[card.Source("crowd", "crowdsourced uploads", "unspecified")],
+        source_counts={"crowd": card.photos_per_split(exported)},
+        config_hash=card.config_hash(cfg.model_dump(mode="json", exclude={"output"})),
+        thresholds=card.card_thresholds(cfg, spec), findings=findings, ledger=ledger, throwaway_key=throwaway,
+        split_report=split_report)
+    (root / "README.md").write_text(card.dataset_card(facts), encoding="utf-8")
+    card.sha256sums(root)
+    export.publish(root, layout.dataset)
+    return b.class_summary(published, spec)
 
 
 @task(name="thumbnails", **STAGE)
@@ -154,6 +168,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         d.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(layout.staging, ignore_errors=True)
     size = cfg.build.batch_size
+    key, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
 
     manifest, assignments, shapes, rejected = read_inputs(cfg, spec)
     ingested = ingest_batch.map(b.batches(manifest, size), unmapped(cfg)).result()
@@ -181,7 +196,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
-    splits = split_photos(kept[kept["photo_id"].isin(merged["photo_id"])], links, cfg)
+    splits, split_report = split_photos(*b.split_strata(kept, merged, spec, cfg.split), links, cfg, layout)
     published = b.published_table(kept, merged, splits)
     reviewed = b.published_table(kept, m.photos, splits, every=True)
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
@@ -191,16 +206,19 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
                                 published, int(m.assignments["photo_id"].isin(published["photo_id"]).sum()),
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
-    export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout)).result()
-    classes = publish(published, spec, cfg, layout)
+    parts = export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout),
+                             unmapped(key)).result()
     findings = findings.result()
+    classes = publish(published, [e for part in parts for e in part], findings, ledger, split_report.as_dict(), spec,
+                      cfg, layout, key, throwaway)
     flagged = b.batches(pd.DataFrame({"photo_id": flagged_photos(findings, cfg.qa.gallery_limit)}), size)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
                                  unmapped(shapes), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments))
+    summary["split_quality"] = split_report.as_dict()
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
-                             spec, cfg)
+                             spec, cfg, key)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
     return {"report": write_reports(summary, tables, paths, gallery, layout), "dataset": str(layout.dataset),

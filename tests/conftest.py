@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("CROWDSEG_REALDATA", ROOT.parent / "shared" / "realdata"))
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("CROWDSEG_PSEUDONYM_KEY", "crowdseg-tests-only-0123456789")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
 

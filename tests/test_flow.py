@@ -104,6 +104,62 @@ def test_rebuild_is_byte_identical(builds):
         assert (a / "reports" / name).read_bytes() == (b / "reports" / name).read_bytes(), name
 
 
+def test_published_tree_leaks_nothing_and_checks_out(builds, crowd):
+    """An audit of dataset/ alone: user-disjoint sets, near-duplicate clusters in one set, no metadata, no raw id,
+    COCO equal to the PNGs, SHA256SUMS valid."""
+    from pycocotools import mask as rle
+
+    out, _, _ = builds
+    ds = out / "dataset"
+    meta = pd.read_csv(ds / "meta.csv", dtype=str)
+    assert meta.groupby("user_id")["set"].nunique().max() == 1
+    truth = pd.read_csv(crowd / "truth" / "duplicates.csv", dtype=str)
+    pmap = pd.read_csv(out / "reports" / "photo_map.csv", dtype=str).set_index("photo_id")["split"]
+    for r in truth.itertuples():
+        if r.photo_id in pmap.index and r.original_photo_id in pmap.index:
+            assert pmap[r.photo_id] == pmap[r.original_photo_id], r
+    raw = set(pd.read_csv(crowd / "photos.csv", dtype=str)[["photo_id", "user_id"]].to_numpy().ravel())
+    for path in ds.rglob("*"):
+        if path.suffix == ".jpg":
+            data = path.read_bytes()
+            assert b"Exif" not in data and b"http://ns.adobe.com/xap" not in data and not Image.open(path).getexif()
+        elif path.suffix in (".csv", ".json", ".md") or path.name == "SHA256SUMS":
+            text = path.read_text()
+            assert not any(i in text for i in raw), path
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=ds, check=True)
+    for split in ("train", "val", "test"):
+        coco = json.loads((ds / "coco" / f"{split}.json").read_text())
+        by_image = {im["id"]: im for im in coco["images"]}
+        assert len(by_image) == int((meta["set"] == split).sum())
+        built = {i: np.zeros((im["height"], im["width"]), np.uint8) for i, im in by_image.items()}
+        for a in coco["annotations"]:
+            built[a["image_id"]][rle.decode(a["segmentation"]).astype(bool)] = a["category_id"]
+        for i, im in by_image.items():
+            png = ds / "annotations" / split / Path(im["file_name"]).with_suffix(".png").name
+            assert np.array_equal(built[i], np.asarray(Image.open(png)))
+
+
+def test_a_rebuild_with_new_users_moves_no_old_photo(crowd, prefect_server, tmp_path):
+    manifest = pd.read_csv(crowd / "photos.csv", dtype=str)
+    users = sorted(manifest["user_id"].unique())
+    newcomers = set(users[-max(1, len(users) // 5):])
+    old = crowd / "photos_before_newcomers.csv"  # beside the photos, as manifest paths are relative to it
+    manifest[~manifest["user_id"].isin(newcomers)].to_csv(old, index=False)
+    first = tmp_path / "first"
+    cfg = load_config(crowd / "config.toml", {"output.out": str(first), "inputs.photos": str(old)})
+    run_build(cfg, preflight(cfg))
+    second = tmp_path / "second"
+    cfg = load_config(crowd / "config.toml", {"output.out": str(second),
+                                              "split.previous": str(first / "work" / "splits.csv")})
+    run_build(cfg, preflight(cfg))
+    before = pd.read_csv(first / "work" / "splits.csv", dtype=str).set_index("photo_id")["split"]
+    after = pd.read_csv(second / "work" / "splits.csv", dtype=str).set_index("photo_id")["split"]
+    assert len(after) > len(before) > 0 and (after[before.index] == before).all()
+    quality = json.loads((second / "reports" / "qa.json").read_text())["split_quality"]
+    assert quality["pinned_photos"] == len(before) and quality["moved_photos"] == 0
+    assert "kept their split from the previous version" in (second / "dataset" / "README.md").read_text()
+
+
 def test_careful_crowd_merges_to_truth(builds, crowd):
     out, _, _ = builds
     pmap = pd.read_csv(out / "reports" / "photo_map.csv", dtype=str)

@@ -1,84 +1,358 @@
-"""Export: the published dataset tree in EasyPortrait's layout, written to staging and swapped in atomically."""
+"""Export: the published dataset tree in EasyPortrait's layout, written to staging and swapped in atomically.
+
+Tree: ``images/{split}/<name>.jpg``, ``annotations/{split}/<name>.png`` (uint8 class ids), ``meta.csv``,
+``coco/{split}.json`` (one compressed-RLE annotation per class present per image), ``views/<view>/{split}/<name>.png``
+plus ``views/<view>/classes.json``, and optionally ``extras/agreement`` and ``extras/ignore`` trees.
+
+Privacy: names are HMAC-SHA256 pseudonyms under a secret key (``CROWDSEG_PSEUDONYM_KEY``). Published JPEGs keep no
+metadata: an upright RGB or grey JPEG is copied with every APPn and COM segment dropped (APP0 JFIF is kept without
+its thumbnail; a standard 12-byte APP14 Adobe segment is kept, as it only tells the decoder the colour transform);
+APP2 ICC profiles are dropped too, since a profile can name the device and its creation date. Everything else is
+decoded, oriented and re-encoded.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
 import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pycocotools import mask as mask_utils
 
+from pipeline.config import Config
+from pipeline.errors import CrowdsegError
 from pipeline.spec import Spec
 from pipeline.stages.ingest import load_oriented
-from pipeline.tables import keyed_hash
+from pipeline.stages.views import apply_view, derived_views, view_classes
 
 META_COLUMNS = ["image_name", "user_id", "height", "width", "set", "brightness", "n_annotators", "agreement",
                 "source"]
+KEY_ENV = "CROWDSEG_PSEUDONYM_KEY"
+MIN_KEY_CHARS = 16
+REENCODE_REASONS = {
+    "not_jpeg": "PNG, WebP or HEIC upload",
+    "rotated": "EXIF orientation applied to the pixels",
+    "cmyk": "CMYK JPEG converted to RGB",
+    "unusual_jpeg": "a JPEG stream the lossless stripper does not handle (e.g. arithmetic-coded, 12-bit, truncated)",
+}
+"""Why export_photo re-encodes a photo, by the code it returns."""
 
 
-def image_name(photo_id: str, salt: str) -> str:
-    """The public file stem of a photo: a keyed hash, so photo ids never leave the build."""
-    return keyed_hash(salt, f"photo:{photo_id}", 32)
+def pseudonym_key(env: Mapping[str, str], throwaway: bool) -> tuple[bytes, bool]:
+    """The pseudonym key from ``CROWDSEG_PSEUDONYM_KEY``, and whether it is a throwaway one.
 
-
-def public_user(user_id: str, salt: str) -> str:
-    """The public pseudonym of a user."""
-    return keyed_hash(salt, f"user:{user_id}", 16)
-
-
-def export_photo(src: str, mask_path: str, root: Path, split: str, name: str, quality: int,
-                 ignore: tuple[str, float, int] | None = None) -> None:
-    """Write one oriented JPEG (metadata stripped) and its class-index PNG under ``root``.
-
-    ``ignore`` = (agreement map path, minimum vote share, ignore index): pixels below the share get the index.
+    Without the variable, a random key when ``throwaway`` (names then differ on every build), else CrowdsegError.
     """
-    img_dir, ann_dir = root / "images" / split, root / "annotations" / split
-    img_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
-    load_oriented(src).save(img_dir / f"{name}.jpg", "JPEG", quality=quality)
+    secret = env.get(KEY_ENV, "")
+    if secret:
+        if len(secret) < MIN_KEY_CHARS:
+            raise CrowdsegError(f"{KEY_ENV} is shorter than {MIN_KEY_CHARS} characters; use a longer random secret")
+        return secret.encode(), False
+    if throwaway:
+        return os.urandom(32), True
+    raise CrowdsegError(f"set {KEY_ENV} to a secret of at least {MIN_KEY_CHARS} characters (it keys the public "
+                        "image and user pseudonyms, so keep it out of the config), or set export.throwaway_key = true "
+                        "for a throwaway key")
+
+
+def _pseudonym(key: bytes, kind: str, value: str, n: int) -> str:
+    return hmac.new(key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()[:n]
+
+
+def image_name(photo_id: str, key: bytes) -> str:
+    """The public file stem of a photo: HMAC-SHA256 of its id, so ids and original filenames never leave the build."""
+    return _pseudonym(key, "photo", photo_id, 32)
+
+
+def public_user(user_id: str, key: bytes) -> str:
+    """The public pseudonym of a user: HMAC-SHA256 of the user id."""
+    return _pseudonym(key, "user", user_id, 16)
+
+
+class UnsafeJpeg(ValueError):
+    """A JPEG stream that strip_jpeg_metadata will not copy; the caller re-encodes instead."""
+
+
+_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential and progressive Huffman frames
+_TABLES = {0xC4, 0xDB, 0xDD}  # DHT, DQT, DRI
+_SOS, _EOI, _APP0, _APP14, _COM = 0xDA, 0xD9, 0xE0, 0xEE, 0xFE
+
+
+def _marker(data: bytes, i: int) -> tuple[int, int]:
+    """The marker code at ``i`` (after any 0xFF fill bytes) and the offset just past it."""
+    if i >= len(data) or data[i] != 0xFF:
+        raise UnsafeJpeg(f"expected a marker at byte {i}")
+    while i < len(data) and data[i] == 0xFF:
+        i += 1
+    if i >= len(data) or data[i] == 0x00:
+        raise UnsafeJpeg(f"bad marker at byte {i}")
+    return data[i], i + 1
+
+
+def _scan_end(data: bytes, i: int) -> int:
+    """Where a scan's entropy-coded data starting at ``i`` ends: the 0xFF of the next marker other than RSTn."""
+    while True:
+        i = data.find(b"\xff", i)
+        if i < 0 or i + 1 >= len(data):
+            raise UnsafeJpeg("entropy-coded data runs past the end")
+        nxt = data[i + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+            i += 2
+        elif nxt == 0xFF:
+            i += 1
+        else:
+            return i
+
+
+def _check_frame(payload: bytes) -> None:
+    if len(payload) < 6 or payload[0] != 8 or payload[5] not in (1, 3):
+        raise UnsafeJpeg("only 8-bit grey or 3-component frames are copied")
+    if int.from_bytes(payload[1:3]) == 0 or int.from_bytes(payload[3:5]) == 0:
+        raise UnsafeJpeg("frame without a height or width")
+
+
+def _kept_app(code: int, payload: bytes) -> bytes | None:
+    """The APP segment to keep for this payload (JFIF without thumbnail, standard Adobe), or None to drop it."""
+    if code == _APP0 and payload.startswith(b"JFIF\x00"):
+        if len(payload) < 14:
+            raise UnsafeJpeg("short JFIF segment")
+        return b"\xff\xe0\x00\x10" + payload[:12] + b"\x00\x00"
+    if code == _APP14 and payload.startswith(b"Adobe"):
+        if len(payload) != 12:
+            raise UnsafeJpeg("non-standard Adobe segment")
+        return b"\xff\xee\x00\x0e" + payload
+    return None
+
+
+def strip_jpeg_metadata(data: bytes) -> bytes:
+    """The JPEG with every metadata segment removed and its coded pixel data copied byte for byte.
+
+    Dropped: APP1-APP15 (EXIF, GPS, maker notes, XMP, ICC, MPF, Photoshop, ...) but a standard APP14 Adobe
+    segment, non-JFIF APP0, the JFIF thumbnail, COM, and anything after EOI (motion-photo videos, MPO frames).
+    Raises UnsafeJpeg on anything else than a well-formed 8-bit, 1- or 3-component Huffman JPEG.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        raise UnsafeJpeg("no SOI marker")
+    out, i, frames, scans = [b"\xff\xd8"], 2, 0, 0
+    while True:
+        code, i = _marker(data, i)
+        if code == _EOI:
+            if not scans:
+                raise UnsafeJpeg("no scan")
+            out.append(b"\xff\xd9")
+            return b"".join(out)
+        length = int.from_bytes(data[i:i + 2])
+        if length < 2 or i + length > len(data):
+            raise UnsafeJpeg(f"segment 0xFF{code:02X} at byte {i} overruns the file")
+        payload, segment, i = data[i + 2:i + length], bytes((0xFF, code)) + data[i:i + length], i + length
+        if code in _SOF:
+            if frames:
+                raise UnsafeJpeg("more than one frame")
+            _check_frame(payload)
+            frames += 1
+            out.append(segment)
+        elif code in _TABLES:
+            out.append(segment)
+        elif code == _SOS:
+            if not frames:
+                raise UnsafeJpeg("a scan before the frame header")
+            end = _scan_end(data, i)
+            out += [segment, data[i:end].rstrip(b"\xff")]
+            scans, i = scans + 1, end
+        elif 0xE0 <= code <= 0xEF:
+            kept = _kept_app(code, payload)
+            if kept is not None:
+                out.append(kept)
+        elif code != _COM:
+            raise UnsafeJpeg(f"unsupported marker 0xFF{code:02X}")
+
+
+def reencode_reason(src: str | Path) -> str | None:
+    """Why a photo cannot be published by stripping its JPEG stream (a REENCODE_REASONS code), from its header."""
+    with Image.open(src) as im:
+        if im.format not in ("JPEG", "MPO"):
+            return "not_jpeg"
+        if im.mode == "CMYK":
+            return "cmyk"
+        if im.getexif().get(0x0112, 1) in range(2, 9):  # what ImageOps.exif_transpose acts on (EXIF, else XMP)
+            return "rotated"
+    return None
+
+
+def reencode_jpeg(src: str | Path, dst: Path, quality: int) -> None:
+    """Decode, orient and write an RGB JPEG with no metadata."""
+    rgb = load_oriented(src)
+    rgb.info.clear()  # PIL would copy a source comment into the JPEG
+    rgb.save(dst, "JPEG", quality=quality)
+
+
+def export_photo(src: str | Path, dst: Path, quality: int) -> str | None:
+    """Publish one photo as the JPEG ``dst`` without metadata.
+
+    Returns None when the original JPEG stream was copied with its metadata removed (pixels untouched), else the
+    reason it was re-encoded at ``quality`` (a REENCODE_REASONS code).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    reason = reencode_reason(src)
+    if reason is None:
+        try:
+            dst.write_bytes(strip_jpeg_metadata(Path(src).read_bytes()))
+            return None
+        except UnsafeJpeg:
+            reason = "unusual_jpeg"
+    reencode_jpeg(src, dst, quality)
+    return reason
+
+
+def published_mask(mask_path: str | Path, agreement_path: str | Path, min_share: float, ignore_index: int
+                   ) -> np.ndarray:
+    """The merged mask, with ``ignore_index`` where the winning vote share is below ``min_share`` (0: off)."""
     with Image.open(mask_path) as m:
         mask = np.array(m, dtype=np.uint8)
-    if ignore is not None:
-        agreement_path, share, index = ignore
+    if min_share > 0:
         with Image.open(agreement_path) as a:
-            mask[np.asarray(a) < round(share * 255)] = index
-    Image.fromarray(mask, mode="L").save(ann_dir / f"{name}.png", optimize=False)
+            mask[np.asarray(a) < round(min_share * 255)] = ignore_index
+    return mask
 
 
-def meta_table(published: pd.DataFrame, salt: str) -> pd.DataFrame:
+def write_png(array: np.ndarray, path: Path) -> None:
+    """A single-channel uint8 PNG, byte-identical for identical arrays (PIL writes no timestamp)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, "PNG", compress_level=6)
+
+
+def coco_annotations(mask: np.ndarray, spec: Spec) -> list[dict[str, Any]]:
+    """One COCO annotation (compressed RLE, iscrowd 1, no ids yet) per non-background class present, by class id."""
+    columns = cv2.transpose(mask).T  # column-major, as pycocotools encodes; twice as fast as np.asfortranarray
+    out = []
+    for c in spec.classes[1:]:
+        rle = mask_utils.encode((columns == c.id).view(np.uint8))
+        area = int(mask_utils.area(rle))
+        if area:
+            out.append({"category_id": c.id, "iscrowd": 1, "area": area,
+                        "bbox": [int(v) for v in mask_utils.toBbox(rle)],
+                        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}})
+    return out
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How photos are published: JPEG quality for re-encoded photos, the ignore threshold and optional extras."""
+
+    quality: int = 95
+    ignore_below: float = 0.0  # merge.ignore_below: pixels with a lower winning vote share get ignore_index
+    agreement_maps: bool = False  # extras/agreement/{split}/<name>.png: winning vote share x 255
+    ignore_masks: bool = False  # extras/ignore/{split}/<name>.png: 255 where the mask has ignore_index
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ExportOptions:
+        return cls(cfg.export.jpeg_quality, cfg.merge.ignore_below, cfg.export.agreement_maps, cfg.export.ignore_masks)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What export_photos wrote for one photo: the facts the COCO files and the dataset card need."""
+
+    name: str
+    user: str
+    split: str
+    height: int
+    width: int
+    reencoded: str | None  # a REENCODE_REASONS code; None: stripped losslessly
+    pixels: tuple[int, ...]  # per spec class id
+    ignored: int
+    annotations: tuple[dict[str, Any], ...]  # COCO, without ids
+
+
+def export_photos(published: pd.DataFrame, root: Path, spec: Spec, key: bytes, opts: ExportOptions
+                  ) -> list[Exported]:
+    """Write the images, masks, derived views and extras of a batch of published photos under ``root``.
+
+    ``published`` needs photo_id, user_id, path, mask_path, agreement_path and split.
+    """
+    views, _ = derived_views(spec)
+    ignore = spec.ignore_index
+    out = []
+    for p in published.itertuples(index=False):
+        name, split = image_name(p.photo_id, key), p.split
+        reason = export_photo(p.path, root / "images" / split / f"{name}.jpg", opts.quality)
+        mask = published_mask(p.mask_path, p.agreement_path, opts.ignore_below, ignore)
+        write_png(mask, root / "annotations" / split / f"{name}.png")
+        for v in views:
+            write_png(apply_view(mask, v, ignore), root / "views" / v.name / split / f"{name}.png")
+        if opts.agreement_maps:
+            target = root / "extras" / "agreement" / split / f"{name}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p.agreement_path, target)
+        if opts.ignore_masks:
+            write_png(np.where(mask == ignore, 255, 0), root / "extras" / "ignore" / split / f"{name}.png")
+        annotations = coco_annotations(mask, spec)
+        area = {a["category_id"]: a["area"] for a in annotations}
+        pixels = (int(np.count_nonzero(mask == 0)), *(area.get(c.id, 0) for c in spec.classes[1:]))
+        out.append(Exported(name, public_user(p.user_id, key), split, mask.shape[0], mask.shape[1], reason, pixels,
+                            int(np.count_nonzero(mask == ignore)), tuple(annotations)))
+    return out
+
+
+def write_json(obj: Any, path: Path, indent: int | None = None) -> None:
+    """Canonical JSON: sorted keys, fixed separators, UTF-8, one trailing newline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=indent,
+                      separators=(",", ":") if indent is None else (",", ": "))
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def coco_split(split: str, spec: Spec, exported: Sequence[Exported]) -> dict[str, Any]:
+    """The COCO dataset of one split: images by name (ids from 1), annotations by image then class (ids from 1)."""
+    images, annotations = [], []
+    for image_id, e in enumerate(sorted((e for e in exported if e.split == split), key=lambda e: e.name), 1):
+        images.append({"id": image_id, "file_name": f"images/{split}/{e.name}.jpg", "height": e.height,
+                       "width": e.width})
+        annotations += [a | {"id": len(annotations) + k, "image_id": image_id}
+                        for k, a in enumerate(e.annotations, 1)]
+    return {"info": {"description": f"{spec.name} {split} split, built by crowdseg; pixels with ignore_index "
+                     f"{spec.ignore_index} in the PNG masks belong to no annotation", "version": str(spec.version)},
+            "licenses": [], "images": images, "annotations": annotations,
+            "categories": [{"id": c.id, "name": c.name, "supercategory": spec.name} for c in spec.classes[1:]]}
+
+
+def write_coco(root: Path, split: str, spec: Spec, exported: Sequence[Exported]) -> Path:
+    """Write ``coco/{split}.json``."""
+    path = root / "coco" / f"{split}.json"
+    write_json(coco_split(split, spec, exported), path)
+    return path
+
+
+def write_view_classes(root: Path, spec: Spec) -> list[Path]:
+    """Write ``views/<view>/classes.json`` for every derived view of the spec."""
+    paths = []
+    for v in derived_views(spec)[0]:
+        paths.append(root / "views" / v.name / "classes.json")
+        write_json(view_classes(v, spec), paths[-1], indent=2)
+    return paths
+
+
+def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
     """EasyPortrait's meta.csv columns, plus agreement and provenance, sorted by split and name."""
     meta = pd.DataFrame({
-        "image_name": [image_name(p, salt) for p in published["photo_id"]],
-        "user_id": [public_user(u, salt) for u in published["user_id"]],
+        "image_name": [image_name(p, key) for p in published["photo_id"]],
+        "user_id": [public_user(u, key) for u in published["user_id"]],
         "height": published["height"].astype(int), "width": published["width"].astype(int),
         "set": published["split"], "brightness": published["brightness"].round(4),
         "n_annotators": published["n_assignments"].astype(int), "agreement": published["median_iou"].round(4),
         "source": published["source"],
     })
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]
-
-
-def dataset_card(meta: pd.DataFrame, classes: pd.DataFrame, spec: Spec, splits: list[str]) -> str:
-    """The dataset's README.md: what it is, counts per split, and class presence and pixel share."""
-    lines = [f"# {spec.name} dataset (built by crowdseg)", "",
-             f"Segmentation masks with {len(spec.classes)} classes, merged from several crowd annotators per photo.",
-             "Masks are single-channel PNGs of class indices, the same size as the image.", "",
-             "## Splits", "", "| split | photos | users |", "|---|---:|---:|"]
-    for s in splits:
-        part = meta[meta["set"] == s]
-        lines.append(f"| {s} | {len(part)} | {part['user_id'].nunique()} |")
-    lines += ["", "No user appears in more than one split.", "", "## Classes", "",
-              "| id | class | colour | photos with it | pixel share |", "|---:|---|---|---:|---:|"]
-    for c, row in zip(spec.classes, classes.itertuples(index=False), strict=True):
-        lines.append(f"| {c.id} | {c.name} | {list(c.color)} | {row.photos} | {row.pixel_share:.4f} |")
-    flips = [f"{c.name} <-> {c.flip}" for c in spec.classes if c.flip and c.id < spec.by_name[c.flip].id]
-    if flips:
-        lines += ["", "Left and right are the person's own. Mirroring an image must swap "
-                  + ", ".join(flips) + "."]
-    lines += ["", "## Files", "", "- `images/{split}/<image_name>.jpg`", "- `annotations/{split}/<image_name>.png`",
-              "- `meta.csv`: " + ", ".join(META_COLUMNS), ""]
-    return "\n".join(lines)
 
 
 def publish(staging: Path, final: Path) -> None:
