@@ -129,11 +129,15 @@ def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.Data
     """Report thumbnails of flagged photos: made once per content, then read from the cache."""
     layout.thumbs.mkdir(parents=True, exist_ok=True)
     rows = reviewed.set_index("photo_id", drop=False)
+    mine = assignments[assignments["photo_id"].isin(ids)]
+    own = {k: g for k, g in mine.groupby("photo_id")}
+    drawn = shapes[shapes["assignment"].isin(set(mine["assignment"]))]
+    used = {k: g for k, g in outcome[outcome["photo_id"].isin(ids)].groupby("photo_id")}
     out = {}
     for pid in ids:
         photo = rows.loc[pid]
-        key, masks = b.gallery_job(photo, photo["mask_path"], assignments[assignments["photo_id"] == pid], shapes,
-                                   outcome[outcome["photo_id"] == pid], spec, cfg.merge.min_shape_area_px)
+        key, masks = b.gallery_job(photo, photo["mask_path"], own.get(pid, mine.iloc[:0]), drawn,
+                                   used.get(pid, outcome.iloc[:0]), spec, cfg.merge.min_shape_area_px)
         out[pid] = gallery_thumbs(photo["path"], photo["mask_path"], masks, spec, layout.thumbs, key)
     return out
 
