@@ -36,7 +36,8 @@ from pipeline.stages.ingest import load_oriented
 from pipeline.stages.views import apply_view, derived_views, view_classes
 
 META_COLUMNS = ["image_name", "user_id", "height", "width", "set", "brightness", "n_annotators", "agreement",
-                "source"]
+                "mask_from", "source"]
+"""EasyPortrait's columns, then how the mask was made (mask_from: vote or golden) and where the sample came from."""
 KEY_ENV = "CROWDSEG_PSEUDONYM_KEY"
 MIN_KEY_CHARS = 16
 REENCODE_REASONS = {
@@ -350,7 +351,7 @@ def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
         "height": published["height"].astype(int), "width": published["width"].astype(int),
         "set": published["split"], "brightness": published["brightness"].round(4),
         "n_annotators": published["n_assignments"].astype(int), "agreement": published["median_iou"].round(4),
-        "source": published["source"],
+        "mask_from": published["source"], "source": "crowd",
     })
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]
 
