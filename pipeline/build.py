@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,55 @@ class Layout:
     def index(self) -> Path:
         """The hash index a later build can check its uploads against (``dedup.index``)."""
         return self.out / "work" / "index.parquet"
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold the build folder's lock for the duration; a second build on the same folder stops with a clear message.
+
+    The lock is an ``flock`` on ``OUT/.crowdseg.lock``, which the kernel releases when the holder exits, so a
+    killed build never leaves a stale lock behind.
+    """
+    import fcntl
+
+    from pipeline.errors import CrowdsegError
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".crowdseg.lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CrowdsegError(f"another build is running on this output folder ({holder}); wait for it to end",
+                                file=str(out)) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+
+
+class Stopwatch:
+    """Wall-clock seconds per stage of a build, for ``reports/timings.csv`` (kept out of the deterministic reports)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the previous lap to ``stage``."""
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 3)
+        self._last = now
+
+    def table(self) -> pd.DataFrame:
+        total = sum(self.laps.values()) or 1.0
+        return pd.DataFrame([{"stage": k, "seconds": v, "share": round(v / total, 3)} for k, v in self.laps.items()]
+                            + [{"stage": "total", "seconds": round(total, 3), "share": 1.0}])
 
 
 def resolve_spec(cfg: Config) -> Spec:

@@ -77,7 +77,9 @@ def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     result = run_build(cfg, spec)
     typer.echo(f"dataset: {result['dataset']}")
     typer.echo(f"QA report: {result['report']}")
-    typer.echo("ledger: " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("dataset", "report")))
+    typer.echo("ledger: " + ", ".join(f"{k}={v}" for k, v in result.items()
+                                      if k not in ("dataset", "report", "timings")))
+    typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["timings"].items()))
     return result
 
 

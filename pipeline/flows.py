@@ -173,12 +173,16 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     shutil.rmtree(layout.staging, ignore_errors=True)
     size = cfg.build.batch_size
     key, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
+    clock = b.Stopwatch()
 
     manifest, assignments, shapes, rejected = read_inputs(cfg, spec)
+    clock.lap("read inputs")
     ingested = ingest_batch.map(b.batches(manifest, size), unmapped(cfg)).result()
     photos = concat([p for p, _ in ingested], list(ingested[0][0].columns) if ingested else [])
     ingest_rejected = concat([r for _, r in ingested], REJECTION_COLUMNS)
+    clock.lap("ingest")
     duplicates = dedup_photos(photos, cfg, layout) if len(photos) else concat([], DUPLICATE_COLUMNS)
+    clock.lap("dedup")
 
     kept = b.kept_photos(photos, duplicates)
     to_merge, orphans = accounting.route_orphans(
@@ -198,11 +202,13 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
+    clock.lap("merge")
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits, split_report = split_photos(*b.split_strata(kept, merged, spec, cfg.split), links, cfg, layout)
     published = b.published_table(kept, merged, splits)
     reviewed = b.published_table(kept, m.photos, splits, every=True)
+    clock.lap("split")
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
     findings = run_qa.submit(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
                                          spec, cfg.qa, cfg.split.ratios))
@@ -215,18 +221,22 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     findings = findings.result()
     classes = publish(published, [e for part in parts for e in part], findings, ledger, split_report.as_dict(), spec,
                       cfg, layout, key, throwaway)
+    clock.lap("qa, export and publish")
     flagged = b.batches(pd.DataFrame({"photo_id": flagged_photos(findings, cfg.qa.gallery_limit)}), size)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
                                  unmapped(shapes), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
+    clock.lap("thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments))
     summary["split_quality"] = split_report.as_dict()
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, key)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
-    return {"report": write_reports(summary, tables, paths, gallery, layout), "dataset": str(layout.dataset),
-            **ledger}
+    report = write_reports(summary, tables, paths, gallery, layout)
+    clock.lap("report")
+    write_csv(clock.table(), layout.reports / "timings.csv")
+    return {"report": report, "dataset": str(layout.dataset), "timings": clock.laps, **ledger}
 
 
 @contextmanager
@@ -238,5 +248,5 @@ def quiet_prefect() -> Iterator[None]:
 
 def run_build(cfg: Config, spec: Spec) -> dict[str, Any]:
     """Run the build flow on the embedded local server (or the server PREFECT_API_URL names)."""
-    with quiet_prefect():
+    with b.build_lock(b.Layout(cfg.path(cfg.output.out)).out), quiet_prefect():
         return build_flow(cfg, spec)
