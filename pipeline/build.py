@@ -270,11 +270,16 @@ def _caption(annotator: str, golden: bool, notes: pd.DataFrame | None, assignmen
     return f"{annotator} (agreement {r['agreement']:.2f}{', swapped' if r['swapped'] else ''})"
 
 
+def outcome_settings(cfg: Config) -> dict[str, object]:
+    """The config sections that decide what a build produces: not where it writes, nor how it runs."""
+    return cfg.model_dump(mode="json", exclude={"output", "build"})
+
+
 def build_id(cfg: Config, photos: pd.DataFrame, assignments: pd.DataFrame) -> str:
     """A short id of this build's inputs and config: the same inputs and config give the same id."""
     from pipeline.tables import keyed_hash
 
-    settings = cfg.model_dump(mode="json", exclude={"output"})
+    settings = outcome_settings(cfg)
     content = json.dumps([settings, sorted(photos.get("sha256", pd.Series(dtype=str))),
                           sorted(assignments["assignment"])], sort_keys=True)
     return keyed_hash("build", content, 12)

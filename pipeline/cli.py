@@ -55,9 +55,13 @@ def build(
     out: Annotated[Path | None, typer.Option(help="build folder; overrides output.out")] = None,
     decisions: Annotated[Path | None, typer.Option(help="reviewer decisions downloaded from a QA report; "
                                                         "overrides review.decisions")] = None,
+    runner: Annotated[str | None, typer.Option(help="threads, processes or dask; overrides build.runner")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="Dask scheduler address; overrides build.dask_address")
+                            ] = None,
 ) -> None:
     """Run the build flow: ingest, dedup, merge, QA, split, export and report."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {k: v for k, v in (("build.runner", runner), ("build.dask_address", dask_address))
+                                 if v is not None}
     for key, value in (("inputs.photos", photos), ("inputs.annotations", annotations), ("output.out", out),
                        ("review.decisions", decisions)):
         if value is not None:

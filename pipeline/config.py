@@ -178,6 +178,11 @@ class BuildConfig(Section):
     """How the Prefect flow runs."""
 
     batch_size: int = Field(32, ge=1, description="photos per Prefect task")
+    runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="Prefect task runner: a thread pool, a process pool, or a Dask cluster")
+    workers: int = Field(0, ge=0, description="threads, processes or local Dask workers (0: one per core)")
+    dask_address: str = Field("", description="scheduler address of a running Dask cluster (runner dask); empty: "
+                              "start a local cluster for the build")
 
 
 class Config(Section):

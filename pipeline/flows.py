@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import temporary_settings
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from pipeline import build as b
 from pipeline.config import Config
@@ -114,7 +114,7 @@ def publish(published: pd.DataFrame, exported: list[export.Exported], findings: 
         spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),
         sources=[card.Source("crowd", "crowdsourced uploads", "unspecified")],
         source_counts={"crowd": card.photos_per_split(exported)},
-        config_hash=card.config_hash(cfg.model_dump(mode="json", exclude={"output"})),
+        config_hash=card.config_hash(b.outcome_settings(cfg)),
         thresholds=card.card_thresholds(cfg, spec), findings=findings, ledger=ledger, throwaway_key=throwaway,
         split_report=split_report)
     (root / "README.md").write_text(card.dataset_card(facts), encoding="utf-8")
@@ -246,7 +246,22 @@ def quiet_prefect() -> Iterator[None]:
         yield
 
 
+def task_runner(cfg: Config) -> TaskRunner:
+    """The task runner ``build.runner`` names; every runner gives byte-identical outputs."""
+    workers = cfg.build.workers or os.cpu_count() or 2
+    if cfg.build.runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if cfg.build.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if cfg.build.dask_address:
+            return DaskTaskRunner(address=cfg.build.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
 def run_build(cfg: Config, spec: Spec) -> dict[str, Any]:
     """Run the build flow on the embedded local server (or the server PREFECT_API_URL names)."""
     with b.build_lock(b.Layout(cfg.path(cfg.output.out)).out), quiet_prefect():
-        return build_flow(cfg, spec)
+        return build_flow.with_options(task_runner=task_runner(cfg))(cfg, spec)
