@@ -404,10 +404,11 @@ def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeRe
 
 
 def summary(spec: Spec, cfg: Config, ledger: dict[str, int], published: pd.DataFrame, findings: pd.DataFrame,
-            decisions: pd.DataFrame, build: str) -> dict[str, object]:
+            decisions: pd.DataFrame, build: str, split_quality: dict[str, object]) -> dict[str, object]:
     """The machine-readable QA summary (``reports/qa.json``)."""
     return {
         "spec": spec.name, "build_id": build, "ledger": ledger, "splits": split_summary(published, cfg.split.ratios),
+        "split_quality": split_quality,
         "findings": {f"{lv}/{ck}": int(n) for (lv, ck), n in findings.groupby(["level", "check"]).size().items()},
         "decisions": {f"{d}/{st}": int(n) for (d, st), n in decisions.groupby(["decision", "status"]).size().items()},
         "config": cfg.model_dump(),

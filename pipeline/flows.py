@@ -227,8 +227,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                  unmapped(shapes), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     clock.lap("thumbnails")
-    summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments))
-    summary["split_quality"] = split_report.as_dict()
+    summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments),
+                        split_report.as_dict())
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, key)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
