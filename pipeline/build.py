@@ -140,15 +140,18 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     return photos[~photos["photo_id"].isin(dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
 
 
-def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame, every: bool = False
-                    ) -> pd.DataFrame:
-    """One row per published photo: ingest signals, merge results and split. With ``every``, one row per merged
-    photo, the split empty for those held back or rejected by a reviewer (what QA and reviewers look at)."""
+def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """One row per merged photo: ingest signals, merge results and split. The split is empty for photos held back
+    or rejected by a reviewer; QA and reviewers see them all, the dataset only those with a split (``in_dataset``)."""
     cols = ["photo_id", "user_id", "path", "sha256", "width", "height", "brightness", "sharpness", "faces", "face_w",
             "thumb"]
-    table = photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id",
-                                                            how="left" if every else "inner")
+    table = photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id", how="left")
     return table.fillna({"split": ""}).sort_values("photo_id", ignore_index=True)
+
+
+def in_dataset(reviewed: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``published_table`` that are published: those with a split."""
+    return reviewed[reviewed["split"] != ""].reset_index(drop=True)
 
 
 BRIGHTNESS_EDGES = (0.25, 0.4, 0.55)  # mean-brightness buckets for stratified splits
@@ -192,21 +195,24 @@ def split_summary(published: pd.DataFrame, ratios: dict[str, float]) -> dict[str
 
 def class_summary(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """Per class: photos containing it and its share of all pixels."""
-    total = sum(int(published[f"px_{c.name}"].sum()) for c in spec.classes) or 1
-    return pd.DataFrame([{"id": c.id, "class": c.name, "photos": int((published[f"px_{c.name}"] > 0).sum()),
-                          "pixel_share": round(float(published[f"px_{c.name}"].sum()) / total, 5)}
-                         for c in spec.classes])
+    rows = _class_rows(published, spec)
+    return pd.DataFrame([{"id": c.id, **row} for c, row in zip(spec.classes, rows, strict=True)]).drop(
+        columns="presence")
 
 
 def class_by_split(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """Per split and class: photos containing the class, their share of the split, and the class's pixel share."""
-    rows = []
-    for split, part in published.groupby("split", sort=True):
-        total = sum(int(part[f"px_{c.name}"].sum()) for c in spec.classes) or 1
-        rows += [{"split": split, "class": c.name, "photos": int((part[f"px_{c.name}"] > 0).sum()),
-                  "presence": round(float((part[f"px_{c.name}"] > 0).mean()), 4),
-                  "pixel_share": round(float(part[f"px_{c.name}"].sum()) / total, 5)} for c in spec.classes[1:]]
+    rows = [{"split": split, **row} for split, part in published.groupby("split", sort=True)
+            for row in _class_rows(part, spec)[1:]]
     return pd.DataFrame(rows, columns=["split", "class", "photos", "presence", "pixel_share"])
+
+
+def _class_rows(photos: pd.DataFrame, spec: Spec) -> list[dict[str, object]]:
+    """Per class of the spec (background first): photos containing it, their share, and its share of all pixels."""
+    total = sum(int(photos[f"px_{c.name}"].sum()) for c in spec.classes) or 1
+    return [{"class": c.name, "photos": int((photos[f"px_{c.name}"] > 0).sum()),
+             "presence": round(float((photos[f"px_{c.name}"] > 0).mean()), 4) if len(photos) else 0.0,
+             "pixel_share": round(float(photos[f"px_{c.name}"].sum()) / total, 5)} for c in spec.classes]
 
 
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(21)]

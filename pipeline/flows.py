@@ -206,8 +206,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits, split_report = split_photos(*b.split_strata(kept, merged, spec, cfg.split), links, cfg, layout)
-    published = b.published_table(kept, merged, splits)
-    reviewed = b.published_table(kept, m.photos, splits, every=True)
+    reviewed = b.published_table(kept, m.photos, splits)
+    published = b.in_dataset(reviewed)
     clock.lap("split")
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
     findings = run_qa.submit(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
