@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Config, SplitConfig
+from pipeline.config import Config, MergeConfig, SplitConfig
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 
@@ -38,8 +38,24 @@ class Layout:
         return self.out / "reports"
 
     @property
-    def masks(self) -> Path:
-        return self.out / "work" / "masks"
+    def work(self) -> Path:
+        """Private state that makes reruns incremental; safe to delete (the next build recomputes it)."""
+        return self.out / "work"
+
+    @property
+    def cache(self) -> Path:
+        """Content-keyed results per stage (``store``), with the masks and exported files of each batch."""
+        return self.out / "work" / "cache"
+
+    @property
+    def prefect(self) -> Path:
+        """Prefect's records of cached task results (each a path into ``cache``)."""
+        return self.out / "work" / "prefect"
+
+    @property
+    def weights(self) -> Path:
+        """The vote weights of this build's final vote, which a later build can pin (``merge.pin_skills``)."""
+        return self.out / "work" / "weights.csv"
 
     @property
     def splits(self) -> Path:
@@ -88,11 +104,19 @@ def build_lock(out: Path) -> Iterator[None]:
 
 
 class Stopwatch:
-    """Wall-clock seconds per stage of a build, for ``reports/timings.csv`` (kept out of the deterministic reports)."""
+    """Wall-clock seconds per stage of a build, and items computed or reused per cached stage, for
+    ``reports/timings.csv`` (kept out of the deterministic reports)."""
 
     def __init__(self) -> None:
         self.laps: dict[str, float] = {}
+        self.work: dict[str, dict[str, int]] = {}
         self._last = time.perf_counter()
+
+    def count(self, stage: str, computed: int, reused: int) -> None:
+        """Add ``computed`` items run and ``reused`` items taken from the cache to ``stage``'s counts."""
+        seen = self.work.setdefault(stage, {"computed": 0, "reused": 0})
+        seen["computed"] += computed
+        seen["reused"] += reused
 
     def lap(self, stage: str) -> None:
         """Charge the time since the previous lap to ``stage``."""
@@ -101,9 +125,13 @@ class Stopwatch:
         self._last = now
 
     def table(self) -> pd.DataFrame:
+        """Per stage: seconds, share of the total; then per cached step: items computed and reused."""
         total = sum(self.laps.values()) or 1.0
-        return pd.DataFrame([{"stage": k, "seconds": v, "share": round(v / total, 3)} for k, v in self.laps.items()]
-                            + [{"stage": "total", "seconds": round(total, 3), "share": 1.0}])
+        rows = [{"stage": k, "seconds": v, "share": round(v / total, 3)} for k, v in self.laps.items()]
+        rows += [{"stage": "total", "seconds": round(total, 3), "share": 1.0}]
+        rows += [{"stage": f"{k} items", **v} for k, v in self.work.items()]
+        return pd.DataFrame(rows, columns=["stage", "seconds", "share", "computed", "reused"]).astype(
+            {"computed": "Int64", "reused": "Int64"})
 
 
 def resolve_spec(cfg: Config) -> Spec:
@@ -112,20 +140,24 @@ def resolve_spec(cfg: Config) -> Spec:
     return load_spec(cfg.path(ref) if ref.endswith((".yaml", ".yml")) else ref)
 
 
-def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame
-                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The native annotations file plus every configured tool export, with image references resolved."""
-    from pipeline.io.annotations import read_annotations
-    from pipeline.io.sources import read_source, resolve_photos
+RUNNER_BATCH = {"local": 32, "threads": 32, "processes": 64, "dask": 128}
+"""Photos per task when ``build.batch_size`` is 0: a task costs ~3 ms on threads and ~100 ms on Dask."""
 
-    parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map)]
-    for i, src in enumerate(cfg.inputs.sources, start=1):
-        a, s, r = read_source(cfg.path(src.path), src.format, spec, {**cfg.inputs.label_map, **src.label_map},
-                              src.annotator)
-        a, s, unresolved = resolve_photos(a, s, manifest)
-        a["assignment"], s["assignment"] = f"source{i}/" + a["assignment"], f"source{i}/" + s["assignment"]
-        parts.append((a, s, pd.concat([r, unresolved], ignore_index=True)))
-    return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))  # type: ignore[return-value]
+
+def batch_size(cfg: Config) -> int:
+    """Photos per task for the configured runner (only photos with no cached result are batched)."""
+    return cfg.build.batch_size or RUNNER_BATCH[cfg.build.runner]
+
+
+def restamp(table: pd.DataFrame, manifest: pd.DataFrame, column: str = "manifest") -> pd.DataFrame:
+    """Rows reused from the cache carry the manifest file and row of the build that made them: use today's.
+
+    ``column`` names the table's manifest file column (``file`` in rejections)."""
+    if table.empty:
+        return table
+    where = manifest.set_index("photo_id")
+    return table.assign(**{column: table["photo_id"].map(where["manifest"]),
+                           "row": table["photo_id"].map(where["row"]).astype(table["row"].dtype)})
 
 
 def batches(df: pd.DataFrame, size: int) -> list[pd.DataFrame]:
@@ -291,23 +323,79 @@ def build_id(cfg: Config, photos: pd.DataFrame, assignments: pd.DataFrame) -> st
     return keyed_hash("build", content, 12)
 
 
-def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, size: int
+def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, rows: list[list[int]]
                ) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
-    """Per batch of photos: the photos, their assignments and those assignments' shapes."""
+    """Per batch of photo row positions: the photos, their assignments and those assignments' shapes."""
     jobs = []
-    for batch in batches(photos, size):
-        ids = set(batch["photo_id"])
-        a = assignments[assignments["photo_id"].isin(ids)]
-        jobs.append((batch, a, shapes[shapes["assignment"].isin(set(a["assignment"]))]))
+    by_photo = assignments.groupby("photo_id", sort=False).indices
+    by_assignment = shapes.groupby("assignment", sort=False).indices
+    for positions in rows:
+        batch = photos.iloc[positions]
+        a = assignments.iloc[sorted(i for p in batch["photo_id"] for i in by_photo.get(p, []))]
+        s = shapes.iloc[sorted(i for x in a["assignment"] for i in by_assignment.get(x, []))]
+        jobs.append((batch, a, s))
     return jobs
 
 
 def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
-    """One MergeResult from the batches' results (with every declared column, even when there are none)."""
+    """One MergeResult from the batches' results, rows by photo (with every declared column, even when empty)."""
     empty = MergeResult.of(spec, [], [], [], [], [], [])
     names = ("photos", "assignments", "scores", "classes", "rejections", "repairs")
-    return MergeResult(*(pd.concat([getattr(empty, n)] + [getattr(p, n) for p in parts if len(getattr(p, n))],
-                                   ignore_index=True) for n in names))
+    return MergeResult(*(by_photo([getattr(empty, n)] + [getattr(p, n) for p in parts]) for n in names))
+
+
+def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Tables of one schema as one, ordered by photo id (a photo's rows keep their order), whichever batches and
+    builds they came from."""
+    table = pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)
+    return table.sort_values("photo_id", kind="stable", ignore_index=True)
+
+
+def apply_thresholds(m: MergeResult, spec: Spec, cfg: MergeConfig) -> MergeResult:
+    """Each photo's disputed classes and status under today's ``merge.class_agreement``.
+
+    Thresholds decide status, not the vote, so they stay out of merge keys and apply here, to cached results too.
+    """
+    from dataclasses import replace
+
+    from pipeline.stages.merge import class_agreement
+
+    needed = {spec.classes[c].name: t for c, t in class_agreement(spec, cfg.class_agreement).items()}
+    voted = set(m.photos.loc[m.photos["source"] == "vote", "photo_id"])
+    classes = m.classes.assign(disputed=[p in voted and not pd.isna(a) and a < needed.get(c, 0.0)
+                                         for p, c, a in zip(m.classes["photo_id"], m.classes["class"],
+                                                            m.classes["agreement"], strict=True)])
+    order = {c.name: c.id for c in spec.classes}
+    disputed = (classes[classes["disputed"]].assign(o=lambda d: d["class"].map(order)).sort_values("o")
+                .groupby("photo_id")["class"].agg(",".join))
+    kept = [[r for r in str(x).split(";") if r and not r.startswith("disputed:")] for x in m.photos["reasons"]]
+    reasons = [";".join(k + ([f"disputed:{disputed[p]}"] if p in disputed.index else []))
+               for k, p in zip(kept, m.photos["photo_id"], strict=True)]
+    photos = m.photos.assign(reasons=reasons, status=["needs_reannotation" if r else "accepted" for r in reasons])
+    return replace(m, photos=photos, classes=classes)
+
+
+def pinned_weights(cfg: Config) -> dict[tuple[str, int], float]:
+    """The vote weights ``merge.pin_skills`` names (annotator_id, class_id, weight), or none."""
+    from pipeline.errors import CrowdsegError
+
+    if not cfg.merge.pin_skills:
+        return {}
+    path = cfg.path(cfg.merge.pin_skills)
+    try:
+        table = pd.read_csv(path, dtype={"annotator_id": str})
+        return {(a, int(c)): float(w) for a, c, w in table[["annotator_id", "class_id", "weight"]].itertuples(
+            index=False)}
+    except (OSError, ValueError, KeyError) as e:
+        raise CrowdsegError(f"merge.pin_skills: cannot read a weights table (annotator_id, class_id, weight): {e}",
+                            file=str(path)) from None
+
+
+def write_weights(weights: dict[tuple[str, int], float], path: Path) -> None:
+    """The final vote's weights, in full precision, so pinning them reproduces the vote exactly."""
+    rows = [{"annotator_id": a, "class_id": c, "weight": repr(w)} for (a, c), w in sorted(weights.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["annotator_id", "class_id", "weight"]).to_csv(path, index=False)
 
 
 SWAPPER_RATE = 0.3  # share of an annotator's photos with left and right swapped that marks a habit
@@ -506,5 +594,6 @@ def preflight(cfg: Config) -> Spec:
     load_index(cfg)
     pseudonym_key(os.environ, cfg.export.throwaway_key)  # a missing key stops the build before it starts
     previous_splits(cfg)
+    pinned_weights(cfg)
     decisions(cfg)
     return spec

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from pipeline.errors import CrowdsegError
 
@@ -55,7 +58,8 @@ def build(
     out: Annotated[Path | None, typer.Option(help="build folder; overrides output.out")] = None,
     decisions: Annotated[Path | None, typer.Option(help="reviewer decisions downloaded from a QA report; "
                                                         "overrides review.decisions")] = None,
-    runner: Annotated[str | None, typer.Option(help="threads, processes or dask; overrides build.runner")] = None,
+    runner: Annotated[str | None, typer.Option(help="local, threads, processes or dask; overrides build.runner")
+                      ] = None,
     dask_address: Annotated[str | None, typer.Option(help="Dask scheduler address; overrides build.dask_address")
                             ] = None,
 ) -> None:
@@ -78,13 +82,56 @@ def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
     cfg = load_config(config, overrides)
     spec = preflight(cfg)
-    result = run_build(cfg, spec)
+    console = Console(stderr=True)
+    with StageBars(console) as bars:
+        result = run_build(cfg, spec, bars.update)
     typer.echo(f"dataset: {result['dataset']}")
     typer.echo(f"QA report: {result['report']}")
     typer.echo("ledger: " + ", ".join(f"{k}={v}" for k, v in result.items()
-                                      if k not in ("dataset", "report", "timings")))
-    typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["timings"].items()))
+                                      if k not in ("dataset", "report", "timings", "work")))
+    Console().print(timing_table(result["timings"], result["work"]))
     return result
+
+
+class StageBars:
+    """Rich progress bars, one per build stage: batches done of those to compute, or a finished mark (only on a
+    terminal; Prefect's log lines scroll above them)."""
+
+    def __init__(self, console: Console):
+        self.bars = Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console, disable=not console.is_terminal,
+                             redirect_stderr=True, redirect_stdout=True)
+        self.ids: dict[str, TaskID] = {}
+
+    def __enter__(self) -> StageBars:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(None, None, None)
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        """``done`` of ``total`` batches of ``stage`` ended; total 0: the stage ended."""
+        if stage not in self.ids:
+            self.ids[stage] = self.bars.add_task(stage, total=total or 1)
+        task = self.ids[stage]
+        if total == 0:
+            self.bars.update(task, completed=self.bars.tasks[task].total or 1)
+        else:
+            self.bars.update(task, completed=done, total=total)
+
+
+def timing_table(seconds: dict[str, float], work: dict[str, dict[str, int]]) -> Table:
+    """The per-stage timing table printed at the end of a build: seconds, share, items computed and reused."""
+    table = Table(title="build stages", title_justify="left")
+    for name in ("stage", "seconds", "share", "computed", "reused"):
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    total = sum(seconds.values()) or 1.0
+    for stage, s in seconds.items():
+        w = work.get(stage, {})
+        table.add_row(stage, f"{s:.1f}", f"{s / total:.0%}", str(w.get("computed", "")), str(w.get("reused", "")))
+    table.add_row("total", f"{total:.1f}", "100%", "", "")
+    return table
 
 
 @app.command()

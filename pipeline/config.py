@@ -98,6 +98,9 @@ class MergeConfig(Section):
     hold_disputed: bool = Field(True, description="photos that need re-annotation are held back from the dataset")
     min_shape_area_px: float = Field(2.0, ge=0, description="shapes smaller than this after repair are dropped")
     use_golden: bool = Field(True, description="a golden (expert) assignment, when present, is the photo's mask")
+    pin_skills: str = Field("", description="vote weights from an earlier build (its work/weights.csv): the "
+                            "annotators listed keep those weights, so a rebuild with new uploads leaves earlier "
+                            "photos' masks unchanged and merges only the new ones; empty: estimate every weight")
 
     @field_validator("quorum", "class_agreement")
     @classmethod
@@ -177,9 +180,11 @@ class ReviewConfig(Section):
 class BuildConfig(Section):
     """How the Prefect flow runs."""
 
-    batch_size: int = Field(32, ge=1, description="photos per Prefect task")
-    runner: Literal["threads", "processes", "dask"] = Field(
-        "threads", description="Prefect task runner: a thread pool, a process pool, or a Dask cluster")
+    batch_size: int = Field(0, ge=0, description="photos per Prefect task (0: by runner: 32 on "
+                            "threads, 64 on processes, 128 on Dask)")
+    runner: Literal["local", "threads", "processes", "dask"] = Field(
+        "threads", description="Prefect task runner: one task at a time, a thread pool, a process pool, or a Dask "
+        "cluster")
     workers: int = Field(0, ge=0, description="threads, processes or local Dask workers (0: one per core)")
     dask_address: str = Field("", description="scheduler address of a running Dask cluster (runner dask); empty: "
                               "start a local cluster for the build")

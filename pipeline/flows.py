@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, task, unmapped
+from prefect import Task, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.settings import temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from pipeline import build as b
+from pipeline import incremental as inc
+from pipeline import store
 from pipeline.config import Config
 from pipeline.io.manifest import read_manifest
+from pipeline.io.sources import read_all_annotations
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
@@ -29,36 +36,46 @@ from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
-@task(name="read-inputs", **STAGE)
-def read_inputs(cfg: Config, spec: Spec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _key(context: Any, parameters: dict[str, Any]) -> str:
+    """Cached tasks are keyed by the content key the flow computed (``store.key_of``), not by their arguments."""
+    return parameters["key"]
+
+
+CACHED = {"cache_key_fn": _key, "persist_result": True}
+"""Tasks that save their result under the work directory and return its path; Prefect caches the path."""
+
+
+@task(name="read-inputs", **CACHED)
+def read_inputs(cfg: Config, spec: Spec, items: list[str], key: str, part: str) -> str:
     manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
-    assignments, shapes, ann_rejected = b.read_all_annotations(cfg, spec, manifest)
+    assignments, shapes, ann_rejected = read_all_annotations(cfg, spec, manifest)
     get_run_logger().info("read %d photos (%d rows rejected), %d assignments, %d shapes (%d rejected)",
                           len(manifest), len(rejected), len(assignments), len(shapes), len(ann_rejected))
-    return manifest, assignments, shapes, concat([rejected, ann_rejected], REJECTION_COLUMNS)
+    return str(store.save_part((manifest, assignments, shapes, concat([rejected, ann_rejected], REJECTION_COLUMNS),
+                                inc.assignment_digests(shapes)), items, Path(part)))
 
 
-@task(name="ingest-batch", **STAGE)
-def ingest_batch(batch: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+@task(name="ingest-batch", **CACHED)
+def ingest_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, part: str) -> str:
     photos, rejected = ingest.ingest(batch, cfg.ingest)
     get_run_logger().info("ingested %d photos, rejected %d", len(photos), len(rejected))
-    return photos, rejected
+    return str(store.save_part((photos, rejected), items, Path(part)))
 
 
-@task(name="dedup", **STAGE)
-def dedup_photos(photos: pd.DataFrame, cfg: Config, layout: b.Layout) -> pd.DataFrame:
+@task(name="dedup", **CACHED)
+def dedup_photos(photos: pd.DataFrame, cfg: Config, items: list[str], key: str, part: str) -> str:
     previous = b.load_index(cfg)
     found = dedup.find_duplicates(photos, cfg.dedup, previous)
-    dedup.index_table(photos, found, previous).to_parquet(layout.index, index=False)
     get_run_logger().info("%d duplicate clusters, %d photos dropped", found["cluster"].nunique(),
                           int((found["action"] == "drop").sum()))
-    return found
+    return str(store.save_part((found, dedup.index_table(photos, found, previous)), items, Path(part)))
 
 
-@task(name="score-batch", **STAGE)
+@task(name="score-batch", **CACHED)
 def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec, cfg: Config,
-                weights: dict[tuple[str, int], float]) -> pd.DataFrame:
-    return merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
+                weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
+    scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
+    return str(store.save_part(scores, items, Path(part)))
 
 
 @task(name="skills", **STAGE)
@@ -68,12 +85,15 @@ def estimate_skills(scores: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
     return model
 
 
-@task(name="merge-batch", **STAGE)
+@task(name="merge-batch", **CACHED)
 def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
-                cfg: Config, weights: dict[tuple[str, int], float], layout: b.Layout) -> merge.MergeResult:
-    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, layout.masks)
+                cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
+    """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
+    masks = Path(part).with_suffix("")
+    masks.mkdir(parents=True, exist_ok=True)
+    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks)
     get_run_logger().info("merged %d photos", len(result.photos))
-    return result
+    return str(store.save_part(result, items, Path(part)))
 
 
 @task(name="qa", **STAGE)
@@ -95,18 +115,36 @@ def split_photos(photos: pd.DataFrame, strata: list[str], links: list[tuple[str,
     return splits, report
 
 
-@task(name="export-batch", **STAGE)
-def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout, key: bytes
-                 ) -> list[export.Exported]:
-    return export.export_photos(published, layout.staging, spec, key, export.ExportOptions.from_config(cfg))
+@task(name="export-batch", **CACHED)
+def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: bytes, items: list[str], key: str,
+                 part: str) -> str:
+    """Export a batch with no split yet (publish places the files in their splits): per photo id, what was
+    exported and each of its files' digests."""
+    root = Path(part).with_suffix("")
+    shutil.rmtree(root, ignore_errors=True)
+    exported = export.export_photos(published.assign(split=""), root, spec, pseudonym,
+                                    export.ExportOptions.from_config(cfg))
+    digests = export.file_digests(root)
+    by_name = {e.name: (e, {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name})
+               for e in exported}
+    result = {p: by_name[export.image_name(p, pseudonym)] for p in published["photo_id"]}
+    return str(store.save_part(result, items, Path(part)))
 
 
 @task(name="publish", **STAGE)
-def publish(published: pd.DataFrame, exported: list[export.Exported], findings: pd.DataFrame, ledger: dict[str, int],
-            split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout, key: bytes, throwaway: bool
-            ) -> pd.DataFrame:
+def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.DataFrame, ledger: dict[str, int],
+            split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout, pseudonym: bytes,
+            throwaway: bool) -> pd.DataFrame:
     root, splits = layout.staging, list(cfg.split.ratios)
-    write_csv(export.meta_table(published, key), root / "meta.csv")
+    split_of = dict(zip([export.image_name(p, pseudonym) for p in published["photo_id"]], published["split"],
+                        strict=True))
+    exported: list[export.Exported] = []
+    digests: dict[str, str] = {}
+    for part, share in zip(sorted(parts), inc.gather(parts, published["photo_id"].tolist()), strict=True):
+        for e, files in share.values():
+            exported.append(replace(e, split=split_of[e.name]))
+            digests |= export.place(Path(part).with_suffix(""), root, files, split_of)
+    write_csv(export.meta_table(published, pseudonym), root / "meta.csv")
     for s in splits:
         export.write_coco(root, s, spec, exported)
     export.write_view_classes(root, spec)
@@ -118,7 +156,7 @@ def publish(published: pd.DataFrame, exported: list[export.Exported], findings: 
         thresholds=card.card_thresholds(cfg, spec), findings=findings, ledger=ledger, throwaway_key=throwaway,
         split_report=split_report)
     (root / "README.md").write_text(card.dataset_card(facts), encoding="utf-8")
-    card.sha256sums(root)
+    card.sha256sums(root, digests)
     export.publish(root, layout.dataset)
     return b.class_summary(published, spec)
 
@@ -144,7 +182,7 @@ def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.Data
 
 @task(name="report", **STAGE)
 def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
-                  gallery: dict[str, list[Thumb]], layout: b.Layout) -> str:
+                  gallery: dict[str, list[Thumb]], timings: pd.DataFrame, layout: b.Layout) -> str:
     for name, df in tables.items():
         write_csv(df, layout.reports / f"{name}.csv")
     b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
@@ -157,58 +195,113 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
     create_markdown_artifact(markdown, key="crowdseg-summary", description="build summary")
     create_table_artifact(b.records(tables["findings"].head(1000)), key="crowdseg-findings",
                           description="QA findings (first 1,000)")
-    html = render_report(summary, tables, paths, gallery)
+    html = render_report(summary, tables, paths, gallery, timings)
     path = layout.reports / "qa.html"
     path.write_text(html, encoding="utf-8")
     return str(path)
 
 
+def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
+              clock: b.Stopwatch, used: set[str]) -> dict[str, list[int]]:
+    """Run a stage's batches still to compute, one task each (keyed by content, returning its result's path);
+    returns every result file the stage reads with the row positions it holds, and adds them to ``used``."""
+    futures = [t.submit(*args, *shared, items=bt.items, key=bt.key, part=bt.part)
+               for bt, args in zip(plan.todo, per_batch, strict=True)]
+    for done, _ in enumerate(as_completed(futures), 1):
+        report_progress(stage, done, len(futures))
+    clock.count(stage, plan.computed, plan.reused_items)
+    parts = plan.parts([f.result() for f in futures])
+    used.update(parts)
+    return parts
+
+
+def lap(clock: b.Stopwatch, stage: str) -> None:
+    """Close a stage: its time on the stopwatch, and its end to the progress bars."""
+    clock.lap(stage)
+    report_progress(stage, 0, 0)
+
+
+def run_one(t: Task, key: str, folder: Path, *args: Any, stage: str, clock: b.Stopwatch, used: set[str]) -> Any:
+    """A single content-keyed result (computed, or reused from ``folder``), loaded."""
+    plan = inc.plan([key], stage, folder, 1)
+    (part,) = run_stage(t, plan, [args] * len(plan.todo), stage=stage, clock=clock, used=used)
+    return store.load(part)
+
+
 @flow(name="crowdseg-build", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2),
       log_prints=False, validate_parameters=False)
 def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
-    """ingest -> dedup -> merge -> qa -> split -> export -> report, batched over photos."""
+    """ingest -> dedup -> merge -> qa -> split -> export -> report, batched over photos, every batch content-keyed
+    so that a rerun computes only what changed."""
     layout = b.Layout(cfg.path(cfg.output.out))
-    for d in (layout.masks, layout.reports):
+    for d in (layout.cache, layout.reports):
         d.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(layout.staging, ignore_errors=True)
-    size = cfg.build.batch_size
-    key, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
+    size = b.batch_size(cfg)
+    pseudonym, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
     clock = b.Stopwatch()
+    files = store.FileDigests(layout.work / "digests.parquet")
+    used: set[str] = set()  # result files this build reads; the others are pruned at its end
 
-    manifest, assignments, shapes, rejected = read_inputs(cfg, spec)
-    clock.lap("read inputs")
-    ingested = ingest_batch.map(b.batches(manifest, size), unmapped(cfg)).result()
-    photos = concat([p for p, _ in ingested], list(ingested[0][0].columns) if ingested else [])
-    ingest_rejected = concat([r for _, r in ingested], REJECTION_COLUMNS)
-    clock.lap("ingest")
-    duplicates = dedup_photos(photos, cfg, layout) if len(photos) else concat([], DUPLICATE_COLUMNS)
-    clock.lap("dedup")
+    ikey = inc.inputs_key(cfg, spec, files.digests(str(p) for p in inc.input_files(cfg)))
+    manifest, assignments, shapes, rejected, shape_digests = run_one(
+        read_inputs, ikey, layout.cache / "inputs", cfg, spec, stage="read inputs", clock=clock, used=used)
+    manifest = manifest.sort_values("photo_id", kind="stable", ignore_index=True)
+    lap(clock, "read inputs")
+    ingest_plan = inc.plan(inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg), "ingest",
+                           layout.cache / "ingest", size)
+    parts = run_stage(ingest_batch, ingest_plan, [(manifest.iloc[bt.rows],) for bt in ingest_plan.todo], cfg,
+                      stage="ingest", clock=clock, used=used)
+    ingested = inc.gather(parts, manifest["photo_id"].tolist())
+    photos = b.restamp(b.by_photo([ingest.ingest(manifest.iloc[:0], cfg.ingest)[0], *(p for p, _ in ingested)]),
+                       manifest)
+    ingest_rejected = b.restamp(b.by_photo([concat([], REJECTION_COLUMNS), *(r for _, r in ingested)]), manifest,
+                                "file")
+    lap(clock, "ingest")
+    duplicates = concat([], DUPLICATE_COLUMNS)
+    if len(photos):
+        index_digest = files.digests([str(cfg.path(cfg.dedup.index))])[0] if cfg.dedup.index else ""
+        duplicates, index = run_one(dedup_photos, inc.dedup_key(photos, cfg, index_digest), layout.cache / "dedup",
+                                    photos, cfg, stage="dedup", clock=clock, used=used)
+        index.to_parquet(layout.index, index=False)
+    lap(clock, "dedup")
 
     kept = b.kept_photos(photos, duplicates)
+    ids = kept["photo_id"].tolist()
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
         dedup.dropped_ids(duplicates))
     to_merge, repeated = merge.one_per_annotator(to_merge)
-    jobs = b.merge_jobs(kept, to_merge, shapes, size)
-    columns = [[j[k] for j in jobs] for k in range(3)]
-    weights: dict[tuple[str, int], float] = {}
-    for _ in range(cfg.merge.em_iterations if jobs else 0):
-        scores = score_batch.map(*columns, unmapped(spec), unmapped(cfg), unmapped(weights)).result()
-        weights = estimate_skills(pd.concat(scores, ignore_index=True), cfg).weights()
-    m = b.combine(merge_batch.map(*columns, unmapped(spec), unmapped(cfg), unmapped(weights),
-                                  unmapped(layout)).result(), spec)
+    pinned = b.pinned_weights(cfg)
+
+    def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
+        keys = inc.merge_keys(kept, to_merge, shape_digests, weights, spec, cfg, final)
+        plan = inc.plan(keys, "merge" if final else "score", layout.cache / "merge", size)
+        parts = run_stage(t, plan, b.merge_jobs(kept, to_merge, shapes, [bt.rows for bt in plan.todo]), spec, cfg,
+                          weights, stage="merge" if final else "score", clock=clock, used=used)
+        return keys, inc.gather(parts, ids)
+
+    weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
+    for _ in range(cfg.merge.em_iterations if len(kept) else 0):
+        _, scores = merge_pass(score_batch, False, weights)
+        weights = estimate_skills(concat(scores, skill.SCORE_COLUMNS), cfg).weights()
+        weights |= pinned
+    weights = weights | pinned
+    merge_keys, merged_parts = merge_pass(merge_batch, True, weights)
+    m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
+    b.write_weights(weights, layout.weights)
     skills = estimate_skills(m.scores, cfg).skills_
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
-    clock.lap("merge")
+    lap(clock, "merge")
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits, split_report = split_photos(*b.split_strata(kept, merged, spec, cfg.split), links, cfg, layout)
     reviewed = b.published_table(kept, m.photos, splits)
     published = b.in_dataset(reviewed)
-    clock.lap("split")
+    lap(clock, "split")
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
     findings = run_qa.submit(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
                                          spec, cfg.qa, cfg.split.ratios))
@@ -216,27 +309,58 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
                                 published, int(m.assignments["photo_id"].isin(published["photo_id"]).sum()),
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
-    parts = export_batch.map(b.batches(published, size), unmapped(spec), unmapped(cfg), unmapped(layout),
-                             unmapped(key)).result()
+    export_plan = inc.plan(inc.export_keys(published, dict(zip(ids, merge_keys, strict=True)), spec, cfg, pseudonym),
+                           "export", layout.cache / "export", size)
+    exported = run_stage(export_batch, export_plan, [(published.iloc[bt.rows],) for bt in export_plan.todo], spec,
+                         cfg, pseudonym, stage="export", clock=clock, used=used)
     findings = findings.result()
-    classes = publish(published, [e for part in parts for e in part], findings, ledger, split_report.as_dict(), spec,
-                      cfg, layout, key, throwaway)
-    clock.lap("qa, export and publish")
+    lap(clock, "qa and export")
+    classes = publish(published, exported, findings, ledger, split_report.as_dict(), spec, cfg, layout, pseudonym,
+                      throwaway)
+    lap(clock, "publish")
     flagged = b.batches(pd.DataFrame({"photo_id": flagged_photos(findings, cfg.qa.gallery_limit)}), size)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
                                  unmapped(shapes), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
-    clock.lap("thumbnails")
+    lap(clock, "thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments),
                         split_report.as_dict())
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
-                             spec, cfg, key)
+                             spec, cfg, pseudonym)
     paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
-    report = write_reports(summary, tables, paths, gallery, layout)
-    clock.lap("report")
+    report = write_reports(summary, tables, paths, gallery, clock.table(), layout)
+    store.prune([*layout.cache.iterdir(), layout.prefect], {Path(p).stem for p in used})
+    files.save([*map(str, inc.input_files(cfg)), *manifest["path"]])
+    lap(clock, "report")
     write_csv(clock.table(), layout.reports / "timings.csv")
-    return {"report": report, "dataset": str(layout.dataset), "timings": clock.laps, **ledger}
+    return {"report": report, "dataset": str(layout.dataset), "timings": clock.laps, "work": clock.work, **ledger}
+
+
+PROGRESS: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("crowdseg_progress", default=None)
+
+
+def report_progress(stage: str, done: int, total: int) -> None:
+    """Tell the caller of run_build (the CLI's progress bars) that ``done`` of ``total`` batches of a stage ended."""
+    callback = PROGRESS.get()
+    if callback is not None:
+        callback(stage, done, total)
+
+
+@contextmanager
+def results_in(folder: Path) -> Iterator[None]:
+    """Prefect's cached task results (paths) go to ``folder``, in this process and in the worker processes of the
+    process and Dask runners, which read the setting from the environment."""
+    name, before = "PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.environ.get("PREFECT_RESULTS_LOCAL_STORAGE_PATH")
+    os.environ[name] = str(folder)
+    try:
+        with temporary_settings(updates={"results.local_storage_path": folder}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @contextmanager
@@ -249,6 +373,8 @@ def quiet_prefect() -> Iterator[None]:
 def task_runner(cfg: Config) -> TaskRunner:
     """The task runner ``build.runner`` names; every runner gives byte-identical outputs."""
     workers = cfg.build.workers or os.cpu_count() or 2
+    if cfg.build.runner == "local":
+        return ThreadPoolTaskRunner(max_workers=1)
     if cfg.build.runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
     if cfg.build.runner == "dask":
@@ -261,7 +387,15 @@ def task_runner(cfg: Config) -> TaskRunner:
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
-def run_build(cfg: Config, spec: Spec) -> dict[str, Any]:
-    """Run the build flow on the embedded local server (or the server PREFECT_API_URL names)."""
-    with b.build_lock(b.Layout(cfg.path(cfg.output.out)).out), quiet_prefect():
-        return build_flow.with_options(task_runner=task_runner(cfg))(cfg, spec)
+def run_build(cfg: Config, spec: Spec, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run the build flow on the embedded local server (or the server PREFECT_API_URL names).
+
+    ``progress(stage, done, total)`` is called as batches finish. Cached results go under the build's work folder.
+    """
+    layout = b.Layout(cfg.path(cfg.output.out))
+    with b.build_lock(layout.out), quiet_prefect(), results_in(layout.prefect):
+        token = PROGRESS.set(progress)
+        try:
+            return build_flow.with_options(task_runner=task_runner(cfg))(cfg, spec)
+        finally:
+            PROGRESS.reset(token)

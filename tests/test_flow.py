@@ -94,7 +94,8 @@ def test_dataset_tree_is_complete(builds):
     assert (out / "work" / "index.parquet").exists()
     assert (out / "reports" / "summary.md").read_text().startswith("# crowdseg build: easyportrait")
     timings = pd.read_csv(out / "reports" / "timings.csv")
-    assert list(timings["stage"]) == [*ledger["timings"], "total"] and {"ingest", "merge"} <= set(timings["stage"])
+    assert list(timings["stage"]) == [*ledger["timings"], "total", *(f"{k} items" for k in ledger["work"])]
+    assert {"ingest", "merge", "merge items"} <= set(timings["stage"])
 
 
 def test_rebuild_is_byte_identical(builds):

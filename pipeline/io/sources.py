@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pandas as pd
 
+from pipeline.config import Config
 from pipeline.errors import CrowdsegError
 from pipeline.io.annotations import read_annotations
 from pipeline.io.coco import read_coco
@@ -163,3 +164,16 @@ def resolve_photos(assignments: pd.DataFrame, shapes: pd.DataFrame, manifest: pd
     shapes = shapes[shapes["assignment"].isin(by_key)]
     shapes = shapes.assign(photo_id=shapes["assignment"].map(by_key))
     return kept.reset_index(drop=True), shapes.reset_index(drop=True), frame(rejected, REJECTION_COLUMNS)
+
+
+def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame
+                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The native annotations file plus every configured tool export, with image references resolved."""
+    parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map)]
+    for i, src in enumerate(cfg.inputs.sources, start=1):
+        a, s, r = read_source(cfg.path(src.path), src.format, spec, {**cfg.inputs.label_map, **src.label_map},
+                              src.annotator)
+        a, s, unresolved = resolve_photos(a, s, manifest)
+        a["assignment"], s["assignment"] = f"source{i}/" + a["assignment"], f"source{i}/" + s["assignment"]
+        parts.append((a, s, pd.concat([r, unresolved], ignore_index=True)))
+    return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))  # type: ignore[return-value]

@@ -33,9 +33,10 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src
 
 
 def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
-                  gallery: dict[str, list[Thumb]]) -> str:
+                  gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None = None) -> str:
     """The QA report page. ``paths`` maps photo ids to files (for duplicate examples); ``gallery`` maps each
-    flagged photo id, in ``flagged_photos`` order, to its thumbnails (merged first, then one per annotator)."""
+    flagged photo id, in ``flagged_photos`` order, to its thumbnails (merged first, then one per annotator).
+    ``timings`` (the build's stopwatch table) adds the one section that differs between two runs of a build."""
     tables = {**{k: pd.DataFrame(columns=c) for k, c in OPTIONAL_TABLES.items()}, **tables}
     sections = [
         ("summary", "Summary", summary_section(summary, tables)),
@@ -48,6 +49,8 @@ def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
         ("annotators", "Annotators", annotators_section(tables["annotators"])),
         ("rejections", "Rejections", rejections_section(tables["rejections"])),
     ]
+    if timings is not None:
+        sections.append(("run", "This run", run_section(timings)))
     nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in sections)
     build = summary.get("build_id", "")
@@ -66,6 +69,14 @@ def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
 
 
 # ---- sections ---------------------------------------------------------------------------------------------------
+
+def run_section(timings: pd.DataFrame) -> str:
+    """Seconds per stage of the run that wrote this page, and the items it computed or reused from earlier runs."""
+    return ("<p class=lead>Wall-clock seconds of the run that wrote this page, up to the page itself (the full table "
+            "is <code>timings.csv</code>), and how many items each cached stage computed or reused from earlier "
+            "runs. The only section that differs between two runs of the same build.</p>"
+            + table(timings.astype(object).fillna(""), table_id="timings"))
+
 
 def summary_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame]) -> str:
     """Where every photo went (in, rejected, deduplicated, held back, published), why, and the splits."""

@@ -72,7 +72,7 @@ def photos_per_split(exported: Sequence[Exported]) -> dict[str, int]:
 def card_thresholds(cfg: Config, spec: Spec) -> dict[str, Any]:
     """The merge and QA thresholds a build used, per-class ones by class name; banned annotator ids are left out."""
     names = dict(enumerate(spec.names))
-    merge = cfg.merge.model_dump(mode="json", exclude={"ban", "quorum", "class_agreement"})
+    merge = cfg.merge.model_dump(mode="json", exclude={"ban", "quorum", "class_agreement", "pin_skills"})
     merge["quorum"] = {names[i]: q for i, q in class_quorum(spec, cfg.merge.quorum).items()}
     merge["class_agreement"] = {names[i]: a for i, a in class_agreement(spec, cfg.merge.class_agreement).items()}
     return {"merge": merge, "banned_annotators": len(cfg.merge.ban), "qa": cfg.qa.model_dump(mode="json")}
@@ -220,14 +220,20 @@ def dataset_card(f: CardFacts) -> str:
     return "\n".join([*head, *body, "## Known limits", "", *(f"- {x}" for x in KNOWN_LIMITS), ""])
 
 
-def sha256sums(root: Path) -> str:
-    """Write ``root/SHA256SUMS`` over every other file (sorted relative POSIX paths, ``sha256sum -c`` format)."""
+def sha256sums(root: Path, known: Mapping[str, str] | None = None) -> str:
+    """Write ``root/SHA256SUMS`` over every other file (sorted relative POSIX paths, ``sha256sum -c`` format).
+
+    ``known`` digests (by relative path) are trusted instead of reading those files again."""
+    known = known or {}
     lines = []
     for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()):
         if rel == SUMS:
             continue
         if "\n" in rel or "\\" in rel:
             raise ValueError(f"file name {rel!r} would need escaping in {SUMS}")
+        if rel in known:
+            lines.append(f"{known[rel]}  {rel}\n")
+            continue
         with (root / rel).open("rb") as fh:
             lines.append(f"{hashlib.file_digest(fh, 'sha256').hexdigest()}  {rel}\n")
     text = "".join(lines)

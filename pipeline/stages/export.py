@@ -356,6 +356,33 @@ def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]
 
 
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative POSIX path."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with path.open("rb") as fh:
+            out[path.relative_to(root).as_posix()] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
+def place(exported: Path, staging: Path, files: Mapping[str, str], split_of: Mapping[str, str]) -> dict[str, str]:
+    """Put files exported with no split (``<dir>/<name>.<ext>`` under ``exported``) into their split
+    (``<dir>/<split>/<name>.<ext>`` under ``staging``), as hard links where the file system allows; returns the
+    placed files' digests by their path in ``staging``."""
+    placed = {}
+    for rel, digest in files.items():
+        folder, _, file = rel.rpartition("/")
+        target = f"{folder}/{split_of[file.split('.')[0]]}/{file}"
+        dst = staging / target
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(exported / rel, dst)
+        except OSError:
+            shutil.copyfile(exported / rel, dst)
+        placed[target] = digest
+    return placed
+
+
 def publish(staging: Path, final: Path) -> None:
     """Replace ``final`` with ``staging`` so that readers see the old tree or the new one, never a mix."""
     old = final.with_name(final.name + ".old")

@@ -1,0 +1,170 @@
+"""What each stage's content key is made of, and the batches that make reruns incremental.
+
+A stage's result is reused when its key is unchanged. Keys cover the inputs' content, the config a stage reads
+and the code version (``store.key_of``); they leave out what only later stages read, so that changing the split
+ratios, or a class's agreement threshold, does not invalidate the ingest or the merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.spec import Spec
+from pipeline.store import code_version, key_of, known_items, load, rows_key
+
+MERGE_INDEPENDENT = {"class_agreement", "hold_disputed", "ignore_below", "pin_skills"}
+"""Merge settings that do not change a photo's vote directly (they decide status or export, or the weights, which
+merge keys hold themselves), so are not in merge keys."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One task's worth of items to compute: their row positions, keys, the batch key and its result's file."""
+
+    rows: list[int]
+    items: list[str]
+    key: str
+    part: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A stage's items: those reused from earlier results (by result file) and the batches still to compute."""
+
+    reused: dict[str, list[int]]
+    todo: list[Batch]
+
+    def parts(self, done: list[str]) -> dict[str, list[int]]:
+        """Every result file this stage reads, with the row positions it holds, once ``todo`` ran into ``done``."""
+        out = {p: list(rows) for p, rows in self.reused.items()}
+        for bt, part in zip(self.todo, done, strict=True):
+            out.setdefault(part, []).extend(bt.rows)
+        return out
+
+    @property
+    def computed(self) -> int:
+        return sum(len(bt.rows) for bt in self.todo)
+
+    @property
+    def reused_items(self) -> int:
+        return sum(len(r) for r in self.reused.values())
+
+
+def plan(item_keys: list[str], stage: str, folder: Path, size: int) -> Plan:
+    """Reuse every item whose key an earlier (even interrupted) build saved in ``folder``; batch the rest."""
+    known = known_items(folder)
+    reused: dict[str, list[int]] = {}
+    missing = []
+    for i, k in enumerate(item_keys):
+        if k in known:
+            reused.setdefault(known[k], []).append(i)
+        else:
+            missing.append(i)
+    todo = []
+    for start in range(0, len(missing), size):
+        rows = missing[start: start + size]
+        items = [item_keys[i] for i in rows]
+        key = key_of(stage, items)
+        todo.append(Batch(rows, items, key, str(folder / f"{key}.pkl")))
+    return Plan(reused, todo)
+
+
+def take(result: Any, ids: set[str]) -> Any:
+    """The part of a saved batch result that belongs to the photos ``ids``: rows of tables with a photo_id,
+    entries of dicts by photo id; tuples and dataclasses of those, field by field."""
+    if isinstance(result, pd.DataFrame):
+        return result[result["photo_id"].isin(ids)]
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if k in ids}
+    if isinstance(result, tuple):
+        return tuple(take(r, ids) for r in result)
+    return replace(result, **{f.name: take(getattr(result, f.name), ids) for f in fields(result)})
+
+
+def gather(parts: dict[str, list[int]], ids: list[str]) -> list[Any]:
+    """Each result file's share of a stage's items (``ids`` by row position), loading each file once."""
+    return [take(load(part), {ids[i] for i in rows}) for part, rows in sorted(parts.items())]
+
+
+def spec_key(spec: Spec) -> str:
+    return key_of("spec", spec.model_dump(mode="json"))
+
+
+def input_files(cfg: Config) -> list[Path]:
+    """Every input file the read-inputs stage parses (folders of tool exports file by file)."""
+    paths = [cfg.path(cfg.inputs.photos).resolve(), cfg.path(cfg.inputs.annotations).resolve()]
+    for src in cfg.inputs.sources:
+        p = cfg.path(src.path).resolve()
+        paths += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return paths
+
+
+def inputs_key(cfg: Config, spec: Spec, digests: list[str]) -> str:
+    """The input files (by resolved path and content), ``[inputs]`` with its paths resolved, and the spec."""
+    settings = cfg.inputs.model_dump(mode="json")
+    for name in ("photos", "annotations"):
+        settings[name] = str(cfg.path(settings[name]).resolve())
+    for src in settings["sources"]:
+        src["path"] = str(cfg.path(src["path"]).resolve())
+    return key_of("inputs", code_version("pipeline.io.sources"), code_version("pipeline.io.manifest"),
+                  [str(p) for p in input_files(cfg)], digests, settings, spec_key(spec))
+
+
+def assignment_digests(shapes: pd.DataFrame) -> dict[str, str]:
+    """Per assignment, a hash of its shapes as imported (class, label, points, holes, order)."""
+    cols = ["class_id", "label", "points", "holes", "index"]
+    return {a: hashlib.sha256(pickle.dumps(g[cols].to_numpy().tolist(), protocol=4)).hexdigest()[:16]
+            for a, g in shapes.groupby("assignment", sort=True)}
+
+
+def ingest_keys(manifest: pd.DataFrame, digests: list[str], cfg: Config) -> list[str]:
+    """Per manifest row: its columns, the photo root and the file's digest, and ``[ingest]``. Not the manifest's
+    name nor the row number: results reused from an earlier manifest get today's (``build.restamp``)."""
+    salt = key_of("ingest", code_version("pipeline.stages.ingest"), cfg.ingest.model_dump(mode="json"))
+    roots = [str(Path(m).parent) for m in manifest["manifest"]]
+    rows = rows_key(manifest.drop(columns=["row", "manifest"]).assign(_root=roots, _digest=digests))
+    return [_hash(salt, r) for r in rows]
+
+
+def dedup_key(photos: pd.DataFrame, cfg: Config, index_digest: str) -> str:
+    cols = [c for c in photos.columns if c not in {"row"}]
+    return key_of("dedup", code_version("pipeline.stages.dedup"), rows_key(photos[cols]),
+                  cfg.dedup.model_dump(mode="json"), index_digest)
+
+
+def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, digests: dict[str, str],
+               weights: dict[tuple[str, int], float], spec: Spec, cfg: Config, final: bool) -> list[str]:
+    """Per photo: its size and content, its assignments and their shapes, the vote weights of its annotators, the
+    vote settings of ``[merge]`` and the spec."""
+    settings = cfg.merge.model_dump(mode="json", exclude=MERGE_INDEPENDENT)
+    salt = key_of("merge", code_version("pipeline.stages.merge"), final, settings, spec_key(spec))
+    own = assignments.sort_values("assignment")
+    people = {a: _hash(*(repr((c, w)) for (b, c), w in sorted(weights.items()) if b == a))
+              for a in set(own["annotator_id"])} if weights else {}
+    rows = [r + digests.get(a, "") + people.get(n, "")
+            for r, a, n in zip(rows_key(own), own["assignment"], own["annotator_id"], strict=True)]
+    per_photo = pd.Series(rows, index=own.index, dtype=object).groupby(own["photo_id"]).agg("".join)
+    fields = rows_key(photos[["photo_id", "sha256", "width", "height"]])
+    return [_hash(salt, f, per_photo.get(p, "")) for p, f in zip(photos["photo_id"], fields, strict=True)]
+
+
+def export_keys(published: pd.DataFrame, merge_keys_by_photo: dict[str, str], spec: Spec, cfg: Config,
+                pseudonym: bytes) -> list[str]:
+    """Per photo: its content, its merge key (which decides the mask), the export options, the spec and the
+    pseudonym key (which decides the names); not its split, as exported files are placed in splits when published."""
+    salt = key_of("export", code_version("pipeline.stages.export"), cfg.export.model_dump(mode="json"),
+                  cfg.merge.ignore_below, spec_key(spec),
+                  hashlib.sha256(b"crowdseg-export\0" + pseudonym).hexdigest())
+    fields = rows_key(published[["photo_id", "user_id", "sha256", "path"]])
+    return [_hash(salt, f, merge_keys_by_photo[p]) for p, f in zip(published["photo_id"], fields, strict=True)]
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
