@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -125,7 +126,12 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
     exported = export.export_photos(published.assign(split=""), root, spec, pseudonym,
                                     export.ExportOptions.from_config(cfg))
     digests = export.file_digests(root)
-    by_name = {e.name: (e, {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name})
+    coco = Path(part).with_suffix(".coco")  # each image's COCO annotations, read back one at a time when published
+    coco.mkdir(exist_ok=True)
+    for e in exported:
+        store.write_atomic(coco / f"{e.name}.json", json.dumps(e.annotations).encode())
+    by_name = {e.name: (replace(e, annotations=()),
+                        {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name})
                for e in exported}
     result = {p: by_name[export.image_name(p, pseudonym)] for p in published["photo_id"]}
     return str(store.save_part(result, items, Path(part)))
@@ -140,13 +146,15 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
                         strict=True))
     exported: list[export.Exported] = []
     digests: dict[str, str] = {}
+    coco: dict[str, Path] = {}
     for part, share in zip(sorted(parts), inc.gather(parts, published["photo_id"].tolist()), strict=True):
         for e, files in share.values():
             exported.append(replace(e, split=split_of[e.name]))
             digests |= export.place(Path(part).with_suffix(""), root, files, split_of)
+            coco[e.name] = Path(part).with_suffix(".coco") / f"{e.name}.json"
     write_csv(export.meta_table(published, pseudonym), root / "meta.csv")
     for s in splits:
-        export.write_coco(root, s, spec, exported)
+        export.write_coco(root, s, spec, exported, lambda e: json.loads(coco[e.name].read_bytes()))
     export.write_view_classes(root, spec)
     facts = card.CardFacts(
         spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),

@@ -1,5 +1,6 @@
 """Ingest: every bad upload is rejected with a named reason; good ones of any mode come out as oriented RGB."""
 
+import hashlib
 import io
 import struct
 import zlib
@@ -7,11 +8,11 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline.config import IngestConfig
 from pipeline.io.manifest import read_manifest
-from pipeline.stages.ingest import Unusable, detect_faces, ingest, photo_signals
+from pipeline.stages.ingest import Unusable, detect_faces, ingest, photo_signals, shrink
 from tests.conftest import realdata, write_jpeg
 
 CFG = IngestConfig(min_side=32)
@@ -79,8 +80,12 @@ def test_exif_rotated_photo_reports_oriented_size(tmp_path):
     src = write_jpeg(tmp_path / "a.jpg", 4, size=(160, 120))
     exif = Image.Exif()
     exif[0x0112] = 6
-    sig = photo_signals(_encode(Image.open(src), "JPEG", exif=exif), CFG)
+    data = _encode(Image.open(src), "JPEG", exif=exif)
+    sig = photo_signals(data, CFG)
     assert (sig["width"], sig["height"], sig["orientation"]) == (120, 160, 6)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert sig["pixel_hash"] == hashlib.sha256(b"120x160:" + upright.tobytes()).hexdigest()
+    assert sig["brightness"] == round(float(np.asarray(upright.convert("L")).mean()) / 255.0, 4)
 
 
 def test_format_comes_from_the_content_not_the_name(tmp_path):
@@ -113,12 +118,17 @@ def test_signals_are_recorded(tmp_path):
     assert photo_signals(_encode(blurred, "JPEG"), CFG)["sharpness"] < sig["sharpness"] / 2
 
 
-def test_face_detector_finds_the_faces_in_a_real_photo():
+def test_face_detector_finds_selfie_sized_faces_in_a_real_photo():
     path = realdata("labelme", "semantic_segmentation", "data_annotated", "2011_000006.jpg")
-    sig = photo_signals(path.read_bytes(), CFG)
-    assert sig["faces"] >= 3 and sig["face_w"] > 20
+    three = Image.open(path).crop((170, 80, 370, 230)).resize((800, 600), Image.LANCZOS)  # faces ~23% of 600 px
+    sig = photo_signals(_encode(three, "JPEG", quality=95), CFG)
+    assert sig["faces"] == 3
     x, y, w, h = sig["face_x"], sig["face_y"], sig["face_w"], sig["face_h"]
     assert x >= 0 and x + w <= sig["width"] and y >= 0 and y + h <= sig["height"]
+    small, scale = shrink(np.asarray(three.convert("L")), 640)
+    centres = sorted((x + w / 2, y + h / 2) for x, y, w, h in detect_faces(small, scale))
+    truth = [(172, 248), (366, 238), (602, 254)]  # the three faces of the original photo, times 4
+    assert np.abs(np.array(centres) - truth).max() <= 16
     assert detect_faces(np.zeros((200, 200), np.uint8)) == []
 
 

@@ -18,7 +18,7 @@ import hmac
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,24 +313,33 @@ def write_json(obj: Any, path: Path, indent: int | None = None) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
-def coco_split(split: str, spec: Spec, exported: Sequence[Exported]) -> dict[str, Any]:
-    """The COCO dataset of one split: images by name (ids from 1), annotations by image then class (ids from 1)."""
-    images, annotations = [], []
-    for image_id, e in enumerate(sorted((e for e in exported if e.split == split), key=lambda e: e.name), 1):
-        images.append({"id": image_id, "file_name": f"images/{split}/{e.name}.jpg", "height": e.height,
-                       "width": e.width})
-        annotations += [a | {"id": len(annotations) + k, "image_id": image_id}
-                        for k, a in enumerate(e.annotations, 1)]
-    return {"info": {"description": f"{spec.name} {split} split, built by crowdseg; pixels with ignore_index "
+def write_coco(root: Path, split: str, spec: Spec, exported: Sequence[Exported],
+               annotations: Callable[[Exported], Sequence[dict[str, Any]]] = lambda e: e.annotations) -> Path:
+    """Write ``coco/{split}.json``: images by name (ids from 1), annotations by image then class (ids from 1).
+
+    Streamed image by image, so only one image's annotations (``annotations(e)``) are in memory at a time. The
+    bytes are those of ``write_json`` on the whole document."""
+    path = root / "coco" / f"{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = sorted((e for e in exported if e.split == split), key=lambda e: e.name)
+    images = [{"id": i, "file_name": f"images/{split}/{e.name}.jpg", "height": e.height, "width": e.width}
+              for i, e in enumerate(mine, 1)]
+    head = {"info": {"description": f"{spec.name} {split} split, built by crowdseg; pixels with ignore_index "
                      f"{spec.ignore_index} in the PNG masks belong to no annotation", "version": str(spec.version)},
-            "licenses": [], "images": images, "annotations": annotations,
+            "licenses": [], "images": images,
             "categories": [{"id": c.id, "name": c.name, "supercategory": spec.name} for c in spec.classes[1:]]}
 
+    def dumps(obj: Any) -> str:
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
-def write_coco(root: Path, split: str, spec: Spec, exported: Sequence[Exported]) -> Path:
-    """Write ``coco/{split}.json``."""
-    path = root / "coco" / f"{split}.json"
-    write_json(coco_split(split, spec, exported), path)
+    with path.open("w", encoding="utf-8") as f:
+        f.write('{"annotations":[')
+        n = 0
+        for image_id, e in enumerate(mine, 1):
+            for a in annotations(e):
+                n += 1
+                f.write(("," if n > 1 else "") + dumps(a | {"id": n, "image_id": image_id}))
+        f.write("]," + ",".join(f"{dumps(k)}:{dumps(head[k])}" for k in sorted(head)) + "}\n")
     return path
 
 
