@@ -30,6 +30,7 @@ from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
+from pipeline.run import Stopwatch, build_lock
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, export, ingest, merge, qa, review, skill, split
 from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
@@ -76,6 +77,7 @@ def dedup_photos(photos: pd.DataFrame, cfg: Config, items: list[str], key: str, 
 def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec, cfg: Config,
                 weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
     scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
+    get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
     return str(store.save_part(scores, items, Path(part)))
 
 
@@ -126,6 +128,7 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
     exported = export.export_photos(published.assign(split=""), root, spec, pseudonym,
                                     export.ExportOptions.from_config(cfg))
     digests = export.file_digests(root)
+    get_run_logger().info("exported %d photos (%d files)", len(exported), len(digests))
     coco = Path(part).with_suffix(".coco")  # each image's COCO annotations, read back one at a time when published
     coco.mkdir(exist_ok=True)
     for e in exported:
@@ -210,7 +213,7 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
 
 
 def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
-              clock: b.Stopwatch, used: set[str]) -> dict[str, list[int]]:
+              clock: Stopwatch, used: set[str]) -> dict[str, list[int]]:
     """Run a stage's batches still to compute, one task each (keyed by content, returning its result's path);
     returns every result file the stage reads with the row positions it holds, and adds them to ``used``."""
     futures = [t.submit(*args, *shared, items=bt.items, key=bt.key, part=bt.part)
@@ -223,13 +226,13 @@ def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared
     return parts
 
 
-def lap(clock: b.Stopwatch, stage: str) -> None:
+def lap(clock: Stopwatch, stage: str) -> None:
     """Close a stage: its time on the stopwatch, and its end to the progress bars."""
     clock.lap(stage)
     report_progress(stage, 0, 0)
 
 
-def run_one(t: Task, key: str, folder: Path, *args: Any, stage: str, clock: b.Stopwatch, used: set[str]) -> Any:
+def run_one(t: Task, key: str, folder: Path, *args: Any, stage: str, clock: Stopwatch, used: set[str]) -> Any:
     """A single content-keyed result (computed, or reused from ``folder``), loaded."""
     plan = inc.plan([key], stage, folder, 1)
     (part,) = run_stage(t, plan, [args] * len(plan.todo), stage=stage, clock=clock, used=used)
@@ -247,7 +250,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     shutil.rmtree(layout.staging, ignore_errors=True)
     size = b.batch_size(cfg)
     pseudonym, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
-    clock = b.Stopwatch()
+    clock = Stopwatch()
     files = store.FileDigests(layout.work / "digests.parquet")
     used: set[str] = set()  # result files this build reads; the others are pruned at its end
 
@@ -401,7 +404,7 @@ def run_build(cfg: Config, spec: Spec, progress: Callable[[str, int, int], None]
     ``progress(stage, done, total)`` is called as batches finish. Cached results go under the build's work folder.
     """
     layout = b.Layout(cfg.path(cfg.output.out))
-    with b.build_lock(layout.out), quiet_prefect(), results_in(layout.prefect):
+    with build_lock(layout.out), quiet_prefect(), results_in(layout.prefect):
         token = PROGRESS.set(progress)
         try:
             return build_flow.with_options(task_runner=task_runner(cfg))(cfg, spec)

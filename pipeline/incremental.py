@@ -146,8 +146,10 @@ def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, digests: dict[st
     settings = cfg.merge.model_dump(mode="json", exclude=MERGE_INDEPENDENT)
     salt = key_of("merge", code_version("pipeline.stages.merge"), final, settings, spec_key(spec))
     own = assignments.sort_values("assignment")
-    people = {a: _hash(*(repr((c, w)) for (b, c), w in sorted(weights.items()) if b == a))
-              for a in set(own["annotator_id"])} if weights else {}
+    mine: dict[str, list[str]] = {}
+    for (a, c), w in sorted(weights.items()):
+        mine.setdefault(a, []).append(repr((c, w)))
+    people = {a: _hash(*v) for a, v in mine.items()}  # annotators with no weight weigh 1: nothing to key
     rows = [r + digests.get(a, "") + people.get(n, "")
             for r, a, n in zip(rows_key(own), own["assignment"], own["annotator_id"], strict=True)]
     per_photo = pd.Series(rows, index=own.index, dtype=object).groupby(own["photo_id"]).agg("".join)

@@ -357,11 +357,12 @@ def test_the_built_report_opens_cleanly_in_chromium(defective, browser):
 
 
 def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path):
-    """The same build on threads, on a process pool and on a local Dask cluster: byte-identical dataset trees."""
+    """The same build one task at a time, on threads, on a process pool and on a local Dask cluster:
+    byte-identical dataset trees."""
     crowd = tmp_path / "crowd"
     simulate(crowd, photos=16, users=6, annotators=3, seed=3, size=(240, 320))
     trees = {}
-    for runner in ("threads", "processes", "dask"):
+    for runner in ("local", "threads", "processes", "dask"):
         out = tmp_path / runner
         cfg = load_config(crowd / "config.toml", {"output.out": str(out), "build.runner": runner,
                                                   "build.batch_size": 4, "build.workers": 2})
@@ -369,7 +370,7 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path)
         trees[runner] = out / "dataset"
     files = _tree(trees["threads"])
     assert len(files) > 20
-    for runner in ("processes", "dask"):
+    for runner in ("local", "processes", "dask"):
         assert _tree(trees[runner]) == files
         _, mismatch, errors = filecmp.cmpfiles(trees["threads"], trees[runner], files, shallow=False)
         assert not mismatch and not errors, (runner, mismatch)

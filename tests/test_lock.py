@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from pipeline.build import build_lock
 from pipeline.errors import CrowdsegError
+from pipeline.run import build_lock
 
-HOLD = "import sys, time; from pathlib import Path; from pipeline.build import build_lock\n" \
+HOLD = "import sys, time; from pathlib import Path; from pipeline.run import build_lock\n" \
        "with build_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(60)\n"
 
 

@@ -1,0 +1,71 @@
+"""What runs around a build's flow: the lock on its output folder and the stopwatch of its stages."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import CrowdsegError
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """Hold the build folder's lock for the duration; a second build on the same folder stops with a clear message.
+
+    The lock is an ``flock`` on ``OUT/.crowdseg.lock``, which the kernel releases when the holder exits, so a
+    killed build never leaves a stale lock behind.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".crowdseg.lock").open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CrowdsegError(f"another build is running on this output folder ({holder}); wait for it to end",
+                                file=str(out)) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+
+
+class Stopwatch:
+    """Wall-clock seconds per stage of a build, and items computed or reused per cached stage, for
+    ``reports/timings.csv`` (kept out of the deterministic reports)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.work: dict[str, dict[str, int]] = {}
+        self._last = time.perf_counter()
+
+    def count(self, stage: str, computed: int, reused: int) -> None:
+        """Add ``computed`` items run and ``reused`` items taken from the cache to ``stage``'s counts."""
+        seen = self.work.setdefault(stage, {"computed": 0, "reused": 0})
+        seen["computed"] += computed
+        seen["reused"] += reused
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the previous lap to ``stage``."""
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 3)
+        self._last = now
+
+    def table(self) -> pd.DataFrame:
+        """Per stage: seconds, share of the total; then per cached step: items computed and reused."""
+        total = sum(self.laps.values()) or 1.0
+        rows = [{"stage": k, "seconds": v, "share": round(v / total, 3)} for k, v in self.laps.items()]
+        rows += [{"stage": "total", "seconds": round(total, 3), "share": 1.0}]
+        rows += [{"stage": f"{k} items", **v} for k, v in self.work.items()]
+        return pd.DataFrame(rows, columns=["stage", "seconds", "share", "computed", "reused"]).astype(
+            {"computed": "Int64", "reused": "Int64"})

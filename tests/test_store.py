@@ -1,0 +1,109 @@
+"""The content-keyed store and the stage keys: atomic results, reuse by item, digests remembered by stat, pruning."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+from pipeline import incremental as inc
+from pipeline import store
+from pipeline.config import Config
+from pipeline.spec import load_spec
+
+
+def test_save_part_makes_items_known_only_once_complete(tmp_path):
+    part = tmp_path / "abc.pkl"
+    store.save(pd.DataFrame({"photo_id": ["p1"]}), part)
+    assert store.known_items(tmp_path) == {}  # a result with no keys file is a batch killed half-way
+    store.save_part(pd.DataFrame({"photo_id": ["p1", "p2"]}), ["k1", "k2"], part)
+    assert store.known_items(tmp_path) == {"k1": str(part), "k2": str(part)}
+    assert list(store.load(part)["photo_id"]) == ["p1", "p2"]
+    assert not list(tmp_path.glob(".*"))  # no temporary file is left behind
+
+
+def test_plan_reuses_known_items_and_batches_the_rest(tmp_path):
+    store.save_part("old", ["a", "c"], tmp_path / "old.pkl")
+    plan = inc.plan(["a", "b", "c", "d", "e"], "ingest", tmp_path, 2)
+    assert plan.reused == {str(tmp_path / "old.pkl"): [0, 2]}
+    assert [bt.rows for bt in plan.todo] == [[1, 3], [4]] and plan.computed == 3 and plan.reused_items == 2
+    assert plan.todo[0].key == inc.plan(["b", "d"], "ingest", tmp_path, 2).todo[0].key  # keyed by content
+    assert plan.parts(["new1", "new2"]) == {str(tmp_path / "old.pkl"): [0, 2], "new1": [1, 3], "new2": [4]}
+
+
+@dataclass(frozen=True)
+class Result:
+    rows: pd.DataFrame
+    by_id: dict[str, int]
+
+
+def test_take_selects_a_photos_share_of_any_result():
+    result = (Result(pd.DataFrame({"photo_id": ["p1", "p2", "p1"], "v": [1, 2, 3]}), {"p1": 1, "p2": 2}),
+              pd.DataFrame({"photo_id": ["p2"]}))
+    mine, other = inc.take(result, {"p1"})
+    assert list(mine.rows["v"]) == [1, 3] and mine.by_id == {"p1": 1} and other.empty
+
+
+def test_file_digests_are_remembered_by_stat_and_redone_on_change(tmp_path):
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"one")
+    digests = store.FileDigests(tmp_path / "d.parquet")
+    first = digests.digests([str(f), str(tmp_path / "missing.jpg")])
+    assert first[1] == "" and len(first[0]) == 64
+    digests.save([str(f)])
+    again = store.FileDigests(tmp_path / "d.parquet")
+    assert again.digests([str(f)]) == first[:1]
+    f.write_bytes(b"two")
+    os.utime(f, ns=(1, 1))
+    assert store.FileDigests(tmp_path / "d.parquet").digests([str(f)]) != first[:1]
+
+
+def test_prune_keeps_what_a_build_used_and_drops_leftovers(tmp_path):
+    for name in ("keep.pkl", "keep.keys", "old.pkl", ".tmp.pkl.1.tmp"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "old").mkdir()
+    assert store.prune([tmp_path, tmp_path / "absent"], {"keep"}) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "keep.keys", "keep.pkl"]
+
+
+def test_code_versions_cover_a_stage_and_what_it_imports_only():
+    merge = store._closure("pipeline.stages.merge")
+    assert {"pipeline.stages.merge", "pipeline.stages.polygons", "pipeline.spec"} <= merge
+    assert "pipeline.stages.export" not in merge and "pipeline.report.html" not in merge
+    assert store.code_version("pipeline.stages.merge") != store.code_version("pipeline.stages.ingest")
+
+
+@pytest.fixture
+def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    photos = pd.DataFrame({"photo_id": ["p1", "p2"], "sha256": ["s1", "s2"], "width": [10, 10], "height": [8, 8]})
+    assignments = pd.DataFrame({"assignment": ["f:1", "f:2", "f:3"], "photo_id": ["p1", "p1", "p2"],
+                                "annotator_id": ["a", "b", "a"], "row": [1, 2, 3]})
+    return photos, assignments
+
+
+def test_merge_keys_follow_a_photos_own_inputs_and_weights(tables):
+    photos, assignments = tables
+    spec, cfg = load_spec("easyportrait"), Config()
+    base = inc.merge_keys(photos, assignments, {}, {}, spec, cfg, True)
+    assert len(set(base)) == 2 and base == inc.merge_keys(photos, assignments, {}, {}, spec, cfg, True)
+    only_b = inc.merge_keys(photos, assignments, {}, {("b", 1): 0.5}, spec, cfg, True)
+    assert only_b[0] != base[0] and only_b[1] == base[1]  # b annotated p1 only
+    shapes = inc.merge_keys(photos, assignments, {"f:3": "changed"}, {}, spec, cfg, True)
+    assert shapes[0] == base[0] and shapes[1] != base[1]
+    thresholds = Config.model_validate({"merge": {"class_agreement": {"skin": 0.9}, "pin_skills": "w.csv"}})
+    assert inc.merge_keys(photos, assignments, {}, {}, spec, thresholds, True) == base
+    quorum = Config.model_validate({"merge": {"quorum": {"skin": 0.9}}})
+    assert inc.merge_keys(photos, assignments, {}, {}, spec, quorum, True) != base
+    assert inc.merge_keys(photos, assignments, {}, {}, spec, cfg, False) != base
+
+
+def test_ingest_keys_ignore_where_a_row_sits_but_not_what_it_says():
+    manifest = pd.DataFrame({"photo_id": ["p1"], "user_id": ["u1"], "path": ["/x/p1.jpg"],
+                             "manifest": ["/x/photos.csv"], "row": [1]})
+    base = inc.ingest_keys(manifest, ["d1"], Config())
+    assert inc.ingest_keys(manifest.assign(row=7, manifest="/x/new.csv"), ["d1"], Config()) == base
+    assert inc.ingest_keys(manifest, ["d2"], Config()) != base
+    assert inc.ingest_keys(manifest.assign(user_id="u2"), ["d1"], Config()) != base
