@@ -69,7 +69,7 @@ def test_cvat_images_export_keeps_regions_and_rejects_the_rest():
     assert assignments[["seen_width", "seen_height"]].values.tolist() == [[8, 8], [10, 10]]
     assert assignments["n_shapes"].tolist() == [3, 3] and set(assignments["annotator_id"]) == {"alice"}
     assert shapes["label"].tolist() == ["label1"]  # the box, xtl=0 ytl=2 xbr=4 ybr=4, as crowdseg points
-    assert shapes.iloc[0]["points"] == [[-0.5, 1.5], [3.5, 1.5], [3.5, 3.5], [-0.5, 3.5]]
+    assert shapes.iloc[0]["points"].tolist() == [[-0.5, 1.5], [3.5, 1.5], [3.5, 3.5], [-0.5, 3.5]]
     assert reasons(rejected) == [("shape", "not_a_region"), ("shape", "not_a_region"), ("shape", "unknown_label"),
                                  ("shape", "not_a_region"), ("shape", "not_a_region")]
     assert "<polyline> has no area" in rejected.iloc[0]["message"] and "label ''" in rejected.iloc[2]["message"]
@@ -147,7 +147,7 @@ def test_coco_polygon_and_uncompressed_rle_fixture():
     assignments, shapes, rejected = read_coco(path, make_spec("a", "b"), {}, "alice")
     assert rejected.empty and assignments[["photo_id", "seen_width", "seen_height", "n_shapes"]].values.tolist() \
         == [["b.jpg", 5, 10, 2]]
-    assert shapes.iloc[0]["points"] == [[-0.5, -0.5], [0.5, -0.5], [0.5, 1.5], [-0.5, 1.5]]
+    assert shapes.iloc[0]["points"].tolist() == [[-0.5, -0.5], [0.5, -0.5], [0.5, 1.5], [-0.5, 1.5]]
     rle = json.loads(path.read_text())["annotations"][1]["segmentation"]
     expected = coco_mask.decode(coco_mask.frPyObjects(rle, 10, 5))
     assert (paint(shapes[shapes["label"] == "b"], 10, 5) == 2 * expected).all()
@@ -157,7 +157,7 @@ def test_coco_bbox_only_annotation_becomes_its_box():
     path = realdata("format_fixtures", "datumaro", "coco_dataset", "coco_instances", "annotations",
                     "instances_train.json")
     _, shapes, _ = read_coco(path, make_spec("a", "b"), {}, "alice")
-    assert shapes.iloc[0]["points"] == [[1.5, 1.5], [4.5, 1.5], [4.5, 2.5], [1.5, 2.5]]
+    assert shapes.iloc[0]["points"].tolist() == [[1.5, 1.5], [4.5, 1.5], [4.5, 2.5], [1.5, 2.5]]
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -269,7 +269,7 @@ def test_labelme_primitives_and_embedded_mask():
     label_map = {k: "skin" for k in ("rectangle", "circle", "polygon", "octagon", "line", "point", "line_strip")}
     assignments, shapes, rejected = read_labelme(path, make_spec("skin"), label_map, "a")
     assert assignments["n_shapes"].tolist() == [8] and reasons(rejected) == [("shape", "not_a_region")] * 3
-    assert shapes[shapes["index"] == 0].iloc[0]["points"] == [[31.5, 34.5], [131.5, 34.5], [131.5, 134.5],
+    assert shapes[shapes["index"] == 0].iloc[0]["points"].tolist() == [[31.5, 34.5], [131.5, 34.5], [131.5, 134.5],
                                                               [31.5, 134.5]]
     circle = np.asarray(shapes[shapes["index"] == 1].iloc[0]["points"])
     assert np.allclose(np.hypot(*(circle - [194.5, 83.5]).T), np.hypot(30, 41))
@@ -338,8 +338,8 @@ def test_label_studio_cancelled_golden_rotated_and_unsized(tmp_path):
                                  ("assignment", "cancelled"), ("shape", "bad_coordinates")]
     turned = np.asarray(shapes.iloc[0]["points"]) + 0.5  # 40x10 px box turned 90 degrees about (20, 20)
     assert np.allclose(turned, [[20, 20], [20, 60], [10, 60], [10, 20]])
-    assert shapes.iloc[1]["label"] == "Skin" and shapes.iloc[1]["points"][1] == [99.5, -0.5]
-    assert shapes.iloc[2]["points"][1] == [0.0, -0.5]  # relative units: 50% - 0.5 of a 1x1 image
+    assert shapes.iloc[1]["label"] == "Skin" and shapes.iloc[1]["points"][1].tolist() == [99.5, -0.5]
+    assert shapes.iloc[2]["points"][1].tolist() == [0.0, -0.5]  # relative units: 50% - 0.5 of a 1x1 image
 
 
 # --- Toloka -----------------------------------------------------------------------------------------------------
@@ -389,11 +389,11 @@ def test_toloka_relative_polygons_golden_answers_and_statuses(tmp_path):
     assert assignments["assignment_id"].iloc[0] == "00001--w1"
     assert [(r.row, r.reason) for r in rejected.itertuples()] == [
         (2, "not_a_region"), (3, "rejected_on_platform"), (6, "bad_json"), (7, "cancelled")]
-    assert shapes.iloc[0]["points"] == [[-0.25, -0.25], [0.25, -0.25], [0.25, 0.25]]  # relative - 0.5
+    assert shapes.iloc[0]["points"].tolist() == [[-0.25, -0.25], [0.25, -0.25], [0.25, 0.25]]  # relative - 0.5
     # the merge stage scales seen 1x1 to the photo with pixel edges fixed: 0.25 of 100 px is the edge at 25
     polys, _ = clean_shape(shapes.iloc[0]["points"], [], 100, 80, 0, (100.0, 80.0))
     assert np.allclose(polys[0][0].min(axis=0), [24.5, 19.5]) and np.allclose(polys[0][0].max(axis=0), [74.5, 59.5])
-    assert shapes[shapes["assignment"] == "assignments.tsv:8"].iloc[0]["points"][1] == [0.5, -0.5]
+    assert shapes[shapes["assignment"] == "assignments.tsv:8"].iloc[0]["points"][1].tolist() == [0.5, -0.5]
 
 
 def test_toloka_legacy_editor_answers_and_missing_columns(tmp_path):
@@ -447,7 +447,7 @@ def test_coco_and_labelme_exports_of_one_job_agree_after_resolving_photos(tmp_pa
         assignments, found, unresolved = resolve_photos(assignments, found, manifest)
         assert unresolved.empty and assignments["photo_id"].tolist() == order[name]
         assert reasons(rejected) == ([] if name == "coco" else [("shape", "unknown_label")] * 2)  # __ignore__
-        shapes[name] = sorted((s.photo_id, s.class_id, json.dumps(s.points)) for s in found.itertuples())
+        shapes[name] = sorted((s.photo_id, s.class_id, json.dumps(s.points.tolist())) for s in found.itertuples())
     assert shapes["coco"] == shapes["labelme"] and len(shapes["coco"]) == 16
 
 

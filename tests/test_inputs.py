@@ -79,7 +79,8 @@ def test_annotations_map_labels_and_reject_what_they_cannot_use(tmp_path):
     assignments, shapes, rejected = read_annotations(path, load_spec("easyportrait"), {"Oeil": "right_eye"})
     assert assignments["annotator_id"].tolist() == ["a1", "a2", "a3"]  # a3's one-point shape fails at merge
     assert assignments["golden"].tolist() == [False, True, False]
-    assert shapes["class_id"].tolist() == [5, 6, 2] and shapes.iloc[1]["holes"] == [[[1, 1], [2, 1], [2, 2]]]
+    assert shapes["class_id"].tolist() == [5, 6, 2]
+    assert [h.tolist() for h in shapes.iloc[1]["holes"]] == [[[1, 1], [2, 1], [2, 2]]]
     got = [(r.item, r.row, r.reason) for r in rejected.itertuples()]
     assert got == [("shape", 1, "unknown_label"), ("shape", 1, "unknown_label"), ("assignment", 3, "bad_row"),
                    ("assignment", 5, "bad_json")]
