@@ -506,7 +506,7 @@ def preflight(cfg: Config) -> Spec:
     Row-level problems are not errors: they become rejections during the build.
     """
     from pipeline.errors import CrowdsegError
-    from pipeline.io.manifest import read_manifest, read_text
+    from pipeline.io.manifest import read_lines, read_manifest
     from pipeline.io.sources import detect_format
     from pipeline.stages.export import pseudonym_key
     from pipeline.stages.merge import class_agreement, class_quorum
@@ -522,7 +522,8 @@ def preflight(cfg: Config) -> Spec:
         raise CrowdsegError(f"inputs.label_map: {unknown[0]!r} is not a class of spec {spec.name!r}",
                             file=cfg.source)
     read_manifest(cfg.path(cfg.inputs.photos))
-    read_text(cfg.path(cfg.inputs.annotations))
+    for _ in read_lines(cfg.path(cfg.inputs.annotations)):  # readable UTF-8, checked a line at a time
+        pass
     for i, src in enumerate(cfg.inputs.sources):
         if not cfg.path(src.path).exists():
             raise CrowdsegError(f"inputs.sources[{i}].path: no such file or folder: {src.path}", file=cfg.source)

@@ -14,11 +14,12 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 
@@ -82,22 +83,30 @@ def rows_key(df: pd.DataFrame) -> list[str]:
     return [format(int(v), "016x") for v in hashed.to_numpy()]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+@contextmanager
+def _atomic(path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through: readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with _atomic(path) as f:
+        f.write(data)
+
+
 def save(obj: Any, path: Path) -> Path:
-    """Pickle ``obj`` to ``path`` atomically; returns the path."""
-    write_atomic(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    """Pickle ``obj`` to ``path`` atomically, streamed (no second copy in memory); returns the path."""
+    with _atomic(path) as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pipeline.io.formats import Assignment
-from pipeline.io.manifest import read_text
+from pipeline.io.manifest import read_lines
 from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Collector, Tables
 from pipeline.spec import Spec, validation_reason
 
@@ -24,7 +24,7 @@ def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = 
     rejected alone, never guessed.
     """
     out = Collector(path, spec, label_map)
-    for row, line in enumerate(read_text(path).splitlines(), start=1):
+    for row, line in read_lines(path):
         if not line.strip():
             continue
         try:

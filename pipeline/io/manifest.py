@@ -34,6 +34,23 @@ def read_text(path: Path) -> str:
                             where=line) from None
 
 
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file's lines, read one at a time, so a large file is never held whole; a
+    line with bad bytes is a one-line error naming it."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise CrowdsegError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise CrowdsegError(f"not UTF-8 text (byte 0x{raw[e.start]:02x}); save it as UTF-8", file=str(path),
+                                    where=number) from None
+            yield number, text.rstrip("\r\n")
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
     reader = csv.reader(read_text(path).splitlines())
     header = next(reader, None)

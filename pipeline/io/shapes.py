@@ -57,7 +57,7 @@ class Collector:
     spec: Spec
     label_map: dict[str, str] | None = None
     assignments: list[dict[str, Any]] = field(default_factory=list, init=False)
-    shapes: list[dict[str, Any]] = field(default_factory=list, init=False)
+    shapes: list[tuple[Any, ...]] = field(default_factory=list, init=False)  # SHAPE_COLUMNS order: a crowd's worth
     rejected: list[dict[str, Any]] = field(default_factory=list, init=False)
     keys: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -86,10 +86,8 @@ class Collector:
             self._reject_shape(a, "unknown_label", f"{what or f'shape {index}'}: label {label!r} {why} "
                                f"{self.spec.name!r}")
             return
-        self.shapes += [{"assignment": a["assignment"], "photo_id": a["photo_id"], "annotator_id": a["annotator_id"],
-                         "class_id": class_id, "label": label, "points": compact(points),
-                         "holes": [compact(h) for h in holes], "row": a["row"], "index": index}
-                        for points, holes in parts]
+        self.shapes += [(a["assignment"], a["photo_id"], a["annotator_id"], class_id, label, compact(points),
+                         [compact(h) for h in holes], a["row"], index) for points, holes in parts]
 
     def not_drawn(self, a: dict[str, Any], index: int, reason: str, message: str, what: str = "") -> None:
         """Reject one shape of an assignment that cannot become a region."""
