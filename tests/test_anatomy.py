@@ -128,6 +128,16 @@ def test_crumbs_do_not_count_as_components_or_presence():
     assert measure(m, SPEC)["components_right_brow"] == 1
 
 
+def test_components_are_counted_past_256_regions():
+    m = face()
+    m[m == ID["lips"]] = ID["skin"]
+    grid = m[::4, ::4]
+    grid[grid == 0] = ID["lips"]  # over a thousand 1 px crumbs on the background
+    for y in range(20, 220, 10):
+        m[y: y + 4, 5:25] = m[y: y + 4, 175:195] = ID["lips"]  # and 40 regions of about 80 px
+    assert measure(m, SPEC)["components_lips"] == 40
+
+
 def test_parts_in_a_hole_of_the_silhouette_are_inside():
     m = face()
     m[m == ID["skin"]] = 0  # the face is now a hole in the person, with the parts floating in it

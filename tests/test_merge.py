@@ -10,8 +10,17 @@ import pytest
 
 from pipeline.config import MergeConfig
 from pipeline.spec import load_spec
-from pipeline.stages.merge import class_quorum, fuse_photo, layer_iou, one_per_annotator, weighted_region
-from pipeline.stages.polygons import AssignmentLayers, Layer, ShapeRejected, clean_shape, composite, rasterise
+from pipeline.stages import polygons
+from pipeline.stages.merge import Tally, class_quorum, fuse_photo, layer_iou, one_per_annotator, weighted_region
+from pipeline.stages.polygons import (
+    AssignmentLayers,
+    Layer,
+    ShapeRejected,
+    clean_shape,
+    composite,
+    rasterise,
+    value_counts,
+)
 from pipeline.stages.skill import PooledSkill
 from tests.conftest import realdata
 
@@ -111,6 +120,71 @@ def test_quorum_is_a_weighted_share_and_a_share_at_the_quorum_passes():
     assert weighted_region(layers, [1, 1, 1, 1], 0.75).within(0, 0, 1, 4).tolist() == [[1, 0, 0, 0]]
     assert weighted_region(layers, [1, 1, 3, 1], 0.5).within(0, 0, 1, 4).tolist() == [[1, 0, 0, 0]]
     assert weighted_region(layers, [1, 1, 1, 1], 0.5, skip=0).within(0, 0, 1, 4).tolist() == [[1, 0, 0, 0]]
+
+
+def _random_layer(rng: np.random.Generator, h: int, w: int) -> Layer | None:
+    y0, x0 = int(rng.integers(0, h - 1)), int(rng.integers(0, w - 1))
+    mask = (rng.random((int(rng.integers(1, h - y0 + 1)), int(rng.integers(1, w - x0 + 1)))) < 0.6).astype(np.uint8)
+    return Layer(y0, x0, mask) if mask.any() else None
+
+
+@pytest.mark.parametrize("voters", [1, 5, 8, 9, 14])
+def test_weighted_region_is_the_per_pixel_float32_vote_for_any_number_of_voters(voters):
+    rng = np.random.default_rng(voters)
+    layers = [_random_layer(rng, 12, 15) for _ in range(voters)]
+    weights = rng.random(voters).tolist()
+    for skip in range(-1, voters):
+        share = np.zeros((12, 15), np.float32)  # weighted counts, summed voter by voter
+        for la, w in zip(layers, weights, strict=True):
+            if la is not None:
+                share[la.slices] += np.float32(w) * la.mask
+        if skip >= 0 and layers[skip] is not None:
+            share[layers[skip].slices] -= np.float32(weights[skip]) * layers[skip].mask
+        total = sum(weights) - (weights[skip] if skip >= 0 else 0.0)
+        expected = (share >= 0.5 * total * (1 - 1e-6)) & (share > 0)
+        region = weighted_region(layers, weights, 0.5, skip)
+        got = region.within(0, 0, 12, 15) == 1 if region else np.zeros((12, 15), bool)
+        assert got.tolist() == expected.tolist()
+
+
+def test_tally_ious_are_the_layers_ious():
+    rng = np.random.default_rng(3)
+    layers = [_random_layer(rng, 20, 20) for _ in range(11)]
+    tally = Tally.of(layers)
+    vote = tally.passes([1.0] * 11, 0.5, list(range(11)))
+    region = tally.region(vote)
+    for i in range(11):
+        assert tally.iou(i, vote) == layer_iou(layers[i], region)
+        assert np.array_equal([tally.pair_iou(i, j) for j in range(11)], [layer_iou(layers[i], b) for b in layers],
+                              equal_nan=True)
+
+
+def test_value_counts_are_exact_on_runs_in_row_chunks(monkeypatch):
+    monkeypatch.setattr(polygons, "CALCHIST_PIXELS", 64)  # a calcHist call per few rows
+    a = np.repeat(np.random.default_rng(0).integers(0, 9, (37, 5)).astype(np.uint8), 9, axis=1)
+    assert value_counts(a, 9).tolist() == np.bincount(a.ravel(), minlength=9).tolist()
+    wide = a.astype(np.uint16) * 100
+    assert value_counts(wide, 801).tolist() == np.bincount(wide.ravel(), minlength=801).tolist()
+
+
+def test_draw_order_not_class_ids_puts_lips_over_teeth():
+    spec = SPEC.model_copy(update={"draw_order": [n for n in SPEC.draw_order if n != "lips"] + ["lips"]})
+    teeth = _portrait()
+    teeth[7] = Layer(0, 0, np.pad(np.ones((4, 10), np.uint8), ((20, 16), (15, 15))))  # lips over part of the teeth
+    crowd = _crowd(_portrait(), teeth, teeth)
+    result = fuse_photo("p", crowd, spec, MergeConfig(min_agreement=0), {}, 40, 40)
+    assert (result.mask == _painted(teeth, spec.draw_ids)).all() and result.mask[22, 20] == 7
+    agree = sum(_painted(a.layers, spec.draw_ids) == result.mask for a in crowd) / 3
+    assert (result.agreement == np.round(agree.astype(np.float32) * 255).astype(np.uint8)).all()
+
+
+def _painted(layers: dict[int, Layer], draw_ids: list[int]) -> np.ndarray:
+    """What painting each layer in turn, bottom to top, gives on the 40x40 photo."""
+    out = np.zeros((40, 40), np.uint8)
+    for c in draw_ids:
+        if c in layers:
+            out[layers[c].slices][layers[c].mask.astype(bool)] = c
+    return out
 
 
 def _portrait(shift: int = 0) -> dict[int, Layer]:

@@ -8,13 +8,16 @@ regions are painted in spec draw order. The photo is accepted, or needs re-annot
 
 A class's agreement on a photo is the used annotators' weighted IoU with the crowd's vote. On a photo with a golden
 answer the vote is also compared with it (``gold_iou``), which tells what an agreement threshold buys in quality.
+
+Votes and IoUs among the crowd come from one ``Tally`` per class: pixels drawn by the same set of assignments share a
+label, so a leave-one-out vote or an IoU is a sum over labels (32 for five assignments) rather than a pass over pixels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,15 @@ import pandas as pd
 from pipeline.config import MergeConfig
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import measure, measure_columns
-from pipeline.stages.polygons import AssignmentLayers, Layer, assignment_layers, composite
+from pipeline.stages.polygons import (
+    AssignmentLayers,
+    Layer,
+    assignment_layers,
+    composite,
+    lookup,
+    paint_ranks,
+    value_counts,
+)
 from pipeline.stages.skill import SCORE_COLUMNS
 from pipeline.tables import REJECTION_COLUMNS, frame, keyed_hash, rejection
 
@@ -56,17 +67,102 @@ def area(layer: Layer | None) -> int:
     return 0 if layer is None else layer.area
 
 
+def iou(na: int, nb: int, inter: int) -> float:
+    """IoU of two regions from their areas and intersection; NaN when both are empty."""
+    return math.nan if na + nb == 0 else inter / (na + nb - inter)
+
+
 def layer_iou(a: Layer | None, b: Layer | None) -> float:
     """IoU of two bbox-local regions; NaN when both are empty."""
-    na, nb = area(a), area(b)
-    if na + nb == 0:
-        return math.nan
     if a is None or b is None:
-        return 0.0
+        return iou(area(a), area(b), 0)
     y0, y1, x0, x1 = max(a.y0, b.y0), min(a.y1, b.y1), max(a.x0, b.x0), min(a.x1, b.x1)
     inter = 0 if y1 <= y0 or x1 <= x0 else int(np.count_nonzero(
         a.mask[y0 - a.y0: y1 - a.y0, x0 - a.x0: x1 - a.x0] & b.mask[y0 - b.y0: y1 - b.y0, x0 - b.x0: x1 - b.x0]))
-    return inter / (na + nb - inter)
+    return iou(a.area, b.area, inter)
+
+
+@dataclass
+class Tally:
+    """Which of a list of layers cover each pixel of their union window.
+
+    Pixels covered by the same layers share a label, so votes and IoUs among the layers are sums over labels.
+    """
+
+    y0: int
+    x0: int
+    labels: np.ndarray  # window-sized; uint8 while at most 256 sets of layers occur
+    drawn: np.ndarray  # bool, labels x layers: the layers covering a label's pixels
+
+    @classmethod
+    def of(cls, layers: list[Layer | None]) -> Tally:
+        """Each layer in turn splits the labels of the pixels it covers in two."""
+        present = [la for la in layers if la is not None]
+        y0, x0 = min((la.y0 for la in present), default=0), min((la.x0 for la in present), default=0)
+        labels = np.zeros((max((la.y1 for la in present), default=0) - y0,
+                           max((la.x1 for la in present), default=0) - x0), np.uint8)
+        drawn = np.zeros((1, len(layers)), bool)
+        room = 256  # labels the dtype holds
+        for k, la in enumerate(layers):
+            if la is None:
+                continue
+            if 2 * len(drawn) > room:
+                labels, drawn = _renumbered(labels, drawn)
+                room = np.iinfo(labels.dtype).max + 1
+            labels[la.y0 - y0: la.y1 - y0, la.x0 - x0: la.x1 - x0] += la.mask * labels.dtype.type(len(drawn))
+            drawn = np.concatenate([drawn, drawn])
+            drawn[len(drawn) // 2:, k] = True
+        return cls(y0, x0, labels, drawn)
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        """Pixels per label (int64)."""
+        return value_counts(self.labels, len(self.drawn))
+
+    @cached_property
+    def overlaps(self) -> np.ndarray:
+        """Pixels covered by both layer i and layer j (int64, layers x layers; the diagonal holds the areas)."""
+        drawn = self.drawn.astype(np.int64)
+        return drawn.T @ (drawn * self.pixels[:, None])
+
+    def passes(self, weights: list[float], quorum: float, voters: list[int], skip: int = -1) -> np.ndarray:
+        """Per label, whether the weighted share of ``voters`` (layer indices; ``skip`` left out) who drew it reaches
+        ``quorum``, in float32 sums of the weights in voter order (a share exactly at the quorum passes)."""
+        share = np.zeros(len(self.drawn), np.float32)
+        for k in voters:
+            share += np.float32(weights[k]) * self.drawn[:, k]
+        total = sum([weights[k] for k in voters]) - (weights[skip] if skip >= 0 else 0.0)
+        if skip >= 0:
+            share -= np.float32(weights[skip]) * self.drawn[:, skip]
+        if not total > 0:
+            return np.zeros(len(share), bool)
+        return (share >= quorum * total * (1 - 1e-6)) & (share > 0)
+
+    def region(self, passing: np.ndarray) -> Layer | None:
+        """The pixels of the passing labels, cropped to their bounding box; None when there are none."""
+        if not passing.any():
+            return None
+        mask = lookup(passing.astype(np.uint8), self.labels)
+        x, y, w, h = cv2.boundingRect(mask)
+        return Layer(self.y0 + y, self.x0 + x, mask[y: y + h, x: x + w]) if w else None
+
+    def iou(self, k: int, passing: np.ndarray) -> float:
+        """IoU of layer ``k`` with the region of the passing labels."""
+        covered = self.pixels * passing
+        return iou(int(self.overlaps[k, k]), int(covered.sum()), int(covered[self.drawn[:, k]].sum()))
+
+    def pair_iou(self, i: int, j: int) -> float:
+        """IoU of layers ``i`` and ``j``."""
+        return iou(int(self.overlaps[i, i]), int(self.overlaps[j, j]), int(self.overlaps[i, j]))
+
+
+def _renumbered(labels: np.ndarray, drawn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels renumbered to the sets of layers that occur, in a dtype with room to double them."""
+    used = np.flatnonzero(value_counts(labels, len(drawn)))
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if 2 * len(used) <= np.iinfo(t).max + 1)
+    table = np.zeros(len(drawn), dtype)
+    table[used] = np.arange(len(used))
+    return table[labels], drawn[used]
 
 
 def weighted_region(layers: list[Layer | None], weights: list[float], quorum: float, skip: int = -1
@@ -75,39 +171,8 @@ def weighted_region(layers: list[Layer | None], weights: list[float], quorum: fl
 
     A voter without a layer votes 'not this class'.
     """
-    return weighted_regions(layers, weights, quorum, [skip])[0]
-
-
-def weighted_regions(layers: list[Layer | None], weights: list[float], quorum: float, skips: list[int]
-                     ) -> list[Layer | None]:
-    """``weighted_region`` for each voter left out in turn (-1: nobody), from one pass of weighted counts."""
-    drawn = [(k, la, w) for k, (la, w) in enumerate(zip(layers, weights, strict=True)) if la is not None]
-    if not drawn:
-        return [None] * len(skips)
-    y0, x0 = min(la.y0 for _, la, _ in drawn), min(la.x0 for _, la, _ in drawn)
-    h, w = max(la.y1 for _, la, _ in drawn) - y0, max(la.x1 for _, la, _ in drawn) - x0
-    share = np.zeros((h, w), np.float32)
-    for _, la, wt in drawn:
-        share[la.y0 - y0: la.y1 - y0, la.x0 - x0: la.x1 - x0] += np.float32(wt) * la.mask
-    out: list[Layer | None] = []
-    for skip in skips:
-        counts, total = share, sum(weights) - (weights[skip] if skip >= 0 else 0.0)
-        own = layers[skip] if skip >= 0 else None
-        if own is not None:
-            counts = share.copy()
-            counts[own.y0 - y0: own.y1 - y0, own.x0 - x0: own.x1 - x0] -= np.float32(weights[skip]) * own.mask
-        region = (counts >= quorum * total * (1 - 1e-6)) & (counts > 0) if total > 0 else None
-        out.append(Layer(y0, x0, region.astype(np.uint8)) if region is not None and region.any() else None)
-    return out
-
-
-def consensus_of_others(crowd: list[AssignmentLayers], classes: list[int], quorum: dict[int, float],
-                        weights: dict[tuple[str, int], float]) -> list[dict[int, Layer | None]]:
-    """For each crowd assignment, per class, the weighted vote of all the other crowd assignments."""
-    per_class = {c: weighted_regions([a.layers.get(c) for a in crowd],
-                                     [_w(weights, a.annotator_id, c) for a in crowd], quorum[c],
-                                     list(range(len(crowd)))) for c in classes}
-    return [{c: per_class[c][k] for c in classes} for k in range(len(crowd))]
+    tally = Tally.of(layers)
+    return tally.region(tally.passes(weights, quorum, list(range(len(layers))), skip))
 
 
 def _w(weights: dict[tuple[str, int], float], annotator: str, c: int) -> float:
@@ -120,8 +185,12 @@ def swap_gain(own: AssignmentLayers, ref: dict[int, Layer | None], pairs: list[t
     for left, right in pairs:
         straight = [layer_iou(own.layers.get(left), ref[left]), layer_iou(own.layers.get(right), ref[right])]
         crossed = [layer_iou(own.layers.get(left), ref[right]), layer_iou(own.layers.get(right), ref[left])]
-        gain += np.nansum(crossed) - np.nansum(straight)
+        gain += _nansum(crossed) - _nansum(straight)
     return float(gain)
+
+
+def _nansum(values: list[float]) -> float:
+    return sum(v for v in values if not math.isnan(v))
 
 
 def pair_gain(a: AssignmentLayers, b: AssignmentLayers, pairs: list[tuple[int, int]]) -> float:
@@ -196,11 +265,10 @@ def _cx(layer: Layer) -> float:
     return layer.x0 + float(np.nonzero(layer.mask)[1].mean())
 
 
-def mean_iou(own: AssignmentLayers, ref: dict[int, Layer | None], classes: list[int]) -> tuple[float, list[float]]:
-    """Mean IoU over the classes either side has, and the per-class IoUs (NaN where neither has it)."""
-    ious = [layer_iou(own.layers.get(c), ref[c]) for c in classes]
+def mean_iou(ious: list[float], empty: float = math.nan) -> float:
+    """Mean of the per-class IoUs that are not NaN (classes neither side has); ``empty`` when there are none."""
     finite = [v for v in ious if not math.isnan(v)]
-    return (float(np.mean(finite)) if finite else math.nan), ious
+    return float(np.mean(finite)) if finite else empty
 
 
 @dataclass
@@ -219,6 +287,25 @@ class Fusion:
     used: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Ballot:
+    """The crowd's layers of each class, tallied, with their vote weights and quorum (``Tally.passes``)."""
+
+    tallies: dict[int, Tally]
+    weights: dict[int, list[float]]
+    quorum: dict[int, float]
+
+    @classmethod
+    def of(cls, crowd: list[AssignmentLayers], classes: list[int], quorum: dict[int, float],
+           weights: dict[tuple[str, int], float]) -> Ballot:
+        return cls({c: Tally.of([a.layers.get(c) for a in crowd]) for c in classes},
+                   {c: [_w(weights, a.annotator_id, c) for a in crowd] for c in classes}, quorum)
+
+    def passes(self, c: int, voters: list[int], skip: int = -1) -> np.ndarray:
+        """Per label of class ``c``, whether it wins the vote of ``voters`` (crowd indices; ``skip`` left out)."""
+        return self.tallies[c].passes(self.weights[c], self.quorum[c], voters, skip)
+
+
 def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
                weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True) -> Fusion:
     """Merge one photo. With ``final`` False only the skill scores are computed (an EM pass)."""
@@ -231,21 +318,6 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
                            "golden": a.golden, "agreement": math.nan, "swapped": False,
                            "excluded": "banned" if a.annotator_id in cfg.ban else ""} for a in assignments}
     gold_ref = {c: gold[0].layers.get(c) for c in classes} if gold else None
-
-    def references() -> list[dict[int, Layer | None]]:
-        """Each crowd assignment's reference: the golden answer, or the vote of the others still counted."""
-        if gold_ref is not None:
-            return [gold_ref] * len(crowd)
-        voters = [a for a in crowd if not rows[a.assignment]["excluded"]]
-        others = consensus_of_others(voters, classes, quorum, weights)
-        by_key = {a.assignment: ref for a, ref in zip(voters, others, strict=True)}
-        if len(voters) < len(crowd):  # a left-out assignment is compared with the vote of all who still count
-            everyone = {c: weighted_region([a.layers.get(c) for a in voters], [_w(weights, a.annotator_id, c)
-                                                                               for a in voters], quorum[c])
-                        for c in classes}
-            return [by_key.get(x.assignment, everyone) for x in crowd]
-        return others
-
     flips = (swapped_by_reference(crowd, gold_ref, pairs, cfg.swap_margin) if gold_ref is not None
              else swapped_by_camps(crowd, pairs, cfg.swap_margin, spec))
     for k in flips:
@@ -254,32 +326,39 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
             crowd[k] = crowd[k].swapped(spec.flip_lut)
         else:
             rows[crowd[k].assignment]["excluded"] = "swapped"
-    refs = references()
+    ballot = Ballot.of(crowd, classes, quorum, weights)
+    counted = [k for k, a in enumerate(crowd) if not rows[a.assignment]["excluded"]]
+
+    def reference_iou(k: int, c: int) -> float:
+        """IoU with the reference: the golden answer, or the vote of the others still counted (of all who count,
+        for an assignment left out)."""
+        if gold_ref is not None:
+            return layer_iou(crowd[k].layers.get(c), gold_ref[c])
+        return ballot.tallies[c].iou(k, ballot.passes(c, counted, k if k in counted else -1))
+
     scores = []
     for k, a in enumerate(crowd):
-        agreement, ious = mean_iou(a, refs[k], classes)
-        rows[a.assignment]["agreement"] = agreement
+        ious = [reference_iou(k, c) for c in classes]
+        rows[a.assignment]["agreement"] = mean_iou(ious)
         scores += [{"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
                     "class_id": c, "iou": v, "vs_gold": gold_ref is not None} for c, v in zip(classes, ious,
                                                                                                 strict=True)]
-    counted = [a for a in crowd if not rows[a.assignment]["excluded"]]
-    support = {a.assignment: rows[a.assignment]["agreement"] for a in counted}
+    support = {k: rows[crowd[k].assignment]["agreement"] for k in counted}
     if gold_ref is None and any(v < cfg.min_agreement for v in support.values()):
         # the others' vote can be empty when most of them are spam: a match with any single peer also counts
-        for a in counted:
-            peers = [mean_iou(a, {c: b.layers.get(c) for c in classes}, classes)[0] for b in counted if b is not a]
-            support[a.assignment] = max([np.nan_to_num(support[a.assignment]), *np.nan_to_num(peers)])
-    best = sorted(counted, key=lambda a: -np.nan_to_num(support[a.assignment], nan=1.0))
-    keep = {a.assignment for a in best[: cfg.min_annotators]
-            if np.nan_to_num(support[a.assignment], nan=1.0) >= SPAM_AGREEMENT}
-    for a in counted if len(counted) > 1 else []:  # the best min_annotators stay unless they look like spam
-        if support[a.assignment] < cfg.min_agreement and a.assignment not in keep:
-            rows[a.assignment]["excluded"] = "low_agreement"
-    used = [a for a in crowd if not rows[a.assignment]["excluded"]]
+        for k in counted:
+            peers = [mean_iou([ballot.tallies[c].pair_iou(k, j) for c in classes]) for j in counted if j != k]
+            support[k] = max([np.nan_to_num(support[k]), *np.nan_to_num(peers)])
+    best = sorted(counted, key=lambda k: -np.nan_to_num(support[k], nan=1.0))
+    keep = {k for k in best[: cfg.min_annotators] if np.nan_to_num(support[k], nan=1.0) >= SPAM_AGREEMENT}
+    for k in counted if len(counted) > 1 else []:  # the best min_annotators stay unless they look like spam
+        if support[k] < cfg.min_agreement and k not in keep:
+            rows[crowd[k].assignment]["excluded"] = "low_agreement"
     if not final:
         return Fusion(None, None, "", "", [], list(rows.values()), scores, [])
-    by_key = {a.assignment: a for a in assignments} | {a.assignment: a for a in crowd}
-    return _vote(photo_id, used, gold, rows, scores, spec, cfg, quorum, needed, weights, height, width, by_key)
+    used = [k for k in counted if not rows[crowd[k].assignment]["excluded"]]
+    layers = {a.assignment: a.layers for a in assignments} | {a.assignment: a.layers for a in crowd}
+    return _vote(photo_id, crowd, used, gold, rows, scores, spec, cfg, needed, ballot, height, width, layers)
 
 
 @cache
@@ -287,14 +366,15 @@ def _flip_pairs(flip_lut: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(c, f) for c, f in enumerate(flip_lut) if c < f]
 
 
-def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLayers], rows: dict[str, dict[str, Any]],
-          scores: list[dict[str, Any]], spec: Spec, cfg: MergeConfig, quorum: dict[int, float],
-          needed: dict[int, float], weights: dict[tuple[str, int], float], height: int, width: int,
-          by_key: dict[str, AssignmentLayers]) -> Fusion:
+def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: list[AssignmentLayers],
+          rows: dict[str, dict[str, Any]], scores: list[dict[str, Any]], spec: Spec, cfg: MergeConfig,
+          needed: dict[int, float], ballot: Ballot, height: int, width: int, layers: dict[str, dict[int, Layer]]
+          ) -> Fusion:
+    """The final vote of the ``used`` crowd assignments (indices into ``crowd``), its agreement and its tables."""
     classes = spec.draw_ids
     reasons: list[str] = []
-    vote = {c: weighted_region([a.layers.get(c) for a in used], [_w(weights, a.annotator_id, c) for a in used],
-                               quorum[c]) for c in classes}
+    passing = {c: ballot.passes(c, used) for c in classes}
+    vote = {c: ballot.tallies[c].region(passing[c]) for c in classes}
     golden = {c: gold[0].layers.get(c) for c in classes} if gold else None
     if cfg.use_golden and golden is not None:
         regions, source = golden, "golden"
@@ -303,49 +383,61 @@ def _vote(photo_id: str, used: list[AssignmentLayers], gold: list[AssignmentLaye
         if len(used) < cfg.min_annotators:
             reasons.append(f"too_few_annotators:{len(used)}")
     mask = composite(regions, classes, height, width)
-    share = np.ones((height, width), np.float32)  # outside every drawn layer, all agree on background
-    every = [la for a in used for la in a.layers.values()]
-    if every:
-        y0, x0 = min(la.y0 for la in every), min(la.x0 for la in every)
-        y1, x1 = max(la.y1 for la in every), max(la.x1 for la in every)
-        window = mask[y0:y1, x0:x1]
-        agree = np.zeros(window.shape, np.float32)
-        for a in used:
-            agree += composite(_shifted(a.layers, y0, x0), classes, y1 - y0, x1 - x0) == window
-        share[y0:y1, x0:x1] = agree / len(used)
+    shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes)
     class_rows, disputed = [], []
     for c in classes:
-        ious = [layer_iou(a.layers.get(c), vote[c]) for a in used]
-        ws = [_w(weights, a.annotator_id, c) for a in used]
+        tally = ballot.tallies[c]
+        ious = [tally.iou(k, passing[c]) for k in used]
+        ws = [ballot.weights[c][k] for k in used]
         finite = [(v, w) for v, w in zip(ious, ws, strict=True) if not math.isnan(v)]
         agreement = sum(v * w for v, w in finite) / sum(w for _, w in finite) if finite else math.nan
-        pairwise = [layer_iou(a.layers.get(c), b.layers.get(c)) for i, a in enumerate(used) for b in used[i + 1:]]
+        pairwise = [tally.pair_iou(i, j) for n, i in enumerate(used) for j in used[n + 1:]]
         pairwise = [v for v in pairwise if not math.isnan(v)]
         if source == "vote" and not math.isnan(agreement) and agreement < needed[c]:
             disputed.append(spec.classes[c].name)
         class_rows.append({"photo_id": photo_id, "class": spec.classes[c].name, "pixels": area(regions[c]),
-                           "drawn_by": sum(c in a.layers for a in used), "agreement": agreement,
+                           "drawn_by": sum(c in crowd[k].layers for k in used), "agreement": agreement,
                            "pairwise_iou": float(np.mean(pairwise)) if pairwise else math.nan,
                            "disputed": spec.classes[c].name in disputed,
                            "gold_iou": layer_iou(vote[c], golden[c]) if golden is not None else math.nan})
     if disputed:
         reasons.append("disputed:" + ",".join(disputed))
     status = "needs_reannotation" if reasons else "accepted"
-    unanimous = float(np.mean(share >= 1.0)) if used else math.nan
+    tallied = {a.assignment: k for k, a in enumerate(crowd)} if source == "vote" else {}
+    used_keys = {crowd[k].assignment for k in used}
     for r in rows.values():
-        own = by_key[r["assignment"]].layers
-        ious = {c: layer_iou(own.get(c), regions[c]) for c in classes}
-        finite = [v for v in ious.values() if not math.isnan(v)]
-        r.update(used=r["assignment"] in {a.assignment for a in used},
-                 mean_iou=float(np.mean(finite)) if finite else 1.0,
+        k = tallied.get(r["assignment"])
+        ious = {c: layer_iou(layers[r["assignment"]].get(c), regions[c]) if k is None
+                else ballot.tallies[c].iou(k, passing[c]) for c in classes}
+        r.update(used=r["assignment"] in used_keys, mean_iou=mean_iou(list(ious.values()), 1.0),
                  **{f"iou_{spec.classes[c].name}": v for c, v in ious.items()})
-    return Fusion(mask, np.round(share * 255).astype(np.uint8), source, status, reasons, list(rows.values()),
-                  scores, class_rows, unanimous, [a.assignment for a in used])
+    return Fusion(mask, shares, source, status, reasons, list(rows.values()), scores, class_rows, unanimous,
+                  [crowd[k].assignment for k in used])
 
 
-def _shifted(layers: dict[int, Layer], y0: int, x0: int) -> dict[int, Layer]:
-    """Layers with their origin moved by (-y0, -x0)."""
-    return {c: Layer(la.y0 - y0, la.x0 - x0, la.mask) for c, la in layers.items()}
+def _agreement(mask: np.ndarray, used: list[dict[int, Layer]], classes: list[int]) -> tuple[np.ndarray, float]:
+    """Per pixel, the uint8 share (0-255) of the used assignments whose own composite gives it the merged class,
+    and the share of pixels where they all do (NaN without assignments)."""
+    agreement = np.full(mask.shape, 255, np.uint8)  # outside every drawn layer, all agree on background
+    every = [la for layers in used for la in layers.values()]
+    if not every:
+        return agreement, 1.0 if used else math.nan
+    y0, x0 = min(la.y0 for la in every), min(la.x0 for la in every)
+    y1, x1 = max(la.y1 for la in every), max(la.x1 for la in every)
+    merged = mask[y0:y1, x0:x1]
+    if classes != list(range(1, len(classes) + 1)):  # compare draw positions, which paint_ranks paints
+        rank = np.zeros(256, np.uint8)
+        rank[classes] = np.arange(1, len(classes) + 1)
+        merged = lookup(rank, merged)
+    agree = np.zeros(merged.shape, np.min_scalar_type(len(used)))
+    own = np.empty_like(merged)
+    for layers in used:
+        own.fill(0)
+        np.add(agree, np.equal(paint_ranks(layers, classes, own, y0, x0), merged), out=agree)
+    share = np.arange(len(used) + 1, dtype=np.float32) / len(used)
+    agreement[y0:y1, x0:x1] = lookup(np.round(share * 255).astype(np.uint8), agree)
+    unanimous = mask.size - merged.size + int(np.count_nonzero(agree == len(used)))  # share 1.0 only where all agree
+    return agreement, unanimous / mask.size
 
 
 PHOTO_COLUMNS = ["photo_id", "status", "reasons", "source", "n_assignments", "n_used", "n_golden", "n_swapped",
@@ -385,14 +477,13 @@ def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[di
                     ) -> tuple[list[AssignmentLayers], list[dict[str, Any]], list[dict[str, Any]]]:
     """Every assignment of one photo as layers, with shape rejections and repairs."""
     layers, rejected, repairs = [], [], []
-    for a in todo.itertuples(index=False):
-        scale = ((photo.width / a.seen_width, photo.height / a.seen_height)
-                 if a.seen_width and a.seen_height else (1.0, 1.0))
-        lay, bad, fixed = assignment_layers(shapes_by.get(a.assignment, []), photo.height, photo.width, min_area,
-                                            scale)
-        layers.append(AssignmentLayers(a.assignment, a.annotator_id, bool(a.golden), lay))
-        rejected += [rejection("merge", "shape", b["reason"], b["message"], file=a.file, row=a.row,
-                               photo_id=photo.photo_id, annotator_id=a.annotator_id) for b in bad]
+    columns = ("assignment", "annotator_id", "golden", "seen_width", "seen_height", "file", "row")
+    for key, annotator, golden, seen_width, seen_height, file, row in zip(*(todo[c] for c in columns), strict=True):
+        scale = (photo.width / seen_width, photo.height / seen_height) if seen_width and seen_height else (1.0, 1.0)
+        lay, bad, fixed = assignment_layers(shapes_by.get(key, []), photo.height, photo.width, min_area, scale)
+        layers.append(AssignmentLayers(key, annotator, bool(golden), lay))
+        rejected += [rejection("merge", "shape", b["reason"], b["message"], file=file, row=row,
+                               photo_id=photo.photo_id, annotator_id=annotator) for b in bad]
         repairs += fixed
     return layers, rejected, repairs
 
@@ -404,7 +495,9 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     ``assignments`` and ``shapes`` hold only rows of these photos. Masks and agreement maps go to
     ``out_dir/<photo key>.png`` and ``out_dir/<photo key>.agreement.png``.
     """
-    shapes_by = {k: g.to_dict("records") for k, g in shapes.groupby("assignment", sort=False)}
+    shapes_by: dict[str, list[dict[str, Any]]] = {}
+    for s in shapes.to_dict("records"):
+        shapes_by.setdefault(s["assignment"], []).append(s)
     assign_by = {k: g for k, g in assignments.groupby("photo_id", sort=False)}
     photo_rows, assign_rows, score_rows, class_rows, rejected, repairs = [], [], [], [], [], []
     for p in photos.itertuples(index=False):
@@ -422,7 +515,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         key = work_key(p.photo_id)
         cv2.imwrite(str(out_dir / f"{key}.png"), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         cv2.imwrite(str(out_dir / f"{key}.agreement.png"), result.agreement, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        counts = np.bincount(result.mask.ravel(), minlength=len(spec.classes))
+        counts = value_counts(result.mask, len(spec.classes))
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append({
             "photo_id": p.photo_id, "status": result.status, "reasons": ";".join(result.reasons),

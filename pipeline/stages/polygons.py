@@ -1,4 +1,5 @@
-"""Polygon hygiene and rasterisation: one annotator's shapes become one bbox-local 0/1 layer per class."""
+"""Polygon hygiene and rasterisation: one annotator's shapes become one bbox-local 0/1 layer per class; layers
+painted into class-index masks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shapely.geometry import Polygon, box
 
 SHIFT = 4  # cv2 fixed-point bits: polygon vertices keep 1/16 px precision
 MAX_VERTICES = 10_000  # rings are thinned to this before any geometry work, so a 10^6-point shape stays cheap
+CALCHIST_PIXELS = 1 << 24  # cv2.calcHist counts in float32: exact up to this many pixels per call
 Ring = np.ndarray  # (N, 2) float64, pixel coordinates with integer values at pixel centres
 Poly = tuple[Ring, list[Ring]]  # exterior, holes
 
@@ -63,12 +65,10 @@ def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width
     if not geom.is_valid:
         geom = shapely.make_valid(geom)
         repairs.append("made_valid")
-    frame = box(-0.5, -0.5, width - 0.5, height - 0.5)
-    if not frame.contains(geom):
-        geom = geom.intersection(frame)
+    if not _inside(geom, width, height):
+        geom = geom.intersection(_frame(width, height))
         repairs.append("clipped")
-    parts = [q for p in shapely.get_parts(geom) for q in shapely.get_parts(p) if isinstance(q, Polygon)
-             and not q.is_empty]
+    parts = _polygons(geom)
     if not parts:
         code = "outside_image" if "clipped" in repairs else "degenerate"
         raise ShapeRejected(code, "nothing of the polygon lies inside the image" if code == "outside_image"
@@ -77,6 +77,25 @@ def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width
     if area < min_area:
         raise ShapeRejected("too_small", f"area {area:.1f} px is below merge.min_shape_area_px={min_area}")
     return [(np.asarray(p.exterior.coords), [np.asarray(r.coords) for r in p.interiors]) for p in parts], repairs
+
+
+def _frame(width: int, height: int) -> Polygon:
+    """The photo's pixel area: pixel centres are integers, so it runs from -0.5 to size - 0.5."""
+    return box(-0.5, -0.5, width - 0.5, height - 0.5)
+
+
+def _inside(geom: shapely.Geometry, width: int, height: int) -> bool:
+    """Whether the photo's pixel area contains the geometry (bounds strictly inside it answer without building it)."""
+    x0, y0, x1, y1 = geom.bounds  # NaN when empty
+    return (x0 > -0.5 and y0 > -0.5 and x1 < width - 0.5 and y1 < height - 0.5) or _frame(width, height).contains(geom)
+
+
+def _polygons(geom: shapely.Geometry) -> list[Polygon]:
+    """The non-empty polygons of a geometry, with multi-part geometries and collections opened (two levels)."""
+    if isinstance(geom, Polygon):
+        return [] if geom.is_empty else [geom]
+    return [q for p in shapely.get_parts(geom) for q in shapely.get_parts(p) if isinstance(q, Polygon)
+            and not q.is_empty]
 
 
 def _scaled(ring: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
@@ -118,15 +137,16 @@ class Layer:
 def rasterise(polys: list[Poly], height: int, width: int) -> Layer | None:
     """Fill polygons (holes cut out) into a bbox-local 0/1 mask; None when nothing falls inside the image."""
     pts = np.concatenate([e for e, _ in polys])
-    x0, y0 = (max(0, math.floor(v)) for v in pts.min(axis=0))
-    x1, y1 = min(width, math.ceil(pts[:, 0].max()) + 1), min(height, math.ceil(pts[:, 1].max()) + 1)
+    (lx, ly), (hx, hy) = pts.min(axis=0).tolist(), pts.max(axis=0).tolist()
+    x0, y0 = max(0, math.floor(lx)), max(0, math.floor(ly))
+    x1, y1 = min(width, math.ceil(hx) + 1), min(height, math.ceil(hy) + 1)
     if x1 <= x0 or y1 <= y0:
         return None
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     origin = np.array([x0, y0], dtype=np.float64)
-    for ext, holes in polys:
+    for n, (ext, holes) in enumerate(polys):
         rings = [np.round((r - origin) * (1 << SHIFT)).astype(np.int32) for r in (ext, *holes)]
-        if holes:
+        if holes and n:  # holes cut only their own polygon: fill it apart (the first one fills a blank mask)
             part = np.zeros_like(mask)
             cv2.fillPoly(part, rings, 1, lineType=cv2.LINE_8, shift=SHIFT)
             mask |= part
@@ -152,12 +172,50 @@ class AssignmentLayers:
 
 def composite(layers: dict[int, Layer | None], draw_ids: list[int], height: int, width: int) -> np.ndarray:
     """Paint layers bottom to top in draw order into a class-index mask (missing or None layers paint nothing)."""
-    out = np.zeros((height, width), np.uint8)
-    for c in draw_ids:
+    top = paint_ranks(layers, draw_ids, np.zeros((height, width), np.uint8))
+    if draw_ids == list(range(1, len(draw_ids) + 1)):  # draw positions are the class ids
+        return top
+    return lookup(np.array([0, *draw_ids], np.uint8), top)
+
+
+def paint_ranks(layers: dict[int, Layer | None], draw_ids: list[int], out: np.ndarray, y0: int = 0, x0: int = 0
+                ) -> np.ndarray:
+    """Paint into ``out``, a zeroed window at (y0, x0) holding every layer, the 1-based draw position of each pixel's
+    topmost layer (its class in ``composite``)."""
+    blank = True
+    for c, rank in {c: rank for rank, c in enumerate(draw_ids, start=1)}.items():
         lay = layers.get(c)
-        if lay is not None:
-            out[lay.slices][lay.mask.astype(bool)] = c
+        if lay is None:
+            continue
+        view = out[lay.y0 - y0: lay.y1 - y0, lay.x0 - x0: lay.x1 - x0]
+        if blank:  # nothing painted yet: the maximum is the layer itself
+            np.multiply(lay.mask, np.uint8(rank), out=view)
+        else:
+            np.maximum(view, lay.mask * np.uint8(rank), out=view)
+        blank = False
     return out
+
+
+def lookup(table: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``table[a]`` for an array of indices (with cv2.LUT, much faster, when ``a`` is uint8)."""
+    if a.dtype != np.uint8 or not a.size:
+        return table[a]
+    return cv2.LUT(a, np.pad(table, (0, 256 - len(table))))
+
+
+def value_counts(a: np.ndarray, n: int) -> np.ndarray:
+    """How many elements of a non-negative integer array hold each value 0..n-1 (int64; n above its maximum)."""
+    if a.dtype != np.uint8 or n > 256:
+        return np.bincount(a.ravel(), minlength=n)
+    # cv2.calcHist slows down on runs of one value; spreading each column's values over its own copy of the n bins
+    # makes neighbours land in different bins
+    spread = min(8, 256 // n)
+    copies = (np.arange(a.shape[1]) % spread * n).astype(np.uint8)
+    counts = np.zeros(256, np.int64)
+    rows = max(1, CALCHIST_PIXELS // max(1, a.shape[1]))
+    for i in range(0, a.shape[0], rows):
+        counts += cv2.calcHist([a[i: i + rows] + copies], [0], None, [256], [0, 256])[:, 0].astype(np.int64)
+    return counts[: spread * n].reshape(spread, n).sum(axis=0)
 
 
 def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min_area: float,
