@@ -61,6 +61,13 @@ def test_unusable_shapes_are_rejected_with_a_reason(points, code):
     assert e.value.code == code
 
 
+def test_a_collapsed_ring_with_holes_is_rejected_not_a_crash():
+    """GEOS refuses to repair a polygon whose outline is one point but which has holes."""
+    with pytest.raises(ShapeRejected) as e:
+        clean_shape([[5, 5]] * 4, [[[1, 1], [2, 1], [2, 2]]], 100, 100, 0)
+    assert e.value.code == "degenerate"
+
+
 def test_a_million_point_polygon_is_thinned_not_choked_on():
     t = np.linspace(0, 2 * np.pi, 1_000_000, endpoint=False)
     ring = np.c_[50 + 40 * np.cos(t), 50 + 40 * np.sin(t)]

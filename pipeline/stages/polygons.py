@@ -61,13 +61,16 @@ def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width
     good = [r for r in rings if len(r) >= 3 and np.isfinite(r).all()]
     if len(good) != len(rings):
         repairs.append("dropped_hole")
-    geom: shapely.Geometry = Polygon(ext, good)
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-        repairs.append("made_valid")
-    if not _inside(geom, width, height):
-        geom = geom.intersection(_frame(width, height))
-        repairs.append("clipped")
+    try:
+        geom: shapely.Geometry = Polygon(ext, good)
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+            repairs.append("made_valid")
+        if not _inside(geom, width, height):
+            geom = geom.intersection(_frame(width, height))
+            repairs.append("clipped")
+    except shapely.errors.GEOSException as e:  # e.g. a ring collapsed to a point that still has holes
+        raise ShapeRejected("degenerate", f"the polygon cannot be repaired: {e}") from None
     parts = _polygons(geom)
     if not parts:
         code = "outside_image" if "clipped" in repairs else "degenerate"
