@@ -34,7 +34,8 @@ browser:
 	         && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } \
 	  || echo "warning: could not install chromium; tests/test_report_browser.py will be skipped"; }
 
-# make bench: install the benchmark peers into the same venv and run the side-by-side benchmarks (~10 min).
+# make bench: install the benchmark peers into the same venv and run the side-by-side benchmarks (~10 min),
+# then scale.py (hours on 2 cores: 20k-photo builds; the crowd is simulated once under /work/bench-data/scale).
 # imagededup goes in with --no-deps: its torch/torchvision are for its CNN only, and would pull GBs of CUDA.
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[bench]'
@@ -50,6 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/report_time.py
 	$(BIN)/python benchmarks/qa_defects.py
 	$(BIN)/python benchmarks/split_quality.py
+	$(BIN)/python benchmarks/scale.py
 
 schemas: $(STAMP)
 	$(BIN)/crowdseg schemas

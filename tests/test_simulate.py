@@ -240,7 +240,8 @@ def test_portrait_spec_and_an_all_careful_crowd(portrait_sim: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"pool": 2}, {"profiles": {"careful": 1, "genius": 1}}, {"spec": "nope"},
-                                 {"size": (32, 32)}, {"gold_share": 2.0}, {"defects": -1}])
+                                 {"size": (32, 32)}, {"gold_share": 2.0}, {"defects": -1},
+                                 {"devices": {"flip_phone": 1.0}}, {"devices": {"phone_vga": 0.0}}, {"workers": 0}])
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, bad: dict) -> None:
     with pytest.raises(CrowdsegError):
         simulate(tmp_path, **({"photos": 2, "users": 1, "annotators": 3, "seed": 0} | bad))
@@ -248,6 +249,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, bad: dict) -> None:
 
 def files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_device_shares_choose_photo_sizes_and_workers_change_no_byte(tmp_path: Path) -> None:
+    run = {"photos": 10, "users": 6, "annotators": 2, "seed": 2, "devices": {"laptop_webcam": 1.0, "phone_vga": 1.0}}
+    counts = simulate(tmp_path / "one", **run)
+    assert simulate(tmp_path / "two", **run, workers=2) == counts
+    assert files(tmp_path / "one") == files(tmp_path / "two")
+    originals = [r for r in rows(tmp_path / "one" / "truth" / "photos.csv") if r["kind"] == "original"]
+    sizes = {r["device"]: (int(r["width"]), int(r["height"])) for r in originals}
+    assert sizes == {"laptop_webcam": (1920, 1080), "phone_vga": (720, 960)}
 
 
 def defective(out: Path) -> dict[str, list[str]]:

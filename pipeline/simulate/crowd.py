@@ -12,6 +12,8 @@ import io
 import json
 import math
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +40,7 @@ DUPLICATE_KINDS = ("exact_cross_user", "recompressed", "resized", "cropped", "br
 DEFECT_KINDS = ("blurred", "dark", "tiny_face")
 IMAGE_DEFECTS = {"blurred": blur, "dark": underexpose}  # tiny_face is drawn so, not edited afterwards
 DEVICES = {"laptop_webcam": (1920, 1080), "phone_fhd": (1080, 1920), "phone_3mp": (1440, 1920), "phone_vga": (720, 960)}
-DEVICE_SHARES = (0.15, 0.15, 0.2, 0.5)
+DEVICE_SHARES = (0.15, 0.15, 0.2, 0.5)  # default share of users per device, in the order of DEVICES
 EPOCH = datetime(2024, 3, 1, tzinfo=UTC)
 DAY = 86_400
 BROKEN_COLUMNS = ["kind", "file", "row", "photo_id", "detail"]
@@ -88,13 +90,17 @@ def stamp(seconds: int) -> str:
     return (EPOCH + timedelta(seconds=int(seconds))).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def plan_uploads(photos: int, users: int, seed: int, size: tuple[int, int] | None) -> list[Upload]:
-    """Originals spread over users Zipf-like, about 10% duplicates on top, ids given in upload order."""
+def plan_uploads(photos: int, users: int, seed: int, size: tuple[int, int] | None,
+                 devices: dict[str, float] | None = None) -> list[Upload]:
+    """Originals spread over users Zipf-like, about 10% duplicates on top, ids given in upload order.
+
+    Each user owns one device of DEVICES, drawn with the ``devices`` shares (default DEVICE_SHARES)."""
     names = list(DEVICES)
-    devices = [names[i] for i in _rng(seed, DEVICE_PLAN).choice(len(names), users, p=DEVICE_SHARES)]
+    shares = np.array(DEVICE_SHARES if devices is None else [devices.get(n, 0.0) for n in names], dtype=float)
+    owned = [names[i] for i in _rng(seed, DEVICE_PLAN).choice(len(names), users, p=shares / shares.sum())]
     owners = _owners(photos, users, _rng(seed, OWNER_PLAN))
-    originals = [_original(i, int(owners[i]), devices[owners[i]], size, _rng(seed, UPLOAD, i)) for i in range(photos)]
-    uploads = originals + _duplicates(originals, users, devices, seed)
+    originals = [_original(i, int(owners[i]), owned[owners[i]], size, _rng(seed, UPLOAD, i)) for i in range(photos)]
+    uploads = originals + _duplicates(originals, users, owned, seed)
     for n, up in enumerate(sorted(uploads, key=lambda u: (u.seconds, u.key)), start=1):
         up.photo_id = f"p{n:06d}"
     return uploads
@@ -269,6 +275,29 @@ def _truth_row(up: Upload, src: Upload, pic: Portrait) -> dict:
             "defect": up.defect}
 
 
+@dataclass(frozen=True)
+class Line:
+    """An annotation line as its sort key, shape count and JSON text (as dicts, a big crowd's lines take GBs)."""
+
+    photo_id: str
+    annotator_id: str
+    shapes: int
+    text: str
+
+    @classmethod
+    def of(cls, line: dict | Line) -> Line:
+        if isinstance(line, Line):
+            return line
+        return cls(line["photo_id"], line["annotator_id"], len(line["shapes"]), json.dumps(line, separators=(",", ":")))
+
+    @staticmethod
+    def key(line: dict | Line) -> tuple[str, str]:
+        """File order: by photo, then annotator."""
+        if isinstance(line, Line):
+            return line.photo_id, line.annotator_id
+        return line["photo_id"], line["annotator_id"]
+
+
 def break_lines(lines: list[dict], uploads: list[Upload], rng: np.random.Generator) -> list[dict]:
     """Spoil a few annotation lines, one way each, and add a line for an unknown photo; say what was done."""
     widths = {u.photo_id: u.size[0] for u in uploads}
@@ -321,7 +350,8 @@ def _prepare(out: Path) -> None:
 
 
 def _check(photos: int, users: int, annotators: int, seed: int, pool: int, size: tuple[int, int] | None,
-           profiles: dict[str, float], gold_share: float, defects: int, spec: Spec) -> None:
+           profiles: dict[str, float], gold_share: float, defects: int, spec: Spec,
+           devices: dict[str, float] | None, workers: int) -> None:
     if photos < 1 or users < 1 or annotators < 1:
         raise CrowdsegError("photos, users and annotators must be at least 1")
     if defects < 0:
@@ -335,6 +365,11 @@ def _check(photos: int, users: int, annotators: int, seed: int, pool: int, size:
     unknown = set(profiles) - set(DEFAULT_PROFILES)
     if unknown or any(v < 0 for v in profiles.values()) or sum(profiles.values()) <= 0:
         raise CrowdsegError(f"profiles must give non-negative shares of {', '.join(DEFAULT_PROFILES)}, got {profiles}")
+    if devices is not None and (set(devices) - set(DEVICES) or any(v < 0 for v in devices.values())
+                                or sum(devices.values()) <= 0):
+        raise CrowdsegError(f"devices must give non-negative shares of {', '.join(DEVICES)}, got {devices}")
+    if workers < 1:
+        raise CrowdsegError(f"workers must be at least 1, got {workers}")
     if not 0 <= gold_share <= 1:
         raise CrowdsegError(f"gold_share must be between 0 and 1, got {gold_share}")
     missing = [n for n in spec.names[1:] if n not in LAYER_NAMES]
@@ -345,18 +380,22 @@ def _check(photos: int, users: int, annotators: int, seed: int, pool: int, size:
 def simulate(out: Path, *, photos: int, users: int, annotators: int, seed: int,
              size: tuple[int, int] | None = None, pool: int | None = None,
              profiles: dict[str, float] | None = None, gold_share: float = 0.05,
-             broken: bool = False, spec: str = "easyportrait", defects: int = 0) -> dict[str, int]:
+             broken: bool = False, spec: str = "easyportrait", defects: int = 0,
+             devices: dict[str, float] | None = None, workers: int = 1) -> dict[str, int]:
     """Write a synthetic crowd project to ``out`` (see the package docstring for the layout); return counts.
 
     ``defects`` photos of each of DEFECT_KINDS are picked among originals that are neither gold, duplicated nor
-    broken; the annotators still trace what is really there.
+    broken; the annotators still trace what is really there. ``devices`` gives the share of users per device of
+    DEVICES (which sets their photos' sizes; unnamed devices get none), e.g. ``{"laptop_webcam": 1, "phone_vga": 2}``;
+    ``size`` overrides it. ``workers`` processes render the photos; every draw is seeded per item, so the files are
+    the same whatever the number.
     """
     out, the_spec = Path(out), load_spec(spec)
     pool = 4 * annotators if pool is None else pool
     profiles = DEFAULT_PROFILES if profiles is None else profiles
-    _check(photos, users, annotators, seed, pool, size, profiles, gold_share, defects, the_spec)
+    _check(photos, users, annotators, seed, pool, size, profiles, gold_share, defects, the_spec, devices, workers)
 
-    uploads = plan_uploads(photos, users, seed, size)
+    uploads = plan_uploads(photos, users, seed, size, devices)
     for up in uploads:
         up.annotators = sorted(int(i) for i in _rng(seed, CROWD, up.key).choice(pool, annotators, replace=False))
     for key in _rng(seed, GOLD_PLAN).choice(photos, round(gold_share * photos), replace=False):
@@ -373,37 +412,47 @@ def simulate(out: Path, *, photos: int, users: int, annotators: int, seed: int,
     groups: dict[int, list[Upload]] = {}
     for up in uploads:
         groups.setdefault(up.original, []).append(up)
-    for key in sorted(groups):
-        group_lines, group_rows = write_group(out, crowd, groups[key])
-        lines += group_lines
+    for group_lines, group_rows in _write_groups(out, crowd, [groups[key] for key in sorted(groups)], workers):
+        lines += group_lines if broken else [Line.of(line) for line in group_lines]  # broken mode edits them
         truth_rows += group_rows
 
     broken_rows = break_lines(lines, uploads, _rng(seed, BROKEN_LINES)) if broken else []
-    lines.sort(key=lambda line: (line["photo_id"], line["annotator_id"]))
+    lines.sort(key=Line.key)
     uploads.sort(key=lambda u: u.photo_id)
     _write_inputs(out, uploads, lines, spec)
     _write_truth(out / "truth", crowd, uploads, lines, truth_rows, broken_rows)
     return {"photos": photos, "duplicates": len(uploads) - photos, "manifest_rows": len(uploads),
             "users": len({u.user for u in uploads}), "annotators": pool, "assignments": len(lines),
-            "gold": sum(u.gold for u in uploads), "shapes": sum(len(line["shapes"]) for line in lines),
+            "gold": sum(u.gold for u in uploads), "shapes": sum(Line.of(line).shapes for line in lines),
             "broken": len(broken_rows) + (crowd.truncate is not None), "defects": sum(bool(u.defect) for u in uploads)}
 
 
-def _write_inputs(out: Path, uploads: list[Upload], lines: list[dict], spec: str) -> None:
+def _write_groups(out: Path, crowd: Crowd, work: list[list[Upload]], workers: int
+                  ) -> Iterator[tuple[list[dict], list[dict]]]:
+    """``write_group`` on each group, in order, in this process or in a pool of ``workers``."""
+    if workers == 1:
+        yield from (write_group(out, crowd, group) for group in work)
+        return
+    with ProcessPoolExecutor(workers) as executor:
+        chunk = max(1, min(64, len(work) // (4 * workers)))
+        yield from executor.map(write_group, [out] * len(work), [crowd] * len(work), work, chunksize=chunk)
+
+
+def _write_inputs(out: Path, uploads: list[Upload], lines: list[dict] | list[Line], spec: str) -> None:
     """The manifest, annotations and config a real project would have (the photos are already written)."""
     _write_csv(out / "photos.csv", ["photo_id", "user_id", "path", "submitted_at", "device"],
                [{"photo_id": u.photo_id, "user_id": user_id(u.user), "path": u.path, "submitted_at": stamp(u.seconds),
                  "device": u.device} for u in uploads])
     with (out / "annotations.jsonl").open("w", encoding="utf-8", newline="\n") as f:
-        f.writelines(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        f.writelines(Line.of(line).text + "\n" for line in lines)
     spec_ref = str(Path(spec).resolve()) if Path(spec).suffix else spec
     (out / "config.toml").write_text(
         f'[inputs]\nphotos = "photos.csv"\nannotations = "annotations.jsonl"\nspec = {json.dumps(spec_ref)}\n\n'
         '[output]\nout = "build"\n', encoding="utf-8")
 
 
-def _write_truth(truth: Path, crowd: Crowd, uploads: list[Upload], lines: list[dict], truth_rows: list[dict],
-                 broken_rows: list[dict]) -> None:
+def _write_truth(truth: Path, crowd: Crowd, uploads: list[Upload], lines: list[dict] | list[Line],
+                 truth_rows: list[dict], broken_rows: list[dict]) -> None:
     """The truth tables (the masks are already written). ``uploads`` and ``lines`` are in file order."""
     ids = {u.key: u.photo_id for u in uploads}
     _write_csv(truth / "duplicates.csv", ["photo_id", "original_photo_id", "kind", "same_user"],

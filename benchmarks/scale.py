@@ -1,0 +1,781 @@
+"""Rebuilds at scale: a cold build of a simulated 20,000-photo crowd against its floor, incremental rebuilds into
+the same folder, and the peak memory of the table-level stages at 20k and 200k photos.
+
+1. Data. A crowd is simulated once (5 annotators per photo, users as in EasyPortrait: 8,377 per 20,000 photos,
+   FullHD 1920x1080 / 1080x1920 and 720x960 photos) and cached under ``--data``, outside the repository. A 99%
+   variant (the last 1% of uploads, their manifest rows and annotation lines, held out) is written beside it.
+2. Builds. Every build is ``crowdseg build --config C --out O`` in a subprocess started by a small ``python -c``
+   wrapper that reports its child's wall time, CPU time and peak RSS (``os.wait4``: the build process and every
+   process it waited for). Per-stage seconds come from ``O/reports/timings.csv``. The builds run from a snapshot
+   of ``pipeline/`` taken at start, so edits made while the benchmark runs do not change the cache keys.
+   - cold: the whole crowd into an empty folder, default config;
+   - (a) rebuild into the same folder with ``[split] ratios = {train=0.7, val=0.15, test=0.15}``;
+   - (c) rebuild into the same folder, (a)'s config plus ``[merge] class_agreement = {teeth = 0.6}``;
+   - (b) a second folder: a build of the 99% crowd, then a rebuild of the whole crowd with
+     ``[merge] pin_skills`` and ``[split] previous`` pointing at that folder's ``work/weights.csv`` and
+     ``work/splits.csv``.
+3. Floor, in the same run: each photo of the manifest decoded once (``cv2.imdecode``) and each merged mask of the
+   cold build encoded once (``cv2.imwrite``, PNG compression 1), in a pool of ``os.cpu_count()`` processes. Only
+   the decode and encode calls are timed (loading a mask to encode is not); the floor is the busiest worker's
+   timed seconds.
+4. Table-level memory: hash-index, manifest, assignment and merge-result tables for N photos, tiled from the real
+   ingest and merge output of 40 photos of the crowd (new ids, users, hashes and planted duplicates), go through
+   dedup, skills, hold-back, split, accounting, QA and the report tables in a fresh subprocess that reports VmHWM;
+   once at 20k and once at 200k.
+
+    python benchmarks/scale.py            # 20,000 photos: simulating ~25 min once, then the builds (hours)
+    python benchmarks/scale.py --quick    # 1,000 photos, tables at 1k and 10k: a few minutes after simulating
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, table
+
+DEFAULT_DATA = Path("/work/bench-data/scale")
+MIX = {"laptop_webcam": 0.25, "phone_fhd": 0.25, "phone_vga": 0.5}  # 1920x1080, 1080x1920 and 720x960 photos
+USERS_PER_PHOTO = 8_377 / 20_000  # EasyPortrait: 20,000 photos from 8,377 users
+ANNOTATORS = 5
+HOLD_OUT = 0.01  # case (b): the last 1% of uploads arrive after the first build
+TEMPLATE_PHOTOS = 40  # real photos whose ingest and merge rows are tiled for the table-level runs
+KEY = "scale-benchmark-pseudonym-key"
+RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
+TARGETS = {"a": 0.05, "b": 0.10}  # share of the cold build's time
+
+WRAPPER = r"""
+import json, os, subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+with open(out + ".log", "wb") as log:
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+with open(out, "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "seconds": seconds, "peak_mb": usage.ru_maxrss / 1024,
+               "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+"""
+"""Runs one command and reports its wall time, exit code, CPU time and peak RSS. The wrapper is a fresh small
+process: Linux's ru_maxrss of a child starts from its parent's peak, so a big parent would hide the child's."""
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+
+def crowd_params(photos: int, seed: int) -> dict[str, Any]:
+    return {"photos": photos, "users": max(1, round(photos * USERS_PER_PHOTO)), "annotators": ANNOTATORS,
+            "seed": seed, "pool": max(20, photos // 50), "devices": MIX}
+
+
+def ensure_crowd(data: Path, photos: int, seed: int, workers: int) -> tuple[Path, dict[str, Any]]:
+    """The simulated crowd, simulated on first use and reused afterwards (``simulated.json`` marks a whole one)."""
+    from pipeline.simulate import simulate
+
+    folder = data / f"crowd-{photos}-seed{seed}"
+    marker = folder / "simulated.json"
+    params = crowd_params(photos, seed)
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        if info["params"] == params:
+            return folder, info
+    print(f"simulating {photos:,} photos into {folder} with {workers} processes (once; reused later) ...",
+          file=sys.stderr, flush=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an unfinished or different simulation, and its hold-out files
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    counts = simulate(folder, **params, workers=workers)
+    info = {"params": params, "counts": counts, "seconds": round(time.perf_counter() - start, 1),
+            "workers": workers, "cpu_count": os.cpu_count()}
+    marker.write_text(json.dumps(info, indent=1))
+    return folder, info
+
+
+def hold_out(crowd: Path) -> dict[str, Any]:
+    """Write ``photos_99.csv`` and ``annotations_99.jsonl`` beside the crowd's files: the last ``HOLD_OUT`` of the
+    manifest rows (photo ids are given in upload order) and their annotation lines left out."""
+    import pandas as pd
+
+    marker = crowd / "holdout.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    manifest = pd.read_csv(crowd / "photos.csv", dtype=str, keep_default_na=False)
+    n = max(1, round(HOLD_OUT * len(manifest)))
+    held = set(manifest.sort_values("photo_id")["photo_id"].iloc[-n:])
+    manifest[~manifest["photo_id"].isin(held)].to_csv(crowd / "photos_99.csv", index=False, lineterminator="\n")
+    kept_lines = dropped_lines = 0
+    with (crowd / "annotations.jsonl").open(encoding="utf-8") as src, \
+            (crowd / "annotations_99.jsonl").open("w", encoding="utf-8", newline="\n") as dst:
+        for line in src:
+            if json.loads(line)["photo_id"] in held:
+                dropped_lines += 1
+            else:
+                dst.write(line)
+                kept_lines += 1
+    info = {"rows": len(manifest), "held_rows": n, "lines": kept_lines + dropped_lines, "held_lines": dropped_lines}
+    marker.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def crowd_mix(crowd: Path) -> str:
+    import pandas as pd
+
+    truth = pd.read_csv(crowd / "truth" / "photos.csv", dtype=str)
+    sizes = (truth["width"] + "x" + truth["height"]).value_counts()
+    main = [s for s in ("1920x1080", "1080x1920", "720x960") if s in sizes]
+    other = len(truth) - int(sizes[main].sum())
+    return ", ".join(f"{s} {sizes[s]:,}" for s in main) + f", other (resized/cropped copies) {other:,}"
+
+
+# ---------------------------------------------------------------------------------------------------------- code
+
+def snapshot_code(scratch: Path) -> Path:
+    """A copy of the package and specs the builds run from (the cache keys hash the package source)."""
+    code = scratch / "code"
+    shutil.rmtree(code, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "pipeline", code / "pipeline", ignore=ignore)
+    shutil.copytree(ROOT / "annotation_specs", code / "annotation_specs", ignore=ignore)
+    return code
+
+
+def supports(code: Path, section: str, name: str) -> bool:
+    """Whether the snapshot's config has ``[section] name``."""
+    out = subprocess.run([sys.executable, "-c", f"from pipeline.config import Config; "
+                          f"print({name!r} in Config.model_fields[{section!r}].annotation.model_fields)"],
+                         env=child_env(code, None), capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
+def child_env(code: Path, prefect_home: Path | None) -> dict[str, str]:
+    env = os.environ | {"PYTHONPATH": str(code), "CROWDSEG_PSEUDONYM_KEY": KEY, "DO_NOT_TRACK": "1",
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONDONTWRITEBYTECODE": "1",
+                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60"}
+    if prefect_home is not None:
+        env["PREFECT_HOME"] = str(prefect_home)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------- builds
+
+@dataclass
+class Run:
+    name: str
+    rc: int = -1
+    seconds: float = float("nan")
+    peak_mb: float = float("nan")
+    cpu_s: float = float("nan")
+    stages: dict[str, float] = field(default_factory=dict)
+    items: dict[str, tuple[int, int]] = field(default_factory=dict)  # stage -> (computed, reused)
+    ledger: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+    error: str = ""
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def write_config(path: Path, crowd: Path, sections: dict[str, dict[str, Any]], photos: str = "photos.csv",
+                 annotations: str = "annotations.jsonl") -> Path:
+    sections = {"inputs": {"photos": str(crowd / photos), "annotations": str(crowd / annotations)}} | sections
+    text = "".join(f"[{s}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in kv.items()) + "\n"
+                   for s, kv in sections.items())
+    tomllib.loads(text)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def build(name: str, config: Path, out: Path, code: Path, prefect_home: Path, logs: Path) -> Run:
+    """One ``crowdseg build`` in a subprocess; its time, peak RSS, per-stage seconds and ledger."""
+    import pandas as pd
+
+    report = logs / f"{name}.json"
+    cmd = [str(Path(sys.executable).with_name("crowdseg")), "build", "--config", str(config), "--out", str(out)]
+    print(f"build {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-c", WRAPPER, str(report), *cmd], env=child_env(code, prefect_home), check=True)
+    res = json.loads(report.read_text())
+    run = Run(name, res["rc"], res["seconds"], res["peak_mb"], res["cpu_s"])
+    log = Path(str(report) + ".log").read_text(errors="replace")
+    if run.rc != 0:
+        run.error = " | ".join(line.strip() for line in log.strip().splitlines()[-3:])[-300:]
+        print(f"  failed (exit {run.rc}): {run.error}", file=sys.stderr, flush=True)
+        return run
+    for line in log.splitlines():
+        if line.startswith("ledger: "):
+            run.ledger = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)(?=, |$)", line)}
+    timings = out / "reports" / "timings.csv"
+    if timings.is_file():
+        t = pd.read_csv(timings, keep_default_na=False)
+        for row in t.to_dict("records"):
+            stage = str(row["stage"])
+            if stage.endswith(" items") and "computed" in t:
+                run.items[stage.removesuffix(" items")] = (int(row["computed"] or 0), int(row["reused"] or 0))
+            elif row.get("seconds", "") != "":
+                run.stages[stage] = float(row["seconds"])
+    print(f"  {run.seconds:.1f} s, peak {run.peak_mb:,.0f} MB", file=sys.stderr, flush=True)
+    return run
+
+
+def warm_prefect(code: Path, prefect_home: Path) -> None:
+    """Create the Prefect database once, so that no build pays the migrations."""
+    snippet = "from prefect import flow\n@flow\ndef warm():\n    return 1\nwarm()\n"
+    done = subprocess.run([sys.executable, "-c", snippet], env=child_env(code, prefect_home), capture_output=True,
+                          text=True)
+    if done.returncode != 0:  # not fatal: the first build then creates the database itself
+        print("warning: could not warm Prefect up: " + " | ".join(done.stderr.strip().splitlines()[-3:]),
+              file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- floor
+
+def _floor_job(job: tuple[str, list[str], str]) -> tuple[int, str, float, float, int]:
+    """Decode photos or encode masks; return (worker pid, kind, timed seconds, timed CPU seconds, items)."""
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    kind, paths, tmp = job
+    timed = cpu = 0.0
+    for n, p in enumerate(paths):
+        if kind == "decode":
+            t, c = time.perf_counter(), time.process_time()
+            image = cv2.imdecode(np.frombuffer(Path(p).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+            timed, cpu = timed + time.perf_counter() - t, cpu + time.process_time() - c
+            assert image is not None, p
+        else:
+            mask = cv2.imread(p, cv2.IMREAD_UNCHANGED)  # not timed: the build has the mask in memory
+            t, c = time.perf_counter(), time.process_time()
+            cv2.imwrite(f"{tmp}/{os.getpid()}-{n}.png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            timed, cpu = timed + time.perf_counter() - t, cpu + time.process_time() - c
+    return os.getpid(), kind, timed, cpu, len(paths)
+
+
+def merged_masks(out: Path) -> list[Path]:
+    """The merged masks a build wrote (its work folder), else its published masks."""
+    work = out / "work"
+    for pattern in ("cache/merge/**/*.png", "masks/**/*.png"):
+        found = [p for p in work.glob(pattern) if "agreement" not in p.name]
+        if found:
+            return sorted(found)
+    return sorted((out / "dataset" / "annotations").rglob("*.png"))
+
+
+def floor(crowd: Path, out: Path, scratch: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    manifest = pd.read_csv(crowd / "photos.csv", dtype=str, keep_default_na=False)
+    photos = [str(crowd / p) for p in manifest["path"]]
+    masks = [str(p) for p in merged_masks(out)]
+    tmp = scratch / "floor"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    workers = os.cpu_count() or 1
+    chunk = 25
+    jobs = ([("decode", photos[i:i + chunk], str(tmp)) for i in range(0, len(photos), chunk)]
+            + [("encode", masks[i:i + chunk], str(tmp)) for i in range(0, len(masks), chunk)])
+    busy: dict[int, float] = {}
+    by_kind = {"decode": [0.0, 0.0, 0], "encode": [0.0, 0.0, 0]}
+    start = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        for pid, kind, timed, cpu, n in pool.map(_floor_job, jobs):
+            busy[pid] = busy.get(pid, 0.0) + timed
+            by_kind[kind][0] += timed
+            by_kind[kind][1] += cpu
+            by_kind[kind][2] += n
+    wall = time.perf_counter() - start
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"workers": workers, "floor": max(busy.values(), default=0.0), "wall": wall,
+            "cpu": by_kind["decode"][1] + by_kind["encode"][1],
+            "decode_s": by_kind["decode"][0], "decode_cpu": by_kind["decode"][1], "photos": by_kind["decode"][2],
+            "encode_s": by_kind["encode"][0], "encode_cpu": by_kind["encode"][1], "masks": by_kind["encode"][2]}
+
+
+# ---------------------------------------------------------------------------------------------------------- tables
+
+def first(*names: str) -> Any:
+    """The first of ``module:attribute`` names that exists (the pipeline's glue moves between modules)."""
+    import importlib
+
+    for name in names:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {names} exists")
+
+
+def make_template(crowd: Path, path: Path) -> None:
+    """Real ingest, annotation and merge tables of the crowd's first TEMPLATE_PHOTOS photos, pickled (run in a
+    subprocess: decoding and merging photos would raise the table runs' peak memory)."""
+    from pipeline import build as b
+    from pipeline.config import load_config
+    from pipeline.io.manifest import read_manifest
+    from pipeline.stages import ingest, merge
+
+    cfg = load_config(crowd / "config.toml")
+    spec = b.resolve_spec(cfg)
+    manifest, _ = read_manifest(cfg.path(cfg.inputs.photos))
+    manifest = manifest.sort_values("photo_id", ignore_index=True).iloc[:TEMPLATE_PHOTOS]
+    photos, _ = ingest.ingest(manifest, cfg.ingest)
+    read_all = first("pipeline.io.sources:read_all_annotations", "pipeline.build:read_all_annotations")
+    assignments, shapes, _ = read_all(cfg, spec, manifest)
+    assignments = assignments[assignments["photo_id"].isin(photos["photo_id"])].reset_index(drop=True)
+    shapes = shapes[shapes["assignment"].isin(set(assignments["assignment"]))]
+    masks = path.parent / "template-masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    m = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, {}, masks)
+    with path.open("wb") as f:
+        pickle.dump({"manifest": manifest, "photos": photos, "assignments": assignments, "merge": m,
+                     "config": str(crowd / "config.toml")}, f)
+
+
+def vm_hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_hwm() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0), so each step's peak can be read."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def tile(template: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+    """Manifest, ingest and assignment tables of ``n`` photos made from the template's rows.
+
+    Each photo copies a template photo's row with a new id, a user (Zipf-like, EasyPortrait's photos per user),
+    fresh byte and pixel hashes and its pHash pair XORed with a random 64-bit mask (so hashes are spread like random
+    ones and the photo's own mirror distance is kept). 10% of the photos are then made duplicates of an earlier one,
+    as in the simulator: a sixth exact copies by another user, the rest near copies by the same user (pHash 1-6 bits
+    off, same colour thumbnail, a third of them mirrored). Each photo's assignments are its template photo's, each
+    crowd annotator mapped to one of n/50 annotators.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    tm, tp, ta = template["manifest"], template["photos"].set_index("photo_id"), template["assignments"]
+    tids = tp.index.to_numpy()
+    users = max(1, round(n * USERS_PER_PHOTO))
+    pool = max(20, n // 50)
+    src = np.arange(n) % len(tids)
+    ids = np.array([f"s{i:07d}" for i in range(n)], dtype=object)
+    weights = 1 / np.arange(1, users + 1) ** 1.1
+    owners = rng.permutation(np.concatenate([rng.permutation(users)[:n],
+                                             rng.choice(users, max(0, n - users), p=weights / weights.sum())]))
+    user = np.array([f"v{u:06d}" for u in owners], dtype=object)
+
+    photos = tp.loc[tids[src]].reset_index()
+    photos["photo_id"] = ids
+    photos["user_id"] = user
+    photos["sha256"] = [rng.bytes(32).hex() for _ in range(n)]
+    photos["pixel_hash"] = [rng.bytes(16).hex() for _ in range(n)]
+    mask = rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
+    ph = np.array([int(h, 16) for h in photos["phash"]], dtype=np.uint64) ^ mask
+    mi = np.array([int(h, 16) for h in photos["phash_mirror"]], dtype=np.uint64) ^ mask
+    seconds = np.sort(rng.integers(0, 60 * 86_400, n))
+    photos["submitted_at"] = pd.to_datetime(seconds, unit="s", origin="2024-03-01").strftime("%Y-%m-%dT%H:%M:%SZ")
+    photos["brightness"] = np.clip(photos["brightness"].to_numpy(float) + rng.normal(0, 0.08, n), 0.05, 0.95)
+
+    dups = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, round(n / 10)), replace=False)) if n > 1 else []
+    for k, d in enumerate(dups):
+        s = int(rng.integers(0, d))
+        for col in ("width", "height", "thumb", "brightness", "sharpness"):
+            photos.at[d, col] = photos.at[s, col]
+        if k % 6 == 0:  # an exact copy uploaded by someone else
+            photos.at[d, "sha256"], photos.at[d, "pixel_hash"] = photos.at[s, "sha256"], photos.at[s, "pixel_hash"]
+            ph[d], mi[d] = ph[s], mi[s]
+            other = photos.at[s, "user_id"]
+            while users > 1 and other == photos.at[s, "user_id"]:
+                other = f"v{int(rng.integers(0, users)):06d}"
+            photos.at[d, "user_id"] = other
+        else:  # a near copy by the same user
+            flip = np.uint64(0)
+            for bit in rng.choice(64, int(rng.integers(1, 7)), replace=False):
+                flip |= np.uint64(1) << np.uint64(int(bit))
+            ph[d], mi[d] = (mi[s] ^ flip, ph[s] ^ flip) if k % 3 == 0 else (ph[s] ^ flip, mi[s] ^ flip)
+            photos.at[d, "user_id"] = photos.at[s, "user_id"]
+    photos["phash"] = [f"{int(v):016x}" for v in ph]
+    photos["phash_mirror"] = [f"{int(v):016x}" for v in mi]
+    photos["row"] = np.arange(2, n + 2)
+    manifest = tm.set_index("photo_id").loc[tids[src]].reset_index()
+    for col in ("photo_id", "user_id", "submitted_at", "path", "row"):
+        manifest[col] = photos[col].to_numpy()
+
+    # assignments: the template photo's rows, annotators renamed per photo
+    golden = set(ta.loc[ta["golden"].astype(bool), "annotator_id"])
+    names = {a: i for i, a in enumerate(sorted(set(ta["annotator_id"]) - golden))}
+    assignments, target = repeat_rows(ta, "photo_id", tids[src], ids)
+    assignments["annotator_id"] = [new_annotator(a, int(t), names, pool)
+                                   for a, t in zip(assignments["annotator_id"], target, strict=True)]
+    assignments["assignment"] = assignments["photo_id"] + "-" + assignments["annotator_id"]
+    assignments["row"] = np.arange(1, len(assignments) + 1)
+    return {"manifest": manifest, "photos": photos, "assignments": assignments, "names": names, "pool": pool}
+
+
+def repeat_rows(df: Any, key: str, sources: Any, targets: Any) -> Any:
+    """For each target id, the rows of ``df`` whose ``key`` is its source id (in order), with ``key`` renamed;
+    also each row's target position."""
+    import numpy as np
+
+    order = df.sort_values(key, kind="stable").reset_index(drop=True)
+    ids, starts, counts = np.unique(order[key].to_numpy(), return_index=True, return_counts=True)
+    where = {k: i for i, k in enumerate(ids)}
+    at = np.array([where.get(t, -1) for t in sources])
+    reps = np.where(at >= 0, counts[at], 0)
+    pos = np.repeat(starts[at], reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
+    target = np.repeat(np.arange(len(targets)), reps)
+    out = order.iloc[pos].reset_index(drop=True)
+    out[key] = np.asarray(targets, dtype=object)[target]
+    return out, target
+
+
+def new_annotator(old: str, photo: int, names: dict[str, int], pool: int) -> str:
+    """Template annotator ``old`` on tiled photo number ``photo``: distinct annotators stay distinct on a photo."""
+    return old if old not in names else f"b{(names[old] + 7 * photo) % pool:05d}"
+
+
+def tile_merge(template: dict[str, Any], kept: Any, names: dict[str, int], pool: int) -> Any:
+    """The merge result of the kept photos: each photo's rows copied from its template photo's, with the ids the
+    tiled assignments have."""
+    import numpy as np
+
+    from pipeline.stages.merge import MergeResult
+
+    m = template["merge"]
+    tids = template["photos"]["photo_id"].to_numpy()
+    targets = kept["photo_id"].to_numpy()
+    number = np.array([int(p[1:]) for p in targets])
+    sources = tids[number % len(tids)]
+
+    def tiled(df: Any) -> Any:
+        if df.empty:
+            return df
+        out, target = repeat_rows(df, "photo_id", sources, targets)
+        for col in ("mask_path", "agreement_path"):
+            if col in out:
+                out[col] = out["photo_id"] + ".png"
+        if "annotator_id" in out:
+            out["annotator_id"] = [new_annotator(a, int(number[t]), names, pool)
+                                   for a, t in zip(out["annotator_id"], target, strict=True)]
+            if "assignment" in out:
+                out["assignment"] = out["photo_id"] + "-" + out["annotator_id"]
+        return out
+
+    return MergeResult(*(tiled(getattr(m, name)) for name in
+                         ("photos", "assignments", "scores", "classes", "rejections", "repairs")))
+
+
+def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
+    """The table-level stages of a build on ``n`` tiled photos; seconds and peak RSS per step (this process)."""
+    from pipeline import build as b
+    from pipeline.config import load_config
+    from pipeline.report.write import write_csv, write_json
+    from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
+    from pipeline.tables import REJECTION_COLUMNS, concat
+
+    steps: list[dict[str, Any]] = []
+    resettable = reset_hwm()
+
+    def step(name: str, start: float) -> None:
+        steps.append({"step": name, "seconds": round(time.perf_counter() - start, 2), "peak_mb": round(vm_hwm_mb())})
+        reset_hwm()
+
+    t = time.perf_counter()
+    with template_path.open("rb") as f:
+        template = pickle.load(f)
+    cfg = load_config(template["config"])
+    spec = b.resolve_spec(cfg)
+    tiled = tile(template, n, seed)
+    manifest, photos, assignments = tiled["manifest"], tiled["photos"], tiled["assignments"]
+    step("make inputs (tiling)", t)
+
+    t = time.perf_counter()
+    duplicates = dedup.find_duplicates(photos, cfg.dedup)
+    index = dedup.index_table(photos, duplicates, None)
+    step("dedup (find_duplicates, index_table)", t)
+
+    t = time.perf_counter()
+    kept = b.kept_photos(photos, duplicates)
+    rejected = concat([], REJECTION_COLUMNS)
+    to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
+                                                 dedup.dropped_ids(duplicates))
+    to_merge, repeated = merge.one_per_annotator(to_merge)
+    step("route assignments (route_orphans, one_per_annotator)", t)
+
+    t = time.perf_counter()
+    m = tile_merge(template, kept, tiled["names"], tiled["pool"])
+    step("make merge result (tiling)", t)
+
+    t = time.perf_counter()
+    skills = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit(m.scores).skills_
+    held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
+    held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
+    merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
+    rejections = concat([rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
+    step("skills and hold-back", t)
+
+    t = time.perf_counter()
+    links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
+    strata_table, strata = b.split_strata(kept, merged, spec, cfg.split)
+    splits, split_report = split.assign_splits(strata_table, cfg.split.ratios, cfg.split.seed, links, strata, None)
+    reviewed = b.published_table(kept, m.photos, splits)
+    published = b.in_dataset(reviewed)
+    step("split (split_strata, assign_splits)", t)
+
+    t = time.perf_counter()
+    annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
+    ledger = accounting.balance(len(manifest), len(assignments), published,
+                                int(m.assignments["photo_id"].isin(published["photo_id"]).sum()), rejections,
+                                duplicates)
+    step("accounting (annotator_table, balance)", t)
+
+    t = time.perf_counter()
+    findings = qa.run_checks(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
+                                         spec, cfg.qa, cfg.split.ratios))
+    step("QA checks", t)
+
+    t = time.perf_counter()
+    out = template_path.parent / f"tables-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    classes = b.class_summary(published, spec)
+    tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
+                             spec, cfg, KEY.encode())
+    for name, df in tables.items():
+        write_csv(df, out / f"{name}.csv")
+    write_csv(splits, out / "splits.csv")
+    index.to_parquet(out / "index.parquet", index=False)
+    write_json(b.summary(spec, cfg, ledger, published, findings, decisions, "scale", split_report.as_dict()),
+               out / "qa.json")
+    step("report tables (report_tables, CSV, index, qa.json)", t)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"photos": n, "kept": len(kept), "published": len(published), "assignments": len(assignments),
+            "class_rows": len(m.classes), "score_rows": len(m.scores), "clusters": int(duplicates["cluster"].nunique()),
+            "steps": steps, "peak_mb": max(s["peak_mb"] for s in steps), "per_step_peaks": resettable,
+            "report_mb": size / 2**20}
+
+
+def run_tables(n: int, template: Path, seed: int, code: Path) -> dict[str, Any]:
+    print(f"table-level stages at {n:,} photos ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, __file__, "--table-stages", str(n), "--template", str(template),
+                           "--seed", str(seed)], env=child_env(code, None), capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"photos": n, "error": " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+def pct(x: float, cold: float) -> str:
+    return f"{100 * x / cold:.1f}%" if cold == cold and cold > 0 and x == x else "n/a"
+
+
+def run_cell(r: Run | None) -> str:
+    if r is None:
+        return "not run"
+    if r.rc != 0:
+        return f"failed (exit {r.rc})"
+    return f"{r.seconds:,.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photos", type=int, default=20_000, help="original photos of the crowd (duplicates on top)")
+    ap.add_argument("--quick", action="store_true", help="1,000 photos; table-level runs at 1k and 10k")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="where crowds and builds are kept (not the repo)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sim-workers", type=int, default=os.cpu_count() or 1, help="processes that simulate")
+    ap.add_argument("--tables", default="", help="photo counts of the table-level runs (default: 20k,200k)")
+    ap.add_argument("--skip-builds", action="store_true", help="only the table-level runs")
+    ap.add_argument("--skip-tables", action="store_true", help="only the builds")
+    ap.add_argument("--table-stages", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--template", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--make-template", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--crowd", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.table_stages is not None:
+        print(json.dumps(table_stages(args.table_stages, args.template, args.seed)))
+        return
+    if args.make_template is not None:
+        make_template(args.crowd, args.make_template)
+        return
+    photos = 1_000 if args.quick else args.photos
+    sizes = [int(float(s.replace("k", "e3"))) for s in args.tables.split(",")] if args.tables else (
+        [1_000, 10_000] if args.quick else [20_000, 200_000])
+
+    load0 = os.getloadavg()
+    crowd, info = ensure_crowd(args.data, photos, args.seed, args.sim_workers)
+    held = hold_out(crowd)
+    scratch = args.data / "runs" / crowd.name
+    scratch.mkdir(parents=True, exist_ok=True)
+    code = snapshot_code(scratch)
+    logs = scratch / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    counts = info["counts"]
+    print(f"## Rebuilds at scale: {photos:,} photos\n")
+    print(f"Crowd `{crowd}`: {counts['manifest_rows']:,} manifest rows ({counts['photos']:,} originals + "
+          f"{counts['duplicates']:,} duplicates), {counts['users']:,} users, {counts['assignments']:,} assignments "
+          f"({ANNOTATORS} per photo from a pool of {info['params']['pool']}, plus gold), sizes: {crowd_mix(crowd)}. "
+          f"Simulated in {info['seconds']:,.0f} s with {info['workers']} processes. Case (b) holds out "
+          f"{held['held_rows']:,} manifest rows and {held['held_lines']:,} annotation lines. "
+          f"{os.cpu_count()} cores; load average {load0[0]:.1f} at start.\n", flush=True)
+
+    runs: dict[str, Run] = {}
+    fl: dict[str, Any] = {}
+    if not args.skip_builds:
+        home = scratch / "prefect-home"
+        shutil.rmtree(home, ignore_errors=True)
+        warm_prefect(code, home)
+        pin = supports(code, "merge", "pin_skills")
+        configs = scratch / "configs"
+        configs.mkdir(exist_ok=True)
+        out_a, out_b = scratch / "build-a", scratch / "build-b"
+        for d in (out_a, out_b):
+            shutil.rmtree(d, ignore_errors=True)
+        runs["cold"] = build("cold", write_config(configs / "cold.toml", crowd, {}), out_a, code, home, logs)
+        if runs["cold"].rc == 0:
+            print("floor: decoding photos and encoding masks ...", file=sys.stderr, flush=True)
+            fl = floor(crowd, out_a, scratch)
+        runs["a"] = build("a", write_config(configs / "a.toml", crowd, {"split": {"ratios": RATIOS}}), out_a, code,
+                          home, logs)
+        runs["c"] = build("c", write_config(configs / "c.toml", crowd, {"split": {"ratios": RATIOS},
+                                                                         "merge": {"class_agreement": {"teeth": 0.6}}}),
+                          out_a, code, home, logs)
+        runs["b0"] = build("b0", write_config(configs / "b0.toml", crowd, {}, "photos_99.csv",
+                                              "annotations_99.jsonl"), out_b, code, home, logs)
+        sections: dict[str, dict[str, Any]] = {"split": {"previous": str(out_b / "work" / "splits.csv")}}
+        if pin:
+            sections["merge"] = {"pin_skills": str(out_b / "work" / "weights.csv")}
+        runs["b"] = build("b", write_config(configs / "b.toml", crowd, sections), out_b, code, home, logs)
+        if not pin:
+            runs["b"].note = "without merge.pin_skills (not in this version)"
+        print_builds(runs, fl)
+
+    results = []
+    if not args.skip_tables:
+        template = scratch / "template" / "template.pkl"
+        template.parent.mkdir(exist_ok=True)
+        print("template: ingesting and merging the first photos ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, __file__, "--make-template", str(template), "--crowd", str(crowd)],
+                       env=child_env(code, None), check=True)
+        results = [run_tables(n, template, args.seed, code) for n in sizes]
+        print_tables(results)
+    load1 = os.getloadavg()
+    print(f"Load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at the end; builds ran from a snapshot of "
+          f"the package in `{code}`.")
+
+
+def print_builds(runs: dict[str, Run], fl: dict[str, Any]) -> None:
+    cold = runs["cold"].seconds if runs["cold"].rc == 0 else float("nan")
+    rows = []
+    labels = {"cold": ("cold build", "(empty folder, default config)", ""),
+              "a": ("(a) split ratios", "ratios 70/15/15", "<= 5%"),
+              "c": ("(c) class threshold", "+ class_agreement teeth = 0.6", "re-votes nothing"),
+              "b0": ("(b) first build, 99%", "1% of uploads held out (second folder)", ""),
+              "b": ("(b) +1% photos", "all photos, pin_skills + split.previous", "<= 10%")}
+    for key, (name, change, target) in labels.items():
+        r = runs.get(key)
+        if r is None:
+            continue
+        ok = ""
+        if r.rc == 0 and key in ("a", "b") and cold == cold:
+            ok = " met" if r.seconds <= TARGETS[key] * cold else " missed"
+        if r.rc == 0 and key == "c" and {"score", "merge"} <= set(r.items):
+            voted = r.items["score"][0] + r.items["merge"][0]
+            ok = ": met" if voted == 0 else f": missed ({voted:,} photo votes)"
+        published = r.ledger.get("photos_published", "")
+        cold_cpu = runs["cold"].cpu_s if runs["cold"].rc == 0 else float("nan")
+        rows.append([name, change + (f"; {r.note}" if r.note else ""), run_cell(r),
+                     pct(r.seconds, cold) if key != "cold" and r.rc == 0 else "", (target + ok).strip(),
+                     f"{r.peak_mb:,.0f}" if r.rc == 0 else "", f"{r.cpu_s:,.0f}" if r.rc == 0 else "",
+                     pct(r.cpu_s, cold_cpu) if key != "cold" and r.rc == 0 else "",
+                     f"{published:,}" if published != "" else ""])
+    print(table(["build", "change", "seconds", "% of cold", "target", "peak RSS MB", "CPU s", "CPU % of cold",
+                 "published"], rows))
+    print()
+    for r in runs.values():
+        if r.rc != 0:
+            print(f"- {r.name} failed: `{r.error}`")
+    stages = list(dict.fromkeys(s for r in runs.values() for s in r.stages))
+    if stages:
+        keys = [k for k in ("cold", "a", "c", "b0", "b") if k in runs]
+        print(table(["stage", *keys], [[s, *(f"{runs[k].stages[s]:,.1f}" if s in runs[k].stages else ""
+                                             for k in keys)] for s in stages]))
+        print()
+    items = list(dict.fromkeys(s for r in runs.values() for s in r.items))
+    if items:
+        keys = [k for k in ("cold", "a", "c", "b0", "b") if k in runs]
+        print("Items computed / reused per cached step (`timings.csv`):\n")
+        print(table(["step", *keys], [[s, *(f"{runs[k].items[s][0]:,} / {runs[k].items[s][1]:,}"
+                                            if s in runs[k].items else "" for k in keys)] for s in items]))
+        print()
+    if fl:
+        ratio = cold / fl["floor"] if fl["floor"] else float("nan")
+        cold_cpu = runs["cold"].cpu_s
+        print(table(["floor part", "items", "timed seconds (sum over workers)", "CPU seconds"],
+                    [["decode each photo (cv2.imdecode)", f"{fl['photos']:,}", f"{fl['decode_s']:,.1f}",
+                      f"{fl['decode_cpu']:,.1f}"],
+                     ["encode each merged mask (cv2.imwrite PNG, compression 1)", f"{fl['masks']:,}",
+                      f"{fl['encode_s']:,.1f}", f"{fl['encode_cpu']:,.1f}"]]))
+        print(f"\nFloor on {fl['workers']} processes (busiest worker's timed seconds): **{fl['floor']:,.1f} s** "
+              f"(pool wall time with untimed mask loading {fl['wall']:,.1f} s). "
+              f"**Cold build / floor = {ratio:.1f}x** ({cold:,.1f} s / {fl['floor']:,.1f} s); in CPU seconds "
+              f"{cold_cpu / fl['cpu']:.1f}x ({cold_cpu:,.0f} / {fl['cpu']:,.0f}).\n", flush=True)
+
+
+def print_tables(results: list[dict[str, Any]]) -> None:
+    ok = [r for r in results if "error" not in r]
+    for r in results:
+        if "error" in r:
+            print(f"- table-level run at {r['photos']:,} photos failed: `{r['error']}`")
+    if not ok:
+        return
+    steps = list(dict.fromkeys(s["step"] for r in ok for s in r["steps"]))
+    rows = []
+    for s in steps:
+        cells = []
+        for r in ok:
+            found = next((x for x in r["steps"] if x["step"] == s), None)
+            cells += [f"{found['seconds']:,.2f}", f"{found['peak_mb']:,}"] if found else ["", ""]
+        rows.append([s, *cells])
+    rows.append(["**whole run**", *[c for r in ok for c in (f"{sum(x['seconds'] for x in r['steps']):,.1f}",
+                                                            f"**{r['peak_mb']:,}**")]])
+    heads = [h for r in ok for h in (f"{r['photos'] // 1000}k s", f"{r['photos'] // 1000}k peak MB")]
+    print(table(["table-level step", *heads], rows))
+    print()
+    print(table(["photos", "kept", "published", "assignments", "class rows", "score rows", "dup clusters",
+                 "report files MB"],
+                [[f"{r['photos']:,}", f"{r['kept']:,}", f"{r['published']:,}", f"{r['assignments']:,}",
+                  f"{r['class_rows']:,}", f"{r['score_rows']:,}", f"{r['clusters']:,}", f"{r['report_mb']:,.0f}"]
+                 for r in ok]))
+    print("\n(peak MB: VmHWM of the subprocess during the step; it is reset after each step through "
+          "/proc/self/clear_refs" + ("" if all(r["per_step_peaks"] for r in ok) else " where allowed") + ".)\n",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
