@@ -30,6 +30,7 @@ the same folder, and the peak memory of the table-level stages at 20k and 200k p
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import pickle
@@ -631,6 +632,11 @@ def main() -> None:
     held = hold_out(crowd)
     scratch = args.data / "runs" / crowd.name
     scratch.mkdir(parents=True, exist_ok=True)
+    lock = (scratch / ".lock").open("a+")
+    try:  # a second run would replace the code snapshot and logs under the first one's builds
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"scale.py: another run is using {scratch}; wait for it to end")
     code = snapshot_code(scratch)
     logs = scratch / "logs"
     shutil.rmtree(logs, ignore_errors=True)
