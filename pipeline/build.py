@@ -260,18 +260,12 @@ def build_id(cfg: Config, photos: pd.DataFrame, assignments: pd.DataFrame) -> st
     return keyed_hash("build", content, 12)
 
 
-def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, rows: list[list[int]]
-               ) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
-    """Per batch of photo row positions: the photos, their assignments and those assignments' shapes."""
-    jobs = []
+def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, rows: list[list[int]]
+               ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per batch of photo row positions: the photos and their assignments (each task reads its own shapes)."""
     by_photo = assignments.groupby("photo_id", sort=False).indices
-    by_assignment = shapes.groupby("assignment", sort=False).indices
-    for positions in rows:
-        batch = photos.iloc[positions]
-        a = assignments.iloc[sorted(i for p in batch["photo_id"] for i in by_photo.get(p, []))]
-        s = shapes.iloc[sorted(i for x in a["assignment"] for i in by_assignment.get(x, []))]
-        jobs.append((batch, a, s))
-    return jobs
+    return [(batch, assignments.iloc[sorted(i for p in batch["photo_id"] for i in by_photo.get(p, []))])
+            for batch in (photos.iloc[positions] for positions in rows)]
 
 
 def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:

@@ -25,6 +25,7 @@ from pipeline import incremental as inc
 from pipeline import store
 from pipeline.config import Config
 from pipeline.io.manifest import read_manifest
+from pipeline.io.shapestore import ShapeShards
 from pipeline.io.sources import read_all_annotations
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
@@ -49,12 +50,16 @@ CACHED = {"cache_key_fn": _key, "persist_result": True}
 
 @task(name="read-inputs", **CACHED)
 def read_inputs(cfg: Config, spec: Spec, items: list[str], key: str, part: str) -> str:
+    """The manifest, assignments and rejections; shapes go to shards beside the result (``ShapeShards``)."""
     manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
-    assignments, shapes, ann_rejected = read_all_annotations(cfg, spec, manifest)
-    get_run_logger().info("read %d photos (%d rows rejected), %d assignments, %d shapes (%d rejected)",
-                          len(manifest), len(rejected), len(assignments), len(shapes), len(ann_rejected))
-    return str(store.save_part((manifest, assignments, shapes, concat([rejected, ann_rejected], REJECTION_COLUMNS),
-                                inc.assignment_digests(shapes)), items, Path(part)))
+    shards = ShapeShards.create(Path(part).with_suffix(".shapes"), manifest["photo_id"])
+    digests: dict[str, str] = {}
+    assignments, _, ann_rejected = read_all_annotations(cfg, spec, manifest,
+                                                        lambda rows: digests.update(shards.write(rows)))
+    get_run_logger().info("read %d photos (%d rows rejected), %d assignments (%d rejected)", len(manifest),
+                          len(rejected), len(assignments), len(ann_rejected))
+    return str(store.save_part((manifest, assignments, concat([rejected, ann_rejected], REJECTION_COLUMNS), digests,
+                                shards), items, Path(part)))
 
 
 @task(name="ingest-batch", **CACHED)
@@ -74,8 +79,9 @@ def dedup_photos(photos: pd.DataFrame, cfg: Config, items: list[str], key: str, 
 
 
 @task(name="score-batch", **CACHED)
-def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec, cfg: Config,
+def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shards: ShapeShards, spec: Spec, cfg: Config,
                 weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
+    shapes = shards.read(photos["photo_id"], assignments["assignment"])
     scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
     get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
     return str(store.save_part(scores, items, Path(part)))
@@ -89,11 +95,12 @@ def estimate_skills(scores: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
 
 
 @task(name="merge-batch", **CACHED)
-def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
+def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shards: ShapeShards, spec: Spec,
                 cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
     """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
+    shapes = shards.read(photos["photo_id"], assignments["assignment"])
     result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks)
     get_run_logger().info("merged %d photos", len(result.photos))
     return str(store.save_part(result, items, Path(part)))
@@ -173,14 +180,14 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
 
 
 @task(name="thumbnails", **STAGE)
-def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame,
+def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.DataFrame, shards: ShapeShards,
                     outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> dict[str, list[Thumb]]:
     """Report thumbnails of flagged photos: made once per content, then read from the cache."""
     layout.thumbs.mkdir(parents=True, exist_ok=True)
     rows = reviewed.set_index("photo_id", drop=False)
     mine = assignments[assignments["photo_id"].isin(ids)]
     own = {k: g for k, g in mine.groupby("photo_id")}
-    drawn = shapes[shapes["assignment"].isin(set(mine["assignment"]))]
+    drawn = shards.read(ids, mine["assignment"])
     used = {k: g for k, g in outcome[outcome["photo_id"].isin(ids)].groupby("photo_id")}
     out = {}
     for pid in ids:
@@ -255,7 +262,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     used: set[str] = set()  # result files this build reads; the others are pruned at its end
 
     ikey = inc.inputs_key(cfg, spec, files.digests(str(p) for p in inc.input_files(cfg)))
-    manifest, assignments, shapes, rejected, shape_digests = run_one(
+    manifest, assignments, rejected, shape_digests, shards = run_one(
         read_inputs, ikey, layout.cache / "inputs", cfg, spec, stage="read inputs", clock=clock, used=used)
     manifest = manifest.sort_values("photo_id", kind="stable", ignore_index=True)
     lap(clock, "read inputs")
@@ -288,8 +295,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
         keys = inc.merge_keys(kept, to_merge, shape_digests, weights, spec, cfg, final)
         plan = inc.plan(keys, "merge" if final else "score", layout.cache / "merge", size)
-        parts = run_stage(t, plan, b.merge_jobs(kept, to_merge, shapes, [bt.rows for bt in plan.todo]), spec, cfg,
-                          weights, stage="merge" if final else "score", clock=clock, used=used)
+        parts = run_stage(t, plan, b.merge_jobs(kept, to_merge, [bt.rows for bt in plan.todo]), shards, spec,
+                          cfg, weights, stage="merge" if final else "score", clock=clock, used=used)
         return keys, inc.gather(parts, ids)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
@@ -331,7 +338,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     lap(clock, "publish")
     flagged = b.batches(pd.DataFrame({"photo_id": flagged_photos(findings, cfg.qa.gallery_limit)}), size)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
-                                 unmapped(shapes), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
+                                 unmapped(shards), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     lap(clock, "thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments),

@@ -8,7 +8,6 @@ ratios, or a class's agreement threshold, does not invalidate the ingest or the 
 from __future__ import annotations
 
 import hashlib
-import pickle
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -114,14 +113,8 @@ def inputs_key(cfg: Config, spec: Spec, digests: list[str]) -> str:
     for src in settings["sources"]:
         src["path"] = str(cfg.path(src["path"]).resolve())
     return key_of("inputs", code_version("pipeline.io.sources"), code_version("pipeline.io.manifest"),
+                  code_version("pipeline.io.shapestore"),
                   [str(p) for p in input_files(cfg)], digests, settings, spec_key(spec))
-
-
-def assignment_digests(shapes: pd.DataFrame) -> dict[str, str]:
-    """Per assignment, a hash of its shapes as imported (class, label, points, holes, order)."""
-    cols = ["class_id", "label", "points", "holes", "index"]
-    return {a: hashlib.sha256(pickle.dumps(g[cols].to_numpy().tolist(), protocol=4)).hexdigest()[:16]
-            for a, g in shapes.groupby("assignment", sort=True)}
 
 
 def ingest_keys(manifest: pd.DataFrame, digests: list[str], cfg: Config) -> list[str]:

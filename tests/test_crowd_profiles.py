@@ -25,8 +25,9 @@ def merge_crowd(folder: Path, out: Path, cfg: MergeConfig) -> tuple[pd.DataFrame
     """The merge stage as the flow runs it (EM passes, then the final vote); photos, assignments, annotators."""
     photos, _ = ingest(read_manifest(folder / "photos.csv")[0], IngestConfig(detect_faces=False))
     assignments, shapes, _ = read_annotations(folder / "annotations.jsonl", SPEC)
-    jobs = merge_jobs(photos, assignments[assignments["photo_id"].isin(photos["photo_id"])], shapes,
-                      [list(range(i, min(i + 16, len(photos)))) for i in range(0, len(photos), 16)])
+    jobs = [(batch, a, shapes[shapes["assignment"].isin(a["assignment"])])
+            for batch, a in merge_jobs(photos, assignments[assignments["photo_id"].isin(photos["photo_id"])],
+                                       [list(range(i, min(i + 16, len(photos)))) for i in range(0, len(photos), 16)])]
     weights: dict = {}
     for _ in range(cfg.em_iterations):
         scores = pd.concat([merge_batch(*job, SPEC, cfg, weights, None).scores for job in jobs])

@@ -10,20 +10,21 @@ from pydantic import ValidationError
 
 from pipeline.io.formats import Assignment
 from pipeline.io.manifest import read_lines
-from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Collector, Tables
+from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, SPILL_ROWS, Collector, Sink, Tables
 from pipeline.spec import Spec, validation_reason
 
 __all__ = ["ASSIGNMENT_COLUMNS", "SHAPE_COLUMNS", "read_annotations"]
 
 
-def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = None) -> Tables:
+def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = None, sink: Sink | None = None
+                     ) -> Tables:
     """Assignments, their shapes (labels mapped to class ids) and rejections.
 
     ``assignment`` is a build-wide key ``<file>:<row>``, since assignment ids are optional and not trusted unique.
     A line that does not parse or validate is rejected whole; a shape whose label the spec does not know is
-    rejected alone, never guessed.
+    rejected alone, never guessed. With a ``sink``, shape rows are handed to it as they pile up (see ``Collector``).
     """
-    out = Collector(path, spec, label_map)
+    out = Collector(path, spec, label_map, sink)
     for row, line in read_lines(path):
         if not line.strip():
             continue
@@ -40,6 +41,7 @@ def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = 
                                golden=a.golden, seen=(a.image_width or 0, a.image_height or 0))
         for i, s in enumerate(a.shapes):
             out.shape(added, i, s.label, [(s.points, s.holes)])
+        out.spill(SPILL_ROWS)
     return out.tables()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ SHAPE_COLUMNS = ["assignment", "photo_id", "annotator_id", "class_id", "label", 
 Ring = list[list[float]]
 Part = tuple[Ring, list[Ring]]  # outer ring, holes
 Tables = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+Sink = Callable[[list[tuple[Any, ...]]], object]
+SPILL_ROWS = 20_000  # shape rows a streaming reader holds before handing them to its sink
 ELLIPSE_VERTICES = 256  # a 1000 px radius strays 0.08 px from the true ellipse
 RELATIVE = (1, 1)  # seen size of sources that give coordinates relative to the image
 
@@ -56,6 +59,7 @@ class Collector:
     path: Path
     spec: Spec
     label_map: dict[str, str] | None = None
+    sink: Sink | None = None  # takes shape rows off the collector as they pile up (``spill``)
     assignments: list[dict[str, Any]] = field(default_factory=list, init=False)
     shapes: list[tuple[Any, ...]] = field(default_factory=list, init=False)  # SHAPE_COLUMNS order: a crowd's worth
     rejected: list[dict[str, Any]] = field(default_factory=list, init=False)
@@ -104,8 +108,16 @@ class Collector:
         self.rejected.append(rejection("import", "shape", reason, message, file=a["file"], row=a["row"],
                                        photo_id=a["photo_id"], annotator_id=a["annotator_id"]))
 
+    def spill(self, at_least: int = 0) -> None:
+        """Hand the shape rows collected so far to the sink once there are ``at_least`` of them. Call it between
+        assignments only: the sink gets each assignment's rows together."""
+        if self.sink is not None and len(self.shapes) >= at_least:
+            self.sink(self.shapes)
+            self.shapes = []
+
     def tables(self) -> Tables:
-        """(assignments, shapes, rejections) with exactly the declared columns."""
+        """(assignments, shapes, rejections) with exactly the declared columns; with a sink, shapes is empty."""
+        self.spill()
         return (frame(self.assignments, ASSIGNMENT_COLUMNS), frame(self.shapes, SHAPE_COLUMNS),
                 frame(self.rejected, REJECTION_COLUMNS))
 

@@ -20,7 +20,7 @@ from pipeline.io.cvat import read_cvat
 from pipeline.io.label_studio import read_label_studio
 from pipeline.io.labelme import read_labelme
 from pipeline.io.manifest import read_text
-from pipeline.io.shapes import Tables
+from pipeline.io.shapes import Sink, Tables
 from pipeline.io.toloka import read_toloka
 from pipeline.spec import Spec
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
@@ -166,14 +166,20 @@ def resolve_photos(assignments: pd.DataFrame, shapes: pd.DataFrame, manifest: pd
     return kept.reset_index(drop=True), shapes.reset_index(drop=True), frame(rejected, REJECTION_COLUMNS)
 
 
-def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame
+def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame, sink: Sink | None = None
                          ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The native annotations file plus every configured tool export, with image references resolved."""
-    parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map)]
+    """The native annotations file plus every configured tool export, with image references resolved.
+
+    With a ``sink``, every shape row goes to it (the native file's as it is read) and the shapes table is empty.
+    """
+    parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map, sink)]
     for i, src in enumerate(cfg.inputs.sources, start=1):
         a, s, r = read_source(cfg.path(src.path), src.format, spec, {**cfg.inputs.label_map, **src.label_map},
                               src.annotator)
         a, s, unresolved = resolve_photos(a, s, manifest)
         a["assignment"], s["assignment"] = f"source{i}/" + a["assignment"], f"source{i}/" + s["assignment"]
+        if sink is not None:
+            sink(list(s.itertuples(index=False, name=None)))
+            s = s.iloc[:0]
         parts.append((a, s, pd.concat([r, unresolved], ignore_index=True)))
     return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))  # type: ignore[return-value]

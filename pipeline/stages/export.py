@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import Config
 from pipeline.errors import CrowdsegError
+from pipeline.io.png import read_mask, write_mask
 from pipeline.spec import Spec
 from pipeline.stages.ingest import load_oriented
 from pipeline.stages.views import apply_view, derived_views, view_classes
@@ -218,18 +219,10 @@ def export_photo(src: str | Path, dst: Path, quality: int) -> str | None:
 def published_mask(mask_path: str | Path, agreement_path: str | Path, min_share: float, ignore_index: int
                    ) -> np.ndarray:
     """The merged mask, with ``ignore_index`` where the winning vote share is below ``min_share`` (0: off)."""
-    with Image.open(mask_path) as m:
-        mask = np.array(m, dtype=np.uint8)
+    mask = read_mask(mask_path)
     if min_share > 0:
-        with Image.open(agreement_path) as a:
-            mask[np.asarray(a) < round(min_share * 255)] = ignore_index
+        mask[read_mask(agreement_path) < round(min_share * 255)] = ignore_index
     return mask
-
-
-def write_png(array: np.ndarray, path: Path) -> None:
-    """A single-channel uint8 PNG, byte-identical for identical arrays (PIL writes no timestamp)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, "PNG", compress_level=6)
 
 
 def coco_annotations(mask: np.ndarray, spec: Spec) -> list[dict[str, Any]]:
@@ -288,15 +281,15 @@ def export_photos(published: pd.DataFrame, root: Path, spec: Spec, key: bytes, o
         name, split = image_name(p.photo_id, key), p.split
         reason = export_photo(p.path, root / "images" / split / f"{name}.jpg", opts.quality)
         mask = published_mask(p.mask_path, p.agreement_path, opts.ignore_below, ignore)
-        write_png(mask, root / "annotations" / split / f"{name}.png")
+        write_mask(mask, root / "annotations" / split / f"{name}.png")
         for v in views:
-            write_png(apply_view(mask, v, ignore), root / "views" / v.name / split / f"{name}.png")
+            write_mask(apply_view(mask, v, ignore), root / "views" / v.name / split / f"{name}.png")
         if opts.agreement_maps:
             target = root / "extras" / "agreement" / split / f"{name}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p.agreement_path, target)
         if opts.ignore_masks:
-            write_png(np.where(mask == ignore, 255, 0), root / "extras" / "ignore" / split / f"{name}.png")
+            write_mask(np.where(mask == ignore, 255, 0), root / "extras" / "ignore" / split / f"{name}.png")
         annotations = coco_annotations(mask, spec)
         area = {a["category_id"]: a["area"] for a in annotations}
         pixels = (int(np.count_nonzero(mask == 0)), *(area.get(c.id, 0) for c in spec.classes[1:]))

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import MergeConfig
+from pipeline.io.png import write_mask
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import measure, measure_columns
 from pipeline.stages.polygons import (
@@ -513,8 +514,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
                         for r in result.assignments]
         class_rows += result.classes
         key = work_key(p.photo_id)
-        cv2.imwrite(str(out_dir / f"{key}.png"), result.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        cv2.imwrite(str(out_dir / f"{key}.agreement.png"), result.agreement, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        write_mask(result.mask, out_dir / f"{key}.png")
+        write_mask(result.agreement, out_dir / f"{key}.agreement.png")
         counts = value_counts(result.mask, len(spec.classes))
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append({

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.spec import Spec
+from pipeline.stages.polygons import lookup
 
 PERSON = "person"
 
@@ -67,7 +68,7 @@ def lookup_table(view: View, ignore_index: int) -> np.ndarray:
 
 def apply_view(mask: np.ndarray, view: View, ignore_index: int) -> np.ndarray:
     """A class-index mask in the view's classes; ignore_index pixels stay ignore_index."""
-    return lookup_table(view, ignore_index)[mask]
+    return lookup(lookup_table(view, ignore_index), mask)
 
 
 def view_classes(view: View, spec: Spec) -> dict[str, Any]:
