@@ -8,14 +8,16 @@ the same folder, and the peak memory of the table-level stages at 20k and 200k p
    wrapper that reports its child's wall time, CPU time and peak RSS (``os.wait4``: the build process and every
    process it waited for). Per-stage seconds come from ``O/reports/timings.csv``. The builds run from a snapshot
    of ``pipeline/`` taken at start, so edits made while the benchmark runs do not change the cache keys.
-   - cold: the whole crowd into an empty folder, default config;
-   - (a) rebuild into the same folder with ``[split] ratios = {train=0.7, val=0.15, test=0.15}``;
-   - (c) rebuild into the same folder, (a)'s config plus ``[merge] class_agreement = {teeth = 0.6}``;
-   - (b) a second folder: a build of the 99% crowd, then a rebuild of the whole crowd with
-     ``[merge] pin_skills`` and ``[split] previous`` pointing at that folder's ``work/weights.csv`` and
-     ``work/splits.csv``.
-3. Floor, in the same run: each photo of the manifest decoded once (``cv2.imdecode``) and each merged mask of the
-   cold build encoded once (``cv2.imwrite``, PNG compression 1), in a pool of ``os.cpu_count()`` processes. Only
+   All go into one folder, in this order:
+   - cold: the 99% crowd into an empty folder, default config (a cold build of all of it would do 1% more work:
+     dividing by this one makes every ratio below slightly pessimistic);
+   - (b) the whole crowd, with ``[merge] pin_skills`` and ``[split] previous`` pointing at the cold build's
+     ``work/weights.csv`` and ``work/splits.csv``;
+   - (a) the whole crowd, still pinned, with ``[split] ratios = {train=0.7, val=0.15, test=0.15}`` (and no
+     ``split.previous``, so every photo is split again);
+   - (c) (a)'s config plus ``[merge] class_agreement = {teeth = 0.6}``.
+3. Floor, in the same run after (b): each photo of the whole manifest decoded once (``cv2.imdecode``) and each
+   merged mask encoded once (``cv2.imwrite``, PNG compression 1), in a pool of ``os.cpu_count()`` processes. Only
    the decode and encode calls are timed (loading a mask to encode is not); the floor is the busiest worker's
    timed seconds.
 4. Table-level memory: hash-index, manifest, assignment and merge-result tables for N photos, tiled from the real
@@ -40,7 +42,9 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +131,31 @@ def hold_out(crowd: Path) -> dict[str, Any]:
     info = {"rows": len(manifest), "held_rows": n, "lines": kept_lines + dropped_lines, "held_lines": dropped_lines}
     marker.write_text(json.dumps(info, indent=1))
     return info
+
+
+UPLOADS = ("photos.csv", "annotations.jsonl")
+
+
+def restore_uploads(crowd: Path) -> None:
+    """Put the whole crowd's files back in place if a run stopped inside ``uploads_so_far``."""
+    for name in UPLOADS:
+        full = crowd / f"{name}.all"
+        if full.exists():
+            os.replace(full, crowd / name)
+
+
+@contextmanager
+def uploads_so_far(crowd: Path) -> Iterator[None]:
+    """The 99% files under the crowd's own names, as a user's files stood before the last uploads arrived: the
+    same rows in the same files, so assignments keep their ``file:row`` keys when the files grow."""
+    for name in UPLOADS:
+        stem, dot, ext = name.partition(".")
+        os.replace(crowd / name, crowd / f"{name}.all")
+        shutil.copyfile(crowd / f"{stem}_99{dot}{ext}", crowd / name)
+    try:
+        yield
+    finally:
+        restore_uploads(crowd)
 
 
 def crowd_mix(crowd: Path) -> str:
@@ -583,8 +612,9 @@ def run_tables(n: int, template: Path, seed: int, code: Path) -> dict[str, Any]:
     print(f"table-level stages at {n:,} photos ...", file=sys.stderr, flush=True)
     proc = subprocess.run([sys.executable, __file__, "--table-stages", str(n), "--template", str(template),
                            "--seed", str(seed)], env=child_env(code, None), capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"photos": n, "error": " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]}
+    if proc.returncode != 0:  # a negative code is the signal that ended it (-9: the kernel's OOM killer, often)
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]
+        return {"photos": n, "error": f"exit code {proc.returncode}" + (f": {tail}" if tail else "")}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -637,6 +667,7 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         sys.exit(f"scale.py: another run is using {scratch}; wait for it to end")
+    restore_uploads(crowd)  # a run killed during the cold build left the 99% files in place
     code = snapshot_code(scratch)
     logs = scratch / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -659,26 +690,24 @@ def main() -> None:
         pin = supports(code, "merge", "pin_skills")
         configs = scratch / "configs"
         configs.mkdir(exist_ok=True)
-        out_a, out_b = scratch / "build-a", scratch / "build-b"
-        for d in (out_a, out_b):
+        out = scratch / "build"
+        for d in (out, scratch / "build-a", scratch / "build-b"):  # build-a/-b: earlier versions' two folders
             shutil.rmtree(d, ignore_errors=True)
-        runs["cold"] = build("cold", write_config(configs / "cold.toml", crowd, {}), out_a, code, home, logs)
-        if runs["cold"].rc == 0:
-            print("floor: decoding photos and encoding masks ...", file=sys.stderr, flush=True)
-            fl = floor(crowd, out_a, scratch)
-        runs["a"] = build("a", write_config(configs / "a.toml", crowd, {"split": {"ratios": RATIOS}}), out_a, code,
-                          home, logs)
-        runs["c"] = build("c", write_config(configs / "c.toml", crowd, {"split": {"ratios": RATIOS},
-                                                                         "merge": {"class_agreement": {"teeth": 0.6}}}),
-                          out_a, code, home, logs)
-        runs["b0"] = build("b0", write_config(configs / "b0.toml", crowd, {}, "photos_99.csv",
-                                              "annotations_99.jsonl"), out_b, code, home, logs)
-        sections: dict[str, dict[str, Any]] = {"split": {"previous": str(out_b / "work" / "splits.csv")}}
-        if pin:
-            sections["merge"] = {"pin_skills": str(out_b / "work" / "weights.csv")}
-        runs["b"] = build("b", write_config(configs / "b.toml", crowd, sections), out_b, code, home, logs)
+        with uploads_so_far(crowd):
+            runs["cold"] = build("cold", write_config(configs / "cold.toml", crowd, {}), out, code, home, logs)
+        pinned: dict[str, dict[str, Any]] = {"merge": {"pin_skills": str(out / "work" / "weights.csv")}} if pin else {}
+        runs["b"] = build("b", write_config(configs / "b.toml", crowd, pinned | {
+            "split": {"previous": str(out / "work" / "splits.csv")}}), out, code, home, logs)
         if not pin:
             runs["b"].note = "without merge.pin_skills (not in this version)"
+        if runs["b"].rc == 0:
+            print("floor: decoding photos and encoding masks ...", file=sys.stderr, flush=True)
+            fl = floor(crowd, out, scratch)
+        runs["a"] = build("a", write_config(configs / "a.toml", crowd, pinned | {"split": {"ratios": RATIOS}}), out,
+                          code, home, logs)
+        runs["c"] = build("c", write_config(configs / "c.toml", crowd, {
+            "split": {"ratios": RATIOS}, "merge": {**pinned.get("merge", {}), "class_agreement": {"teeth": 0.6}}}),
+            out, code, home, logs)
         print_builds(runs, fl)
 
     results = []
@@ -698,11 +727,10 @@ def main() -> None:
 def print_builds(runs: dict[str, Run], fl: dict[str, Any]) -> None:
     cold = runs["cold"].seconds if runs["cold"].rc == 0 else float("nan")
     rows = []
-    labels = {"cold": ("cold build", "(empty folder, default config)", ""),
-              "a": ("(a) split ratios", "ratios 70/15/15", "<= 5%"),
-              "c": ("(c) class threshold", "+ class_agreement teeth = 0.6", "re-votes nothing"),
-              "b0": ("(b) first build, 99%", "1% of uploads held out (second folder)", ""),
-              "b": ("(b) +1% photos", "all photos, pin_skills + split.previous", "<= 10%")}
+    labels = {"cold": ("cold build, 99% of uploads", "(empty folder, default config, last 1% held out)", ""),
+              "b": ("(b) +1% photos", "all uploads, pin_skills + split.previous", "<= 10%"),
+              "a": ("(a) split ratios", "all uploads, pin_skills, ratios 70/15/15", "<= 5%"),
+              "c": ("(c) class threshold", "(a) + class_agreement teeth = 0.6", "re-votes nothing")}
     for key, (name, change, target) in labels.items():
         r = runs.get(key)
         if r is None:
@@ -728,13 +756,13 @@ def print_builds(runs: dict[str, Run], fl: dict[str, Any]) -> None:
             print(f"- {r.name} failed: `{r.error}`")
     stages = list(dict.fromkeys(s for r in runs.values() for s in r.stages))
     if stages:
-        keys = [k for k in ("cold", "a", "c", "b0", "b") if k in runs]
+        keys = [k for k in ("cold", "b", "a", "c") if k in runs]
         print(table(["stage", *keys], [[s, *(f"{runs[k].stages[s]:,.1f}" if s in runs[k].stages else ""
                                              for k in keys)] for s in stages]))
         print()
     items = list(dict.fromkeys(s for r in runs.values() for s in r.items))
     if items:
-        keys = [k for k in ("cold", "a", "c", "b0", "b") if k in runs]
+        keys = [k for k in ("cold", "b", "a", "c") if k in runs]
         print("Items computed / reused per cached step (`timings.csv`):\n")
         print(table(["step", *keys], [[s, *(f"{runs[k].items[s][0]:,} / {runs[k].items[s][1]:,}"
                                             if s in runs[k].items else "" for k in keys)] for s in items]))
@@ -743,13 +771,14 @@ def print_builds(runs: dict[str, Run], fl: dict[str, Any]) -> None:
         ratio = cold / fl["floor"] if fl["floor"] else float("nan")
         cold_cpu = runs["cold"].cpu_s
         print(table(["floor part", "items", "timed seconds (sum over workers)", "CPU seconds"],
-                    [["decode each photo (cv2.imdecode)", f"{fl['photos']:,}", f"{fl['decode_s']:,.1f}",
+                    [["decode each photo, all uploads (cv2.imdecode)", f"{fl['photos']:,}", f"{fl['decode_s']:,.1f}",
                       f"{fl['decode_cpu']:,.1f}"],
                      ["encode each merged mask (cv2.imwrite PNG, compression 1)", f"{fl['masks']:,}",
                       f"{fl['encode_s']:,.1f}", f"{fl['encode_cpu']:,.1f}"]]))
         print(f"\nFloor on {fl['workers']} processes (busiest worker's timed seconds): **{fl['floor']:,.1f} s** "
               f"(pool wall time with untimed mask loading {fl['wall']:,.1f} s). "
-              f"**Cold build / floor = {ratio:.1f}x** ({cold:,.1f} s / {fl['floor']:,.1f} s); in CPU seconds "
+              f"**Cold build (99% of uploads) / floor (all of them) = {ratio:.1f}x** ({cold:,.1f} s / "
+              f"{fl['floor']:,.1f} s); in CPU seconds "
               f"{cold_cpu / fl['cpu']:.1f}x ({cold_cpu:,.0f} / {fl['cpu']:,.0f}).\n", flush=True)
 
 
