@@ -353,3 +353,19 @@ def test_meta_table_uses_the_pseudonyms():
 def test_options_from_config():
     cfg = load_config(None, {"merge.ignore_below": 0.4, "export.jpeg_quality": 90, "export.ignore_masks": True})
     assert ExportOptions.from_config(cfg) == ExportOptions(90, 0.4, False, True)
+
+
+def test_coco_rles_equal_pycocotools_encoding_each_class_mask():
+    spec = SPEC
+    rng = np.random.default_rng(3)
+    masks = [rng.integers(0, 10, (rng.integers(1, 9), rng.integers(1, 9))).astype(np.uint8) for _ in range(300)]
+    masks += [np.full((3, 4), v, np.uint8) for v in (0, 1, 8, 255)]
+    for mask in masks:
+        expected = []
+        for c in spec.classes[1:]:
+            rle = mask_utils.encode(np.asfortranarray(mask == c.id).view(np.uint8))
+            if mask_utils.area(rle):
+                expected.append({"category_id": c.id, "iscrowd": 1, "area": int(mask_utils.area(rle)),
+                                 "bbox": [int(v) for v in mask_utils.toBbox(rle)],
+                                 "segmentation": {"size": list(mask.shape), "counts": rle["counts"].decode()}})
+        assert export.coco_annotations(mask, spec) == expected, mask

@@ -226,16 +226,29 @@ def published_mask(mask_path: str | Path, agreement_path: str | Path, min_share:
 
 
 def coco_annotations(mask: np.ndarray, spec: Spec) -> list[dict[str, Any]]:
-    """One COCO annotation (compressed RLE, iscrowd 1, no ids yet) per non-background class present, by class id."""
-    columns = cv2.transpose(mask).T  # column-major, as pycocotools encodes; twice as fast as np.asfortranarray
+    """One COCO annotation (compressed RLE, iscrowd 1, no ids yet) per non-background class present, by class id.
+
+    The mask's column-major runs are found once; each class's RLE counts are the gaps between its runs and their
+    lengths, compressed by pycocotools exactly as ``mask.encode`` of the class's binary mask would be.
+    """
+    h, w = mask.shape
+    flat = cv2.transpose(mask).ravel()  # column-major, as COCO counts; twice as fast as np.asfortranarray
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts, ends = np.concatenate(([0], change)), np.concatenate((change, [flat.size]))
+    values = flat[starts]
     out = []
     for c in spec.classes[1:]:
-        rle = mask_utils.encode((columns == c.id).view(np.uint8))
-        area = int(mask_utils.area(rle))
-        if area:
-            out.append({"category_id": c.id, "iscrowd": 1, "area": area,
-                        "bbox": [int(v) for v in mask_utils.toBbox(rle)],
-                        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}})
+        mine = values == c.id
+        if not mine.any():
+            continue
+        s, e = starts[mine], ends[mine]
+        counts = np.empty(2 * len(s) + 1, np.int64)  # zeros, ones, zeros, ..., trailing zeros
+        counts[0:-1:2], counts[1::2], counts[-1] = s - np.concatenate(([0], e[:-1])), e - s, flat.size - e[-1]
+        rle = mask_utils.frPyObjects({"counts": counts[:-1 if counts[-1] == 0 else None].tolist(), "size": [h, w]},
+                                     h, w)
+        out.append({"category_id": c.id, "iscrowd": 1, "area": int((e - s).sum()),
+                    "bbox": [int(v) for v in mask_utils.toBbox(rle)],
+                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode()}})
     return out
 
 
