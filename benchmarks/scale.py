@@ -520,6 +520,8 @@ def tile_merge(template: dict[str, Any], kept: Any, names: dict[str, int], pool:
 
 def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     """The table-level stages of a build on ``n`` tiled photos; seconds and peak RSS per step (this process)."""
+    import pandas as pd
+
     from pipeline import build as b
     from pipeline.config import load_config
     from pipeline.report.write import write_csv, write_json
@@ -571,6 +573,9 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     strata_table, strata = b.split_strata(kept, merged, spec, cfg.split)
     splits, split_report = split.assign_splits(strata_table, cfg.split.ratios, cfg.split.seed, links, strata, None)
+    if hasattr(b, "with_faces"):  # the detector's columns: zeros, as for photos whose mask has a face
+        kept = b.with_faces(kept, pd.DataFrame(columns=["photo_id"]).assign(
+            **{c: [] for c in ("faces", "face_x", "face_y", "face_w", "face_h")}))
     reviewed = b.published_table(kept, m.photos, splits)
     published = b.in_dataset(reviewed)
     step("split (split_strata, assign_splits)", t)

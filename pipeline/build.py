@@ -77,13 +77,14 @@ def resolve_spec(cfg: Config) -> Spec:
     return load_spec(cfg.path(ref) if ref.endswith((".yaml", ".yml")) else ref)
 
 
-RUNNER_BATCH = {"local": 32, "threads": 32, "processes": 64, "dask": 128}
+RUNNER_BATCH = {"auto": 32, "local": 32, "threads": 32, "processes": 64, "dask": 128}
 """Photos per task when ``build.batch_size`` is 0: a task costs ~3 ms on threads and ~100 ms on Dask."""
 
 
-def batch_size(cfg: Config) -> int:
-    """Photos per task for the configured runner (only photos with no cached result are batched)."""
-    return cfg.build.batch_size or RUNNER_BATCH[cfg.build.runner]
+def batch_size(cfg: Config, runner: str = "") -> int:
+    """Photos per task for the configured runner, or for ``runner`` (only photos with no cached result are
+    batched)."""
+    return cfg.build.batch_size or RUNNER_BATCH[runner or cfg.build.runner]
 
 
 def restamp(table: pd.DataFrame, manifest: pd.DataFrame, column: str = "manifest") -> pd.DataFrame:
@@ -107,6 +108,23 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     from pipeline.stages.dedup import dropped_ids
 
     return photos[~photos["photo_id"].isin(dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
+
+
+def faceless(photos: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
+    """The photos whose merged mask has no face (or that have no merged mask): those the face detector looks at."""
+    from pipeline.stages.anatomy import FACE_WIDTH
+
+    width = merged.set_index("photo_id")[FACE_WIDTH] if FACE_WIDTH in merged else pd.Series(dtype=float)
+    has_face = photos["photo_id"].map(width).fillna(0) > 0
+    return photos[~has_face.to_numpy()]
+
+
+def with_faces(photos: pd.DataFrame, faces: pd.DataFrame) -> pd.DataFrame:
+    """The photos with the detector's FACE_COLUMNS: its answer where it ran, zeros elsewhere."""
+    from pipeline.stages.ingest import FACE_COLUMNS
+
+    found = faces.set_index("photo_id")
+    return photos.assign(**{c: photos["photo_id"].map(found[c]).fillna(0).astype(int) for c in FACE_COLUMNS})
 
 
 def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:

@@ -58,7 +58,7 @@ def build(
     out: Annotated[Path | None, typer.Option(help="build folder; overrides output.out")] = None,
     decisions: Annotated[Path | None, typer.Option(help="reviewer decisions downloaded from a QA report; "
                                                         "overrides review.decisions")] = None,
-    runner: Annotated[str | None, typer.Option(help="local, threads, processes or dask; overrides build.runner")
+    runner: Annotated[str | None, typer.Option(help="auto, local, threads, processes or dask; overrides build.runner")
                       ] = None,
     dask_address: Annotated[str | None, typer.Option(help="Dask scheduler address; overrides build.dask_address")
                             ] = None,

@@ -49,7 +49,8 @@ class IngestConfig(Section):
     max_pixels: int = Field(100_000_000, ge=1, description="decompression-bomb guard: larger photos are rejected")
     formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "HEIF"],
                                description="accepted formats, sniffed from the content (MPO counts as JPEG)")
-    detect_faces: bool = Field(True, description="run the offline face detector (OpenCV Haar cascade)")
+    detect_faces: bool = Field(True, description="run the offline face detector (OpenCV Haar cascade) on photos "
+                               "whose merged mask has no face")
 
 
 class DedupConfig(Section):
@@ -182,9 +183,10 @@ class BuildConfig(Section):
 
     batch_size: int = Field(0, ge=0, description="photos per Prefect task (0: by runner: 32 on "
                             "threads, 64 on processes, 128 on Dask)")
-    runner: Literal["local", "threads", "processes", "dask"] = Field(
-        "threads", description="Prefect task runner: one task at a time, a thread pool, a process pool, or a Dask "
-        "cluster")
+    runner: Literal["auto", "local", "threads", "processes", "dask"] = Field(
+        "auto", description="Prefect task runner: auto (a thread pool, and a process pool for merge passes of "
+        "4 batches or more, which hold Python's GIL), one task at a time, a thread pool, a process pool, or a "
+        "Dask cluster")
     workers: int = Field(0, ge=0, description="threads, processes or local Dask workers (0: one per core)")
     dask_address: str = Field("", description="scheduler address of a running Dask cluster (runner dask); empty: "
                               "start a local cluster for the build")

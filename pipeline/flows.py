@@ -16,9 +16,10 @@ import pandas as pd
 from prefect import Task, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.settings import temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.callables import get_call_parameters
 
 from pipeline import build as b
 from pipeline import incremental as inc
@@ -76,6 +77,14 @@ def dedup_photos(photos: pd.DataFrame, cfg: Config, items: list[str], key: str, 
     get_run_logger().info("%d duplicate clusters, %d photos dropped", found["cluster"].nunique(),
                           int((found["action"] == "drop").sum()))
     return str(store.save_part((found, dedup.index_table(photos, found, previous)), items, Path(part)))
+
+
+@task(name="faces-batch", **CACHED)
+def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, part: str) -> str:
+    faces = ingest.find_faces(batch, cfg.ingest)
+    get_run_logger().info("face detector on %d photos whose mask has no face: %d found one",
+                          len(faces), int((faces["faces"] > 0).sum()))
+    return str(store.save_part(faces, items, Path(part)))
 
 
 @task(name="score-batch", **CACHED)
@@ -220,17 +229,48 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
 
 
 def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
-              clock: Stopwatch, used: set[str]) -> dict[str, list[int]]:
-    """Run a stage's batches still to compute, one task each (keyed by content, returning its result's path);
-    returns every result file the stage reads with the row positions it holds, and adds them to ``used``."""
-    futures = [t.submit(*args, *shared, items=bt.items, key=bt.key, part=bt.part)
-               for bt, args in zip(plan.todo, per_batch, strict=True)]
+              clock: Stopwatch, used: set[str], runner: TaskRunner | None = None) -> dict[str, list[int]]:
+    """Run a stage's batches still to compute, one task each (keyed by content, returning its result's path) on the
+    flow's task runner or on ``runner``; returns every result file the stage reads with the row positions it holds,
+    and adds them to ``used``."""
+    def submit(args: tuple[Any, ...], bt: inc.Batch) -> PrefectFuture[str]:
+        if runner is None:
+            return t.submit(*args, items=bt.items, key=bt.key, part=bt.part)
+        return runner.submit(t, get_call_parameters(t.fn, args, {"items": bt.items, "key": bt.key, "part": bt.part}))
+
+    futures = [submit((*args, *shared), bt) for bt, args in zip(plan.todo, per_batch, strict=True)]
     for done, _ in enumerate(as_completed(futures), 1):
         report_progress(stage, done, len(futures))
     clock.count(stage, plan.computed, plan.reused_items)
     parts = plan.parts([f.result() for f in futures])
     used.update(parts)
     return parts
+
+
+POOL_MIN_BATCHES = 4
+"""Runner ``auto`` sends a merge pass to worker processes from this many batches: below it, starting them (~5 s)
+costs more than the thread pool loses to the GIL, which the merge's Python-level vote holds most of the time."""
+
+
+class MergePool:
+    """Runner ``auto``'s process pool for the merge passes, started on first use and shut down with the build."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.runner = cfg, None
+
+    def take(self, batches: int) -> TaskRunner | None:
+        """The pool, if a pass of this many batches should run on it (None: the flow's threads)."""
+        workers = self.cfg.build.workers or os.cpu_count() or 1
+        if self.cfg.build.runner != "auto" or batches < POOL_MIN_BATCHES or workers < 2:
+            return None
+        if self.runner is None:
+            self.runner = ProcessPoolTaskRunner(max_workers=workers).__enter__()
+        return self.runner
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.__exit__(None, None, None)
+            self.runner = None
 
 
 def lap(clock: Stopwatch, stage: str) -> None:
@@ -266,8 +306,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         read_inputs, ikey, layout.cache / "inputs", cfg, spec, stage="read inputs", clock=clock, used=used)
     manifest = manifest.sort_values("photo_id", kind="stable", ignore_index=True)
     lap(clock, "read inputs")
-    ingest_plan = inc.plan(inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg), "ingest",
-                           layout.cache / "ingest", size)
+    ingest_keys = inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg)
+    ingest_plan = inc.plan(ingest_keys, "ingest", layout.cache / "ingest", size)
     parts = run_stage(ingest_batch, ingest_plan, [(manifest.iloc[bt.rows],) for bt in ingest_plan.todo], cfg,
                       stage="ingest", clock=clock, used=used)
     ingested = inc.gather(parts, manifest["photo_id"].tolist())
@@ -294,9 +334,13 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
         keys = inc.merge_keys(kept, to_merge, shape_digests, weights, spec, cfg, final)
-        plan = inc.plan(keys, "merge" if final else "score", layout.cache / "merge", size)
+        stage = "merge" if final else "score"
+        plan = inc.plan(keys, stage, layout.cache / "merge", size)
+        pool = merge_pool(len(plan.todo))
+        if pool is not None:  # bigger batches: a task costs ~100 ms on processes
+            plan = inc.plan(keys, stage, layout.cache / "merge", b.batch_size(cfg, "processes"))
         parts = run_stage(t, plan, b.merge_jobs(kept, to_merge, [bt.rows for bt in plan.todo]), shards, spec,
-                          cfg, weights, stage="merge" if final else "score", clock=clock, used=used)
+                          cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
         return keys, inc.gather(parts, ids)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
@@ -309,11 +353,21 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
     b.write_weights(weights, layout.weights)
     skills = estimate_skills(m.scores, cfg).skills_
+    lap(clock, "merge")
+
+    look = b.faceless(kept, m.photos) if cfg.ingest.detect_faces else kept.iloc[:0]
+    face_ids = look["photo_id"].tolist()
+    face_plan = inc.plan(inc.face_keys(face_ids, dict(zip(manifest["photo_id"], ingest_keys, strict=True))),
+                         "faces", layout.cache / "faces", size)
+    parts = run_stage(faces_batch, face_plan, [(look.iloc[bt.rows],) for bt in face_plan.todo], cfg, stage="faces",
+                      clock=clock, used=used)
+    kept = b.with_faces(kept, b.by_photo([ingest.find_faces(kept.iloc[:0], cfg.ingest),
+                                          *inc.gather(parts, face_ids)]))
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
-    lap(clock, "merge")
+    lap(clock, "faces")
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits, split_report = split_photos(*b.split_strata(kept, merged, spec, cfg.split), links, cfg, layout)
@@ -356,6 +410,14 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
 
 
 PROGRESS: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("crowdseg_progress", default=None)
+POOL: ContextVar[MergePool] = ContextVar("crowdseg_merge_pool")
+
+
+def merge_pool(batches: int) -> TaskRunner | None:
+    """The process pool a merge pass of this many batches runs on under runner ``auto``, else None (the flow's
+    runner). A function, so that the flow's code refers to no context variable: Prefect pickles it for processes."""
+    pool = POOL.get(None)
+    return None if pool is None else pool.take(batches)
 
 
 def report_progress(stage: str, done: int, total: int) -> None:
@@ -389,7 +451,8 @@ def quiet_prefect() -> Iterator[None]:
 
 
 def task_runner(cfg: Config) -> TaskRunner:
-    """The task runner ``build.runner`` names; every runner gives byte-identical outputs."""
+    """The flow's task runner for ``build.runner`` (``auto``: threads, see MergePool); every runner gives
+    byte-identical outputs."""
     workers = cfg.build.workers or os.cpu_count() or 2
     if cfg.build.runner == "local":
         return ThreadPoolTaskRunner(max_workers=1)
@@ -412,8 +475,11 @@ def run_build(cfg: Config, spec: Spec, progress: Callable[[str, int, int], None]
     """
     layout = b.Layout(cfg.path(cfg.output.out))
     with build_lock(layout.out), quiet_prefect(), results_in(layout.prefect):
-        token = PROGRESS.set(progress)
+        pool = MergePool(cfg)
+        tokens = PROGRESS.set(progress), POOL.set(pool)
         try:
             return build_flow.with_options(task_runner=task_runner(cfg))(cfg, spec)
         finally:
-            PROGRESS.reset(token)
+            pool.close()
+            PROGRESS.reset(tokens[0])
+            POOL.reset(tokens[1])

@@ -161,5 +161,10 @@ def export_keys(published: pd.DataFrame, merge_keys_by_photo: dict[str, str], sp
     return [_hash(salt, f, merge_keys_by_photo[p]) for p, f in zip(published["photo_id"], fields, strict=True)]
 
 
+def face_keys(photo_ids: list[str], ingest_keys: dict[str, str]) -> list[str]:
+    """Per photo: its ingest key, which covers its bytes, ``[ingest]`` and the detector's code."""
+    return [_hash("faces", ingest_keys[p]) for p in photo_ids]
+
+
 def _hash(*parts: Any) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]

@@ -10,6 +10,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from pipeline.config import DedupConfig, IngestConfig
 from pipeline.io.manifest import read_manifest
 from pipeline.simulate import simulate
+from pipeline.stages import dedup
 from pipeline.stages.dedup import (
     find_duplicates,
     index_table,
@@ -173,3 +174,26 @@ def test_the_best_copy_is_the_well_exposed_one_before_the_sharpest():
                            "height": 960, "brightness": [0.12, 0.45, 0.5], "sharpness": [300.0, 150.0, 900.0],
                            "submitted_at": ""})
     assert list(rank(copies)["photo_id"]) == ["plain", "dark", "small"]
+
+
+def test_a_large_users_pairs_are_searched_by_distance_and_give_the_exhaustive_edges(monkeypatch):
+    """A user with many photos is not paired exhaustively (10^4 photos would be 5x10^7 pairs); the edges found
+    are the same as pairing every two of their photos."""
+    rng = np.random.default_rng(5)
+    n = 600
+    base = rng.integers(0, 2**63, 60, dtype=np.uint64)
+    ph = base[rng.integers(0, 60, n)] ^ (np.uint64(1) << rng.integers(0, 64, n).astype(np.uint64))  # clusters
+    mirror = ph[::-1].copy()
+    thumb = np.tile(rng.integers(0, 256, (1, 8 * 8 * 3)), (n, 1)).astype(np.uint8)
+    table = pd.DataFrame({"phash": [f"{h:016x}" for h in ph], "phash_mirror": [f"{h:016x}" for h in mirror],
+                          "user_id": np.where(np.arange(n) < 500, "heavy", [f"u{k % 40}" for k in range(n)]),
+                          "thumb": [t.tobytes().hex() for t in thumb]})
+    cfg = DedupConfig()
+    monkeypatch.setattr(dedup, "LARGE_GROUP", 10**9)
+    exhaustive = dedup.hash_edges(table, n, cfg)
+    monkeypatch.setattr(dedup, "LARGE_GROUP", 64)
+    searched = dedup.hash_edges(table, n, cfg)
+    assert len(exhaustive) > 1000
+    pd.testing.assert_frame_equal(searched, exhaustive)
+    i, _ = dedup.same_user_pairs(table["user_id"].to_numpy(), ph, mirror, cfg.within_user_distance)
+    assert len(i) < 500 * 499 / 2 / 4  # far fewer candidates than every pair of the heavy user's photos

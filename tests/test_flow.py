@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline import flows
 from pipeline.build import preflight
 from pipeline.config import load_config
 from pipeline.flows import run_build
@@ -356,21 +357,25 @@ def test_the_built_report_opens_cleanly_in_chromium(defective, browser):
     page.close()
 
 
-def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path):
-    """The same build one task at a time, on threads, on a process pool and on a local Dask cluster:
-    byte-identical dataset trees."""
+def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path, monkeypatch):
+    """The same build one task at a time, on threads, on threads with the merge passes on processes (auto), on a
+    process pool and on a local Dask cluster: byte-identical dataset trees."""
     crowd = tmp_path / "crowd"
     simulate(crowd, photos=16, users=6, annotators=3, seed=3, size=(240, 320))
+    pooled = []
+    take = flows.MergePool.take
+    monkeypatch.setattr(flows.MergePool, "take", lambda self, n: pooled.append(take(self, n)) or pooled[-1])
     trees = {}
-    for runner in ("local", "threads", "processes", "dask"):
+    for runner in ("local", "threads", "auto", "processes", "dask"):
         out = tmp_path / runner
         cfg = load_config(crowd / "config.toml", {"output.out": str(out), "build.runner": runner,
                                                   "build.batch_size": 4, "build.workers": 2})
         run_build(cfg, preflight(cfg))
         trees[runner] = out / "dataset"
+    assert sum(p is not None for p in pooled) == 2  # auto's two merge passes went to processes
     files = _tree(trees["threads"])
     assert len(files) > 20
-    for runner in ("local", "processes", "dask"):
+    for runner in ("local", "auto", "processes", "dask"):
         assert _tree(trees[runner]) == files
         _, mismatch, errors = filecmp.cmpfiles(trees["threads"], trees[runner], files, shallow=False)
         assert not mismatch and not errors, (runner, mismatch)

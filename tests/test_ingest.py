@@ -10,9 +10,18 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
+from pipeline.build import faceless, with_faces
 from pipeline.config import IngestConfig
 from pipeline.io.manifest import read_manifest
-from pipeline.stages.ingest import Unusable, detect_faces, ingest, photo_signals, shrink
+from pipeline.stages.ingest import (
+    Unusable,
+    detect_faces,
+    face_signals,
+    find_faces,
+    ingest,
+    photo_signals,
+    shrink,
+)
 from tests.conftest import realdata, write_jpeg
 
 CFG = IngestConfig(min_side=32)
@@ -121,15 +130,30 @@ def test_signals_are_recorded(tmp_path):
 def test_face_detector_finds_selfie_sized_faces_in_a_real_photo():
     path = realdata("labelme", "semantic_segmentation", "data_annotated", "2011_000006.jpg")
     three = Image.open(path).crop((170, 80, 370, 230)).resize((800, 600), Image.LANCZOS)  # faces ~23% of 600 px
-    sig = photo_signals(_encode(three, "JPEG", quality=95), CFG)
+    sig = face_signals(_encode(three, "JPEG", quality=95), CFG)
     assert sig["faces"] == 3
     x, y, w, h = sig["face_x"], sig["face_y"], sig["face_w"], sig["face_h"]
-    assert x >= 0 and x + w <= sig["width"] and y >= 0 and y + h <= sig["height"]
+    assert x >= 0 and x + w <= 800 and y >= 0 and y + h <= 600
     small, scale = shrink(np.asarray(three.convert("L")), 640)
     centres = sorted((x + w / 2, y + h / 2) for x, y, w, h in detect_faces(small, scale))
     truth = [(172, 248), (366, 238), (602, 254)]  # the three faces of the original photo, times 4
     assert np.abs(np.array(centres) - truth).max() <= 16
     assert detect_faces(np.zeros((200, 200), np.uint8)) == []
+
+
+def test_the_detector_runs_only_on_photos_whose_mask_has_no_face(tmp_path):
+    path = realdata("labelme", "semantic_segmentation", "data_annotated", "2011_000006.jpg")
+    three = Image.open(path).crop((170, 80, 370, 230)).resize((800, 600), Image.LANCZOS)
+    three.save(tmp_path / "three.jpg", quality=95)
+    photos = pd.DataFrame({"photo_id": ["a", "b", "c", "gone"], "manifest": str(tmp_path / "photos.csv"),
+                           "path": [str(tmp_path / n) for n in ("three.jpg", "three.jpg", "three.jpg", "x.jpg")]})
+    merged = pd.DataFrame({"photo_id": ["a", "b"], "face_width_px": [120.0, float("nan")]})  # c: no mask at all
+    look = faceless(photos, merged)
+    assert look["photo_id"].tolist() == ["b", "c", "gone"]
+    found = find_faces(look, CFG)
+    assert found["faces"].tolist() == [3, 3, 0]  # a photo gone since ingest reads as no face
+    table = with_faces(photos, found).set_index("photo_id")
+    assert table.loc["a", "faces"] == 0 and table.loc["b", "face_w"] == found["face_w"].iloc[0] > 0
 
 
 def test_corrupt_file_of_imagededup_is_rejected():

@@ -73,11 +73,37 @@ def within_group_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return i, j
 
 
+LARGE_GROUP = 256  # a user with more photos than this is searched by hash distance, not paired exhaustively
+
+
+def same_user_pairs(users: np.ndarray, ph: np.ndarray, mirror: np.ndarray | None, radius: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (i, j) of photos of one user: every pair of a small user's photos, and of a large user's
+    those within ``radius`` (plain or, with ``mirror``, mirrored), so a user with 10^4 photos costs neither 10^8
+    pairs of memory nor a quadratic pass over them."""
+    order = np.argsort(users, kind="stable")
+    grouped = users[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    sizes = np.diff(np.r_[starts, len(grouped)])
+    small = np.repeat(sizes <= LARGE_GROUP, sizes)
+    ui, uj = within_group_pairs(grouped[small])
+    rows = order[small]
+    found_i, found_j = [rows[ui]], [rows[uj]]
+    for start, size in zip(starts[sizes > LARGE_GROUP], sizes[sizes > LARGE_GROUP], strict=True):
+        mine = order[start: start + size]
+        for p in [near_pairs(ph[mine], radius)] + ([near_pairs(ph[mine], radius, mirror[mine])]
+                                                    if mirror is not None else []):
+            found_i.append(mine[p.i])
+            found_j.append(mine[p.j])
+    return np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
+
+
 def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFrame:
     """Near-duplicate edges (i, j, distance, mirrored, correlation), each within its threshold and confirmed.
 
     Rows ``< n_new`` are new uploads and only pairs touching one are kept. Pairs within a user are compared
-    exhaustively (users have few photos); pairs across users come from one multi-index search of all hashes.
+    exhaustively (most users have few photos; see ``same_user_pairs``); pairs across users come from one
+    multi-index search of all hashes.
     """
     ph = hashes_to_uint64(table["phash"])
     mirror = hashes_to_uint64(table["phash_mirror"])
@@ -91,10 +117,9 @@ def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFram
         cand_i = np.concatenate([cand_i, *[p.i for p, _ in flipped]]).astype(np.int64)
         cand_j = np.concatenate([cand_j, *[p.j + off for p, off in flipped]]).astype(np.int64)
     users = table["user_id"].to_numpy()
-    order = np.argsort(users, kind="stable")
-    ui, uj = within_group_pairs(users[order])
-    cand_i = np.concatenate([cand_i, order[ui]])
-    cand_j = np.concatenate([cand_j, order[uj]])
+    ui, uj = same_user_pairs(users, ph, mirror if cfg.mirror else None, cfg.within_user_distance)
+    cand_i = np.concatenate([cand_i, ui])
+    cand_j = np.concatenate([cand_j, uj])
     i, j = np.minimum(cand_i, cand_j), np.maximum(cand_i, cand_j)
     keep = (i != j) & (i < n_new)
     pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)

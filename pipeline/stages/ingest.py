@@ -23,7 +23,10 @@ from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 pillow_heif.register_heif_opener()
 
 SIGNAL_COLUMNS = ["format", "mode", "width", "height", "orientation", "bytes", "sha256", "pixel_hash", "phash",
-                  "phash_mirror", "thumb", "brightness", "sharpness", "faces", "face_x", "face_y", "face_w", "face_h"]
+                  "phash_mirror", "thumb", "brightness", "sharpness"]
+FACE_COLUMNS = ["faces", "face_x", "face_y", "face_w", "face_h"]
+"""The face detector's count and largest box. It runs only where the merged mask has no face (``find_faces``):
+QA takes a face's width from the mask first, so elsewhere its answer would never be read."""
 THUMB_SIDE = 8  # the colour thumbnail that confirms near-duplicate candidates
 ANALYSIS_SIDE = 640  # sharpness is measured at this longer side, so its threshold does not depend on size
 FACE_SIDE = 200  # faces are sought at this shorter side, so the cascade's 24-px window sets the smallest at 12%
@@ -122,7 +125,7 @@ def pixel_hash(pixels: np.ndarray) -> str:
 
 
 def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
-    """Everything later stages need from one photo, from a single decode."""
+    """Everything later stages need from one photo but its faces, from a single decode."""
     rgb, fmt, mode, orientation = decode(data, cfg)
     w, h = rgb.size
     if min(w, h) < cfg.min_side:
@@ -130,9 +133,7 @@ def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
     pixels = np.asarray(rgb)
     grey = np.asarray(rgb.convert("L"))
     ph, mirror = phash_pair(grey)
-    small, s = shrink(grey, ANALYSIS_SIDE)
-    faces = detect_faces(small, s) if cfg.detect_faces else []
-    fx, fy, fw, fh = faces[0] if faces else (0, 0, 0, 0)
+    small, _ = shrink(grey, ANALYSIS_SIDE)
     return {
         "format": fmt, "mode": mode, "width": w, "height": h, "orientation": orientation, "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -141,8 +142,28 @@ def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
         "thumb": cv2.resize(pixels, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).tobytes().hex(),
         "brightness": round(cv2.sumElems(grey)[0] / grey.size / 255.0, 4),
         "sharpness": round(float(cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_16S))[1][0, 0]) ** 2, 2),
-        "faces": len(faces), "face_x": fx, "face_y": fy, "face_w": fw, "face_h": fh,
     }
+
+
+def face_signals(data: bytes, cfg: IngestConfig) -> dict[str, int]:
+    """FACE_COLUMNS of one photo: the detector on its oriented greyscale pixels at ANALYSIS_SIDE."""
+    rgb, _, _, _ = decode(data, cfg)
+    small, s = shrink(np.asarray(rgb.convert("L")), ANALYSIS_SIDE)
+    faces = detect_faces(small, s)
+    return dict(zip(FACE_COLUMNS, (len(faces), *(faces[0] if faces else (0, 0, 0, 0))), strict=True))
+
+
+def find_faces(photos: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
+    """photo_id and FACE_COLUMNS for ingested photos (photo_id, path, manifest); all zeros for a photo that cannot
+    be read again (ingest already read it: it changed since)."""
+    rows = []
+    for pid, path, manifest in zip(photos["photo_id"], photos["path"], photos["manifest"], strict=True):
+        try:
+            found = face_signals(read_photo(path, Path(manifest).parent), cfg)
+        except Unusable:
+            found = dict.fromkeys(FACE_COLUMNS, 0)
+        rows.append({"photo_id": pid, **found})
+    return pd.DataFrame(rows, columns=["photo_id", *FACE_COLUMNS])
 
 
 def read_photo(path: str, root: Path) -> bytes:
