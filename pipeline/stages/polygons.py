@@ -203,7 +203,9 @@ def lookup(table: np.ndarray, a: np.ndarray) -> np.ndarray:
     """``table[a]`` for an array of indices (with cv2.LUT, much faster, when ``a`` is uint8)."""
     if a.dtype != np.uint8 or not a.size:
         return table[a]
-    return cv2.LUT(a, np.pad(table, (0, 256 - len(table))))
+    full = np.zeros(256, table.dtype)  # np.pad would cost more than the lookup
+    full[: len(table)] = table
+    return cv2.LUT(a, full)
 
 
 def value_counts(a: np.ndarray, n: int) -> np.ndarray:
