@@ -248,19 +248,20 @@ def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared
 
 
 POOL_MIN_BATCHES = 32
-"""Runner ``auto`` sends a merge pass to worker processes from this many batches (~1,000 photos): below it,
-starting them (~8 s on 2 cores) costs more than the thread pool loses to the GIL, which the merge's Python-level
-vote holds most of the time (on threads a pass uses ~1.2 of 2 cores, on processes all of both)."""
+"""Runner ``auto`` sends a merge pass or the export to worker processes from this many batches (~1,000 photos):
+below it, starting them (~8 s on 2 cores) costs more than the thread pool loses to the GIL, which their
+Python-level loops hold most of the time (on threads a merge pass uses ~1.2 of 2 cores, on processes both)."""
 
 
-class MergePool:
-    """Runner ``auto``'s process pool for the merge passes, started on first use and shut down with the build."""
+class WorkerPool:
+    """Runner ``auto``'s process pool for the merge passes and export, started on first use and shut down with
+    the build."""
 
     def __init__(self, cfg: Config):
         self.cfg, self.runner = cfg, None
 
     def take(self, batches: int) -> TaskRunner | None:
-        """The pool, if a pass of this many batches should run on it (None: the flow's threads)."""
+        """The pool, if a stage of this many batches should run on it (None: the flow's threads)."""
         workers = self.cfg.build.workers or os.cpu_count() or 1
         if self.cfg.build.runner != "auto" or batches < POOL_MIN_BATCHES or workers < 2:
             return None
@@ -336,10 +337,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
         keys = inc.merge_keys(kept, to_merge, shape_digests, weights, spec, cfg, final)
         stage = "merge" if final else "score"
-        plan = inc.plan(keys, stage, layout.cache / "merge", size)
-        pool = merge_pool(len(plan.todo))
-        if pool is not None:  # bigger batches: a task costs ~100 ms on processes
-            plan = inc.plan(keys, stage, layout.cache / "merge", b.batch_size(cfg, "processes"))
+        plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
         parts = run_stage(t, plan, b.merge_jobs(kept, to_merge, [bt.rows for bt in plan.todo]), shards, spec,
                           cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
         return keys, inc.gather(parts, ids)
@@ -382,10 +380,10 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
                                 published, int(m.assignments["photo_id"].isin(published["photo_id"]).sum()),
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
-    export_plan = inc.plan(inc.export_keys(published, dict(zip(ids, merge_keys, strict=True)), spec, cfg, pseudonym),
-                           "export", layout.cache / "export", size)
+    export_plan, pool = pooled_plan(inc.export_keys(published, dict(zip(ids, merge_keys, strict=True)), spec, cfg,
+                                                    pseudonym), "export", layout.cache / "export", cfg)
     exported = run_stage(export_batch, export_plan, [(published.iloc[bt.rows],) for bt in export_plan.todo], spec,
-                         cfg, pseudonym, stage="export", clock=clock, used=used)
+                         cfg, pseudonym, stage="export", clock=clock, used=used, runner=pool)
     findings = findings.result()
     lap(clock, "qa and export")
     classes = publish(published, exported, findings, ledger, split_report.as_dict(), spec, cfg, layout, pseudonym,
@@ -411,14 +409,19 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
 
 
 PROGRESS: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("crowdseg_progress", default=None)
-POOL: ContextVar[MergePool] = ContextVar("crowdseg_merge_pool")
+POOL: ContextVar[WorkerPool] = ContextVar("crowdseg_worker_pool")
 
 
-def merge_pool(batches: int) -> TaskRunner | None:
-    """The process pool a merge pass of this many batches runs on under runner ``auto``, else None (the flow's
-    runner). A function, so that the flow's code refers to no context variable: Prefect pickles it for processes."""
+def pooled_plan(keys: list[str], stage: str, folder: Path, cfg: Config) -> tuple[inc.Plan, TaskRunner | None]:
+    """A stage's plan, and the runner its batches go to: runner ``auto``'s process pool when it is big (in bigger
+    batches: a task costs ~100 ms on processes), else None (the flow's runner). Out of the flow's code, which
+    Prefect pickles for process workers and which must then refer to no context variable."""
+    plan = inc.plan(keys, stage, folder, b.batch_size(cfg))
     pool = POOL.get(None)
-    return None if pool is None else pool.take(batches)
+    runner = None if pool is None else pool.take(len(plan.todo))
+    if runner is None:
+        return plan, None
+    return inc.plan(keys, stage, folder, b.batch_size(cfg, "processes")), runner
 
 
 def report_progress(stage: str, done: int, total: int) -> None:
@@ -452,7 +455,7 @@ def quiet_prefect() -> Iterator[None]:
 
 
 def task_runner(cfg: Config) -> TaskRunner:
-    """The flow's task runner for ``build.runner`` (``auto``: threads, see MergePool); every runner gives
+    """The flow's task runner for ``build.runner`` (``auto``: threads, see WorkerPool); every runner gives
     byte-identical outputs."""
     workers = cfg.build.workers or os.cpu_count() or 2
     if cfg.build.runner == "local":
@@ -476,7 +479,7 @@ def run_build(cfg: Config, spec: Spec, progress: Callable[[str, int, int], None]
     """
     layout = b.Layout(cfg.path(cfg.output.out))
     with build_lock(layout.out), quiet_prefect(), results_in(layout.prefect):
-        pool = MergePool(cfg)
+        pool = WorkerPool(cfg)
         tokens = PROGRESS.set(progress), POOL.set(pool)
         try:
             return build_flow.with_options(task_runner=task_runner(cfg))(cfg, spec)

@@ -363,9 +363,9 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
     crowd = tmp_path / "crowd"
     simulate(crowd, photos=16, users=6, annotators=3, seed=3, size=(240, 320))
     pooled = []
-    take = flows.MergePool.take
+    take = flows.WorkerPool.take
     monkeypatch.setattr(flows, "POOL_MIN_BATCHES", 2)
-    monkeypatch.setattr(flows.MergePool, "take", lambda self, n: pooled.append(take(self, n)) or pooled[-1])
+    monkeypatch.setattr(flows.WorkerPool, "take", lambda self, n: pooled.append(take(self, n)) or pooled[-1])
     trees = {}
     for runner in ("local", "threads", "auto", "processes", "dask"):
         out = tmp_path / runner
@@ -373,7 +373,7 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
                                                   "build.batch_size": 4, "build.workers": 2})
         run_build(cfg, preflight(cfg))
         trees[runner] = out / "dataset"
-    assert sum(p is not None for p in pooled) == 2  # auto's two merge passes went to processes
+    assert sum(p is not None for p in pooled) == 3  # auto's two merge passes and export went to processes
     files = _tree(trees["threads"])
     assert len(files) > 20
     for runner in ("local", "auto", "processes", "dask"):
