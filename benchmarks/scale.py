@@ -430,23 +430,27 @@ def tile(template: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     photos["brightness"] = np.clip(photos["brightness"].to_numpy(float) + rng.normal(0, 0.08, n), 0.05, 0.95)
 
     dups = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, round(n / 10)), replace=False)) if n > 1 else []
+    copied = ("width", "height", "thumb", "brightness", "sharpness", "sha256", "pixel_hash", "user_id")
+    col = {c: photos[c].to_numpy(dtype=object).copy() for c in copied}  # plain arrays: .at on Arrow copies
     for k, d in enumerate(dups):
         s = int(rng.integers(0, d))
-        for col in ("width", "height", "thumb", "brightness", "sharpness"):
-            photos.at[d, col] = photos.at[s, col]
+        for c in ("width", "height", "thumb", "brightness", "sharpness"):
+            col[c][d] = col[c][s]
         if k % 6 == 0:  # an exact copy uploaded by someone else
-            photos.at[d, "sha256"], photos.at[d, "pixel_hash"] = photos.at[s, "sha256"], photos.at[s, "pixel_hash"]
+            col["sha256"][d], col["pixel_hash"][d] = col["sha256"][s], col["pixel_hash"][s]
             ph[d], mi[d] = ph[s], mi[s]
-            other = photos.at[s, "user_id"]
-            while users > 1 and other == photos.at[s, "user_id"]:
+            other = col["user_id"][s]
+            while users > 1 and other == col["user_id"][s]:
                 other = f"v{int(rng.integers(0, users)):06d}"
-            photos.at[d, "user_id"] = other
+            col["user_id"][d] = other
         else:  # a near copy by the same user
             flip = np.uint64(0)
             for bit in rng.choice(64, int(rng.integers(1, 7)), replace=False):
                 flip |= np.uint64(1) << np.uint64(int(bit))
             ph[d], mi[d] = (mi[s] ^ flip, ph[s] ^ flip) if k % 3 == 0 else (ph[s] ^ flip, mi[s] ^ flip)
-            photos.at[d, "user_id"] = photos.at[s, "user_id"]
+            col["user_id"][d] = col["user_id"][s]
+    for c in copied:
+        photos[c] = pd.Series(col[c], index=photos.index).astype(photos[c].dtype)
     photos["phash"] = [f"{int(v):016x}" for v in ph]
     photos["phash_mirror"] = [f"{int(v):016x}" for v in mi]
     photos["row"] = np.arange(2, n + 2)

@@ -26,7 +26,7 @@ from pipeline import incremental as inc
 from pipeline import store
 from pipeline.config import Config
 from pipeline.io.manifest import read_manifest
-from pipeline.io.shapestore import ShapeShards
+from pipeline.io.shapestore import ShapeStore
 from pipeline.io.sources import read_all_annotations
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
@@ -51,16 +51,16 @@ CACHED = {"cache_key_fn": _key, "persist_result": True}
 
 @task(name="read-inputs", **CACHED)
 def read_inputs(cfg: Config, spec: Spec, items: list[str], key: str, part: str) -> str:
-    """The manifest, assignments and rejections; shapes go to shards beside the result (``ShapeShards``)."""
+    """The manifest, assignments and rejections; shapes go to a file beside the result (``ShapeStore``)."""
     manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
-    shards = ShapeShards.create(Path(part).with_suffix(".shapes"), manifest["photo_id"])
+    shapes = ShapeStore.create(Path(part).with_suffix(".shapes"))
     digests: dict[str, str] = {}
     assignments, _, ann_rejected = read_all_annotations(cfg, spec, manifest,
-                                                        lambda rows: digests.update(shards.write(rows)))
+                                                        lambda rows: digests.update(shapes.write(rows)))
     get_run_logger().info("read %d photos (%d rows rejected), %d assignments (%d rejected)", len(manifest),
                           len(rejected), len(assignments), len(ann_rejected))
     return str(store.save_part((manifest, assignments, concat([rejected, ann_rejected], REJECTION_COLUMNS), digests,
-                                shards), items, Path(part)))
+                                shapes), items, Path(part)))
 
 
 @task(name="ingest-batch", **CACHED)
@@ -88,9 +88,9 @@ def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, pa
 
 
 @task(name="score-batch", **CACHED)
-def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shards: ShapeShards, spec: Spec, cfg: Config,
+def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec, cfg: Config,
                 weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
-    shapes = shards.read(photos["photo_id"], assignments["assignment"])
+    shapes = drawn.read(assignments["assignment"])
     scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
     get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
     return str(store.save_part(scores, items, Path(part)))
@@ -104,12 +104,12 @@ def estimate_skills(scores: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
 
 
 @task(name="merge-batch", **CACHED)
-def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shards: ShapeShards, spec: Spec,
+def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec,
                 cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
     """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
-    shapes = shards.read(photos["photo_id"], assignments["assignment"])
+    shapes = drawn.read(assignments["assignment"])
     result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks)
     get_run_logger().info("merged %d photos", len(result.photos))
     return str(store.save_part(result, items, Path(part)))
@@ -189,19 +189,19 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
 
 
 @task(name="thumbnails", **STAGE)
-def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.DataFrame, shards: ShapeShards,
+def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore,
                     outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> dict[str, list[Thumb]]:
     """Report thumbnails of flagged photos: made once per content, then read from the cache."""
     layout.thumbs.mkdir(parents=True, exist_ok=True)
     rows = reviewed.set_index("photo_id", drop=False)
     mine = assignments[assignments["photo_id"].isin(ids)]
     own = {k: g for k, g in mine.groupby("photo_id")}
-    drawn = shards.read(ids, mine["assignment"])
+    shapes = drawn.read(mine["assignment"])
     used = {k: g for k, g in outcome[outcome["photo_id"].isin(ids)].groupby("photo_id")}
     out = {}
     for pid in ids:
         photo = rows.loc[pid]
-        key, masks = b.gallery_job(photo, photo["mask_path"], own.get(pid, mine.iloc[:0]), drawn,
+        key, masks = b.gallery_job(photo, photo["mask_path"], own.get(pid, mine.iloc[:0]), shapes,
                                    used.get(pid, outcome.iloc[:0]), spec, cfg.merge.min_shape_area_px)
         out[pid] = gallery_thumbs(photo["path"], photo["mask_path"], masks, spec, layout.thumbs, key)
     return out
@@ -304,7 +304,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     used: set[str] = set()  # result files this build reads; the others are pruned at its end
 
     ikey = inc.inputs_key(cfg, spec, files.digests(str(p) for p in inc.input_files(cfg)))
-    manifest, assignments, rejected, shape_digests, shards = run_one(
+    manifest, assignments, rejected, shape_digests, drawn = run_one(
         read_inputs, ikey, layout.cache / "inputs", cfg, spec, stage="read inputs", clock=clock, used=used)
     manifest = manifest.sort_values("photo_id", kind="stable", ignore_index=True)
     lap(clock, "read inputs")
@@ -338,8 +338,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         keys = inc.merge_keys(kept, to_merge, shape_digests, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        parts = run_stage(t, plan, b.merge_jobs(kept, to_merge, [bt.rows for bt in plan.todo]), shards, spec,
-                          cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
+        jobs = [(p, a, drawn.subset(a["assignment"])) for p, a in b.merge_jobs(kept, to_merge,
+                                                                                 [bt.rows for bt in plan.todo])]
+        parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
         return keys, inc.gather(parts, ids)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
@@ -389,9 +390,11 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     classes = publish(published, exported, findings, ledger, split_report.as_dict(), spec, cfg, layout, pseudonym,
                       throwaway)
     lap(clock, "publish")
-    flagged = b.batches(pd.DataFrame({"photo_id": flagged_photos(findings, cfg.qa.gallery_limit)}), size)
+    shown = flagged_photos(findings, cfg.qa.gallery_limit)
+    flagged = b.batches(pd.DataFrame({"photo_id": shown}), size)
+    drawn = drawn.subset(to_merge.loc[to_merge["photo_id"].isin(shown), "assignment"])
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
-                                 unmapped(shards), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
+                                 unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     lap(clock, "thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments),

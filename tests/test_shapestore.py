@@ -1,13 +1,15 @@
-"""Shapes on disk: the shard store and the annotation reader that streams into it."""
+"""Shapes on disk: the shape store and the annotation reader that streams into it."""
 
 from __future__ import annotations
+
+import pickle
 
 import pandas as pd
 import pytest
 
 from pipeline.io import annotations, shapes
 from pipeline.io.annotations import read_annotations
-from pipeline.io.shapestore import ShapeShards, assignment_digests
+from pipeline.io.shapestore import ShapeStore, assignment_digests
 from pipeline.spec import load_spec
 from tests.conftest import write_lines
 
@@ -30,10 +32,11 @@ def as_rows(df: pd.DataFrame) -> list[tuple]:
     return [tuple(str(v) for v in r) for r in df.itertuples(index=False, name=None)]
 
 
-def test_streamed_shapes_equal_the_in_memory_table_and_shards_return_only_what_is_asked(lines, tmp_path, monkeypatch):
+def test_streamed_shapes_equal_the_in_memory_table_and_the_store_returns_only_what_is_asked(lines, tmp_path,
+                                                                                             monkeypatch):
     a, whole, rejected = read_annotations(lines, SPEC)
     monkeypatch.setattr(annotations, "SPILL_ROWS", 50)  # many spills, each between two assignments
-    store = ShapeShards.create(tmp_path / "shards", a["photo_id"], per_shard=16)
+    store = ShapeStore.create(tmp_path / "x.shapes")
     digests: dict[str, str] = {}
     writes = []
 
@@ -45,14 +48,17 @@ def test_streamed_shapes_equal_the_in_memory_table_and_shards_return_only_what_i
     assert left.empty and a2.equals(a) and rejected2.equals(rejected)
     assert len(writes) > 10 and all(w % 2 == 0 for w in writes)  # 2 shapes per assignment: never split
     assert digests == assignment_digests(whole.itertuples(index=False, name=None))
-    assert len(list((tmp_path / "shards").glob("*.pkl"))) == 200 // 16 + 1
+    assert len(store.index) == len(a)
 
-    wanted = a[a["photo_id"].isin(["p017", "p018", "p150"])]
-    got = store.read(wanted["photo_id"], wanted["assignment"])
-    expected = whole[whole["assignment"].isin(wanted["assignment"])]
+    wanted = a[a["photo_id"].isin(["p017", "p018", "p150"])]["assignment"]
+    small = pickle.loads(pickle.dumps(store.subset(wanted)))  # what a worker process gets
+    assert len(small.index) == len(wanted)
+    got = small.read(wanted)
+    expected = whole[whole["assignment"].isin(wanted)]
     assert sorted(as_rows(got)) == sorted(as_rows(expected))
     assert got.groupby("assignment")["index"].apply(list).to_dict() == \
         expected.groupby("assignment")["index"].apply(list).to_dict()  # imported order within an assignment
+    assert store.read(["no such assignment"]).empty
 
 
 def test_digests_follow_an_assignments_own_shapes_only():
@@ -64,8 +70,8 @@ def test_digests_follow_an_assignments_own_shapes_only():
 
 
 def test_a_new_store_starts_empty(tmp_path):
-    first = ShapeShards.create(tmp_path, ["p1", "p2"])
+    first = ShapeStore.create(tmp_path / "x.shapes")
     first.write([("x:1", "p1", "a", 1, "face_skin", [[0, 0], [1, 0], [1, 1]], [], 1, 0)])
-    again = ShapeShards.create(tmp_path, ["p1", "p2"])
-    assert again.read(["p1"], ["x:1"]).empty
-    assert list(again.read(["p1"], ["x:1"]).columns) == shapes.SHAPE_COLUMNS
+    again = ShapeStore.create(tmp_path / "x.shapes")
+    assert again.read(["x:1"]).empty
+    assert list(again.read(["x:1"]).columns) == shapes.SHAPE_COLUMNS

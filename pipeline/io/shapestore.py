@@ -1,18 +1,19 @@
-"""Imported shapes on disk, in shards of consecutive photo ids, so no process holds a whole crowd's polygons.
+"""Imported shapes on disk, one record per assignment, so no process holds a whole crowd's polygons.
 
-The read-inputs stage streams shape rows (``SHAPE_COLUMNS`` tuples) into the shards as it parses them; each merge
-batch then loads the one or two shards its photos fall in. An assignment's rows always arrive in one write, in
-their imported order, so each assignment's digest (part of the merge keys) is taken as they are written.
+The read-inputs stage streams shape rows (``SHAPE_COLUMNS`` tuples) into one append-only file as it parses them,
+each assignment's rows pickled together, and keeps where each record lies. A merge batch, or the report's
+thumbnails, then read exactly the records of their own assignments. An assignment's rows always arrive in one write,
+in their imported order, so its digest (part of the merge keys) is taken as it is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
-from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import pandas as pd
 from pipeline.io.shapes import SHAPE_COLUMNS
 from pipeline.tables import frame
 
-SHARD_PHOTOS = 64  # consecutive photo ids per shard: a batch of 32-128 photos reads one to three shards
 DIGESTED = (3, 4, 5, 6, 8)  # class_id, label, points, holes, index: what an assignment's digest covers
 
 
@@ -33,48 +33,47 @@ def assignment_digests(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
     return {a: hashlib.sha256(pickle.dumps(g, protocol=4)).hexdigest()[:16] for a, g in sorted(grouped.items())}
 
 
-@dataclass(frozen=True)
-class ShapeShards:
-    """Shards under ``folder``; shard ``i`` holds the shapes of photo ids from ``starts[i]`` up to ``starts[i+1]``
-    (ids not in the manifest land in a neighbouring shard and are simply never asked for)."""
+@dataclass
+class ShapeStore:
+    """The file ``path`` and, per assignment, the (offset, length) of its record there."""
 
-    folder: str
-    starts: tuple[str, ...]
+    path: str
+    index: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, folder: Path, photo_ids: Iterable[str], per_shard: int = SHARD_PHOTOS) -> ShapeShards:
-        """An empty store for these photos (any shards already in ``folder`` are deleted)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.pkl"):
-            old.unlink()
-        ids = sorted(set(photo_ids))
-        return cls(str(folder), tuple(ids[::per_shard]) or ("",))
-
-    def path(self, photo_id: str) -> Path:
-        return Path(self.folder) / f"{max(bisect_right(self.starts, photo_id) - 1, 0):06d}.pkl"
+    def create(cls, path: Path) -> ShapeStore:
+        """An empty store (a file already at ``path`` is truncated)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return cls(str(path))
 
     def write(self, rows: Sequence[Sequence[Any]]) -> dict[str, str]:
-        """Append shape rows (every row of each assignment at once) to their shards; their assignments' digests."""
-        by_shard: dict[Path, list[tuple[Any, ...]]] = defaultdict(list)
+        """Append shape rows (every row of each assignment at once); their assignments' digests."""
+        grouped: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for r in rows:
-            by_shard[self.path(r[1])].append(tuple(r))
-        for path, chunk in sorted(by_shard.items()):
-            with path.open("ab") as f:
-                pickle.dump(chunk, f, protocol=5)
+            grouped[r[0]].append(tuple(r))
+        with open(self.path, "ab") as f:
+            offset = f.tell()
+            for assignment, mine in grouped.items():
+                record = pickle.dumps(mine, protocol=5)
+                f.write(record)
+                self.index[assignment] = (offset, len(record))
+                offset += len(record)
         return assignment_digests(rows)
 
-    def read(self, photo_ids: Iterable[str], assignments: Iterable[str]) -> pd.DataFrame:
-        """The shapes of ``assignments`` (which belong to ``photo_ids``), in imported order per assignment."""
-        wanted = set(assignments)
+    def subset(self, assignments: Iterable[str]) -> ShapeStore:
+        """The same file with the index of these assignments only: small enough to send to a worker process."""
+        return ShapeStore(self.path, {a: self.index[a] for a in assignments if a in self.index})
+
+    def read(self, assignments: Iterable[str]) -> pd.DataFrame:
+        """The shape rows of ``assignments`` (none for one without shapes), in imported order per assignment."""
+        spans = sorted(self.index[a] for a in set(assignments) if a in self.index)
         rows: list[tuple[Any, ...]] = []
-        for path in sorted({self.path(p) for p in photo_ids}):
-            if not path.exists():
-                continue
-            with path.open("rb") as f:
-                while True:
-                    try:
-                        chunk = pickle.load(f)
-                    except EOFError:
-                        break
-                    rows += [r for r in chunk if r[0] in wanted]
+        if spans:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                for offset, length in spans:
+                    rows += pickle.loads(os.pread(fd, length, offset))
+            finally:
+                os.close(fd)
         return frame(rows, SHAPE_COLUMNS)
