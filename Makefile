@@ -51,6 +51,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/report_time.py
 	$(BIN)/python benchmarks/qa_defects.py
 	$(BIN)/python benchmarks/split_quality.py
+	$(BIN)/python benchmarks/stage_costs.py
 	$(BIN)/python benchmarks/scale.py
 
 schemas: $(STAMP)
