@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ from pipeline import build as b
 from pipeline import incremental as inc
 from pipeline import store
 from pipeline.config import Config
+from pipeline.io.annotations import read_annotations
 from pipeline.io.manifest import read_manifest
 from pipeline.io.shapestore import ShapeStore
-from pipeline.io.sources import read_all_annotations
+from pipeline.io.sources import join_tables, read_tool_sources
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
@@ -51,16 +52,29 @@ CACHED = {"cache_key_fn": _key, "persist_result": True}
 
 @task(name="read-inputs", **CACHED)
 def read_inputs(cfg: Config, spec: Spec, items: list[str], key: str, part: str) -> str:
-    """The manifest, assignments and rejections; shapes go to a file beside the result (``ShapeStore``)."""
+    """The manifest, assignments and rejections; shapes go to a file beside the result (``ShapeStore``).
+
+    When the native annotations file only grew since an earlier result, that result's lines are taken as they
+    were parsed and only the new lines are read.
+    """
     manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
-    shapes = ShapeStore.create(Path(part).with_suffix(".shapes"))
-    digests: dict[str, str] = {}
-    assignments, _, ann_rejected = read_all_annotations(cfg, spec, manifest,
-                                                        lambda rows: digests.update(shapes.write(rows)))
-    get_run_logger().info("read %d photos (%d rows rejected), %d assignments (%d rejected)", len(manifest),
-                          len(rejected), len(assignments), len(ann_rejected))
-    return str(store.save_part((manifest, assignments, concat([rejected, ann_rejected], REJECTION_COLUMNS), digests,
-                                shapes), items, Path(part)))
+    out, native, nkey = Path(part), cfg.path(cfg.inputs.annotations), inc.native_key(cfg, spec)
+    earlier = inc.earlier_prefix(out.parent, native, nkey)
+    head, shapes, digests, start = inc.reuse_prefix(earlier, out.with_suffix(".shapes"))
+    tail = read_annotations(native, spec, cfg.inputs.label_map, lambda rows: digests.update(shapes.write(rows)),
+                            start)
+    others = read_tool_sources(cfg, spec, manifest, lambda rows: digests.update(shapes.write(rows)))
+    own_a, _, own_r = join_tables([head, tail])
+    assignments, _, _ = join_tables([(own_a, tail[1], own_r), others])
+    now = inc.line_prefix(native, nkey)
+    store.write_atomic(out.with_suffix(".prefix.json"), json.dumps(asdict(now)).encode())
+    lines = {"native_assignments": len(own_a), "native_rejections": (len(rejected), len(rejected) + len(own_r)),
+             "reused": start[1], "parsed": now.lines - start[1]}
+    get_run_logger().info("read %d photos (%d rows rejected), %d assignments (%d rejected); %d annotation lines "
+                          "parsed, %d reused", len(manifest), len(rejected), len(assignments),
+                          len(own_r) + len(others[2]), lines["parsed"], lines["reused"])
+    return str(store.save_part((manifest, assignments, concat([rejected, own_r, others[2]], REJECTION_COLUMNS),
+                                digests, shapes, lines), items, out))
 
 
 @task(name="ingest-batch", **CACHED)
@@ -304,8 +318,12 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     used: set[str] = set()  # result files this build reads; the others are pruned at its end
 
     ikey = inc.inputs_key(cfg, spec, files.digests(str(p) for p in inc.input_files(cfg)))
-    manifest, assignments, rejected, shape_digests, drawn = run_one(
+    manifest, assignments, rejected, shape_digests, drawn, lines = run_one(
         read_inputs, ikey, layout.cache / "inputs", cfg, spec, stage="read inputs", clock=clock, used=used)
+    if clock.work["read inputs"]["computed"]:  # lines parsed now, lines taken from an earlier result
+        clock.count("annotation lines", lines["parsed"], lines["reused"])
+    else:
+        clock.count("annotation lines", 0, lines["parsed"] + lines["reused"])
     manifest = manifest.sort_values("photo_id", kind="stable", ignore_index=True)
     lap(clock, "read inputs")
     ingest_keys = inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg)

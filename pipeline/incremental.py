@@ -8,6 +8,9 @@ ratios, or a class's agreement threshold, does not invalidate the ingest or the 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,11 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import Config
+from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Tables
+from pipeline.io.shapestore import ShapeStore
 from pipeline.spec import Spec
 from pipeline.store import code_version, key_of, known_items, load, rows_key
+from pipeline.tables import REJECTION_COLUMNS, frame
 
 MERGE_INDEPENDENT = {"class_agreement", "hold_disputed", "ignore_below", "pin_skills"}
 """Merge settings that do not change a photo's vote directly (they decide status or export, or the weights, which
@@ -113,8 +119,94 @@ def inputs_key(cfg: Config, spec: Spec, digests: list[str]) -> str:
     for src in settings["sources"]:
         src["path"] = str(cfg.path(src["path"]).resolve())
     return key_of("inputs", code_version("pipeline.io.sources"), code_version("pipeline.io.manifest"),
-                  code_version("pipeline.io.shapestore"),
+                  code_version("pipeline.io.shapestore"), code_version("pipeline.incremental"),
                   [str(p) for p in input_files(cfg)], digests, settings, spec_key(spec))
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The complete lines of the native annotations file that a read-inputs result parsed: the file, the key of
+    the reading (reader code, spec, label map), their length in bytes and lines, and their sha256."""
+
+    path: str
+    key: str
+    size: int
+    lines: int
+    sha256: str
+
+
+BLOCK = 1 << 24
+
+
+def native_key(cfg: Config, spec: Spec) -> str:
+    """What parsing the native annotations file depends on besides its bytes."""
+    return key_of("native", code_version("pipeline.io.annotations"), spec_key(spec), cfg.inputs.label_map)
+
+
+def line_prefix(path: Path, key: str) -> Prefix:
+    """The file's complete lines (up to its last newline) as a Prefix."""
+    digest, size, lines, pending = hashlib.sha256(), 0, 0, b""
+    with path.open("rb") as f:
+        while block := f.read(BLOCK):
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                pending += block
+                continue
+            done, pending = pending + block[: cut + 1], block[cut + 1:]
+            digest.update(done)
+            size, lines = size + len(done), lines + done.count(b"\n")
+    return Prefix(str(path.resolve()), key, size, lines, digest.hexdigest())
+
+
+def starts_with(path: Path, prefix: Prefix) -> bool:
+    """Whether the file at ``path`` still begins with the lines ``prefix`` describes (it only grew since)."""
+    if str(path.resolve()) != prefix.path or path.stat().st_size < prefix.size:
+        return False
+    digest, left = hashlib.sha256(), prefix.size
+    with path.open("rb") as f:
+        while left and (block := f.read(min(BLOCK, left))):
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest() == prefix.sha256
+
+
+def earlier_prefix(folder: Path, path: Path, key: str) -> tuple[Path, Prefix] | None:
+    """The complete read-inputs result in ``folder`` whose parsed lines the file at ``path`` still begins with,
+    the longest such; None when there is none."""
+    found = []
+    for sidecar in folder.glob("*.prefix.json") if folder.is_dir() else []:
+        part = sidecar.with_name(sidecar.name.split(".")[0] + ".pkl")
+        prefix = Prefix(**json.loads(sidecar.read_text()))
+        if prefix.key == key and part.with_suffix(".keys").exists():
+            found.append((prefix.size, str(part), prefix))
+    for _, part, prefix in sorted(found, reverse=True):
+        if starts_with(path, prefix):
+            return Path(part), prefix
+    return None
+
+
+def reuse_prefix(earlier: tuple[Path, Prefix] | None, shapes_path: Path
+                 ) -> tuple[Tables, ShapeStore, dict[str, str], tuple[int, int]]:
+    """What an earlier read-inputs result parsed of the native file's lines ``earlier`` describes: its assignments
+    and rejections of those lines, a shape store at ``shapes_path`` holding their shapes (the earlier store's file,
+    hard-linked: it is append-only, so the earlier result stays valid), their digests, and where to read on from
+    (byte offset, lines). With no earlier result: nothing, an empty store, and the file's start."""
+    empty = (frame([], ASSIGNMENT_COLUMNS), frame([], SHAPE_COLUMNS), frame([], REJECTION_COLUMNS))
+    if earlier is None:
+        return empty, ShapeStore.create(shapes_path), {}, (0, 0)
+    part, prefix = earlier
+    _, assignments, rejected, digests, shapes, lines = load(part)
+    a = assignments.iloc[: lines["native_assignments"]]
+    r = rejected.iloc[slice(*lines["native_rejections"])]
+    a, r = a[a["row"] <= prefix.lines], r[r["row"] <= prefix.lines]  # a last line with no newline is read again
+    shapes_path.unlink(missing_ok=True)
+    try:
+        os.link(shapes.path, shapes_path)
+    except OSError:
+        shutil.copyfile(shapes.path, shapes_path)
+    kept = list(a["assignment"])
+    store = ShapeStore(str(shapes_path), {k: shapes.index[k] for k in kept if k in shapes.index})
+    return (a, empty[1], r), store, {k: digests[k] for k in kept if k in digests}, (prefix.size, prefix.lines)
 
 
 def ingest_keys(manifest: pd.DataFrame, digests: list[str], cfg: Config) -> list[str]:

@@ -98,6 +98,8 @@ def test_new_uploads_are_the_only_photos_hashed_and_merged(chain):
     for stage in ("score", "merge"):  # new uploads that are duplicates are never merged
         assert 0 < work[stage]["computed"] <= NEW_PHOTOS and work[stage]["reused"] == first[stage]["computed"]
     assert work["read inputs"]["computed"] == 1 and work["dedup"]["computed"] == 1
+    lines, before = work["annotation lines"], chain["first"]["work"]["annotation lines"]
+    assert lines["reused"] == before["computed"] and 0 < lines["computed"] < before["computed"] / 4  # appended only
 
 
 def test_changing_the_split_ratios_reruns_only_split_and_export_placement(chain):

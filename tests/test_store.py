@@ -107,3 +107,16 @@ def test_ingest_keys_ignore_where_a_row_sits_but_not_what_it_says():
     assert inc.ingest_keys(manifest.assign(row=7, manifest="/x/new.csv"), ["d1"], Config()) == base
     assert inc.ingest_keys(manifest, ["d2"], Config()) != base
     assert inc.ingest_keys(manifest.assign(user_id="u2"), ["d1"], Config()) != base
+
+
+def test_a_line_prefix_covers_complete_lines_and_survives_appends_only(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": 3')  # the last line is not complete yet
+    prefix = inc.line_prefix(f, "k")
+    assert (prefix.size, prefix.lines) == (18, 2)
+    f.write_bytes(f.read_bytes() + b'4}\n{"d": 5}\n')  # appended: the complete lines are untouched
+    assert inc.starts_with(f, prefix)
+    assert inc.line_prefix(f, "k").lines == 4
+    f.write_bytes(b'{"a": 9}\n{"b": 2}\n{"c": 34}\n')  # rewritten
+    assert not inc.starts_with(f, prefix)
+    assert inc.earlier_prefix(tmp_path, f, "k") is None

@@ -16,16 +16,17 @@ from pipeline.spec import Spec, validation_reason
 __all__ = ["ASSIGNMENT_COLUMNS", "SHAPE_COLUMNS", "read_annotations"]
 
 
-def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = None, sink: Sink | None = None
-                     ) -> Tables:
+def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = None, sink: Sink | None = None,
+                     start: tuple[int, int] = (0, 0)) -> Tables:
     """Assignments, their shapes (labels mapped to class ids) and rejections.
 
     ``assignment`` is a build-wide key ``<file>:<row>``, since assignment ids are optional and not trusted unique.
     A line that does not parse or validate is rejected whole; a shape whose label the spec does not know is
     rejected alone, never guessed. With a ``sink``, shape rows are handed to it as they pile up (see ``Collector``).
+    ``start`` (byte offset, lines before it) reads only the lines from there (see ``read_lines``).
     """
     out = Collector(path, spec, label_map, sink)
-    for row, line in read_lines(path):
+    for row, line in read_lines(path, start):
         if not line.strip():
             continue
         try:

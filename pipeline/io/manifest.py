@@ -34,15 +34,18 @@ def read_text(path: Path) -> str:
                             where=line) from None
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path, start: tuple[int, int] = (0, 0)) -> Iterator[tuple[int, str]]:
     """(line number, text) of a UTF-8 file's lines, read one at a time, so a large file is never held whole; a
-    line with bad bytes is a one-line error naming it."""
+    line with bad bytes is a one-line error naming it. ``start`` = (byte offset of a line's start, lines before
+    it) reads from there on."""
+    offset, before = start
     try:
         f = path.open("rb")
     except OSError as e:
         raise CrowdsegError(f"cannot read: {e.strerror or e}", file=str(path)) from None
     with f:
-        for number, raw in enumerate(f, start=1):
+        f.seek(offset)
+        for number, raw in enumerate(f, start=before + 1):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:

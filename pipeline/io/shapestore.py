@@ -42,8 +42,9 @@ class ShapeStore:
 
     @classmethod
     def create(cls, path: Path) -> ShapeStore:
-        """An empty store (a file already at ``path`` is truncated)."""
+        """An empty store (a file already at ``path`` is replaced, never truncated: it may be another store's too)."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
         path.write_bytes(b"")
         return cls(str(path))
 

@@ -20,7 +20,7 @@ from pipeline.io.cvat import read_cvat
 from pipeline.io.label_studio import read_label_studio
 from pipeline.io.labelme import read_labelme
 from pipeline.io.manifest import read_text
-from pipeline.io.shapes import Sink, Tables
+from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Sink, Tables
 from pipeline.io.toloka import read_toloka
 from pipeline.spec import Spec
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
@@ -172,7 +172,13 @@ def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame, sink: 
 
     With a ``sink``, every shape row goes to it (the native file's as it is read) and the shapes table is empty.
     """
-    parts = [read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map, sink)]
+    native = read_annotations(cfg.path(cfg.inputs.annotations), spec, cfg.inputs.label_map, sink)
+    return join_tables([native, read_tool_sources(cfg, spec, manifest, sink)])
+
+
+def read_tool_sources(cfg: Config, spec: Spec, manifest: pd.DataFrame, sink: Sink | None = None) -> Tables:
+    """Every configured tool export (``inputs.sources``), image references resolved; shapes to ``sink`` if given."""
+    parts = []
     for i, src in enumerate(cfg.inputs.sources, start=1):
         a, s, r = read_source(cfg.path(src.path), src.format, spec, {**cfg.inputs.label_map, **src.label_map},
                               src.annotator)
@@ -182,4 +188,11 @@ def read_all_annotations(cfg: Config, spec: Spec, manifest: pd.DataFrame, sink: 
             sink(list(s.itertuples(index=False, name=None)))
             s = s.iloc[:0]
         parts.append((a, s, pd.concat([r, unresolved], ignore_index=True)))
-    return tuple(pd.concat([p[k] for p in parts], ignore_index=True) for k in range(3))  # type: ignore[return-value]
+    return join_tables(parts)
+
+
+def join_tables(parts: list[Tables]) -> Tables:
+    """(assignments, shapes, rejections) of several reads as one, with the declared columns even when empty."""
+    empty = (frame([], ASSIGNMENT_COLUMNS), frame([], SHAPE_COLUMNS), frame([], REJECTION_COLUMNS))
+    return tuple(pd.concat([p[k] for p in parts if len(p[k])] or [e], ignore_index=True)  # type: ignore[return-value]
+                 for k, e in enumerate(empty))
