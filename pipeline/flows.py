@@ -61,11 +61,13 @@ def read_inputs(cfg: Config, spec: Spec, items: list[str], key: str, part: str) 
     out, native, nkey = Path(part), cfg.path(cfg.inputs.annotations), inc.native_key(cfg, spec)
     earlier = inc.earlier_prefix(out.parent, native, nkey)
     head, shapes, digests, start = inc.reuse_prefix(earlier, out.with_suffix(".shapes"))
-    tail = read_annotations(native, spec, cfg.inputs.label_map, lambda rows: digests.update(shapes.write(rows)),
-                            start)
-    others = read_tool_sources(cfg, spec, manifest, lambda rows: digests.update(shapes.write(rows)))
-    own_a, _, own_r = join_tables([head, tail])
-    assignments, _, _ = join_tables([(own_a, tail[1], own_r), others])
+
+    def sink(rows: list[tuple[Any, ...]]) -> None:
+        digests.update(shapes.write(rows))
+
+    own = join_tables([head, read_annotations(native, spec, cfg.inputs.label_map, sink, start)])
+    others = read_tool_sources(cfg, spec, manifest, sink)
+    own_a, own_r, assignments = own[0], own[2], join_tables([own, others])[0]
     now = inc.line_prefix(native, nkey)
     store.write_atomic(out.with_suffix(".prefix.json"), json.dumps(asdict(now)).encode())
     lines = {"native_assignments": len(own_a), "native_rejections": (len(rejected), len(rejected) + len(own_r)),
