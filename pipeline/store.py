@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pandas as pd
+import xxhash
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -135,16 +136,17 @@ def known_items(folder: Path) -> dict[str, str]:
 
 
 class FileDigests:
-    """sha256 of input files, remembered by (path, size, mtime, inode) so an unchanged file is not read again
-    (the way git's index avoids rehashing). Missing or unreadable files get an empty digest."""
+    """xxh3-128 digests of input files (a content key, not a seal: 10x cheaper than sha256 on 20k photos),
+    remembered by (path, size, mtime, inode) so an unchanged file is not read again (the way git's index avoids
+    rehashing). Missing or unreadable files get an empty digest."""
 
-    COLUMNS = ("path", "size", "mtime_ns", "inode", "sha256")
+    COLUMNS = ("path", "size", "mtime_ns", "inode", "xxh3")
 
     def __init__(self, cache_path: Path):
         self.cache_path = cache_path
         self.known: dict[tuple[str, int, int, int], str] = {}
-        if cache_path.exists():
-            table = pd.read_parquet(cache_path)
+        table = pd.read_parquet(cache_path) if cache_path.exists() else pd.DataFrame()
+        if set(self.COLUMNS) <= set(table.columns):  # a cache of another digest is not used
             self.known = {(p, int(s), int(m), int(i)): h for p, s, m, i, h in table[list(self.COLUMNS)].itertuples(
                 index=False)}
 
@@ -154,7 +156,7 @@ class FileDigests:
         stats = [_stat(p) for p in paths]
         todo = sorted({(p, s) for p, s in zip(paths, stats, strict=True) if s and (p, *s) not in self.known})
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for (p, s), h in zip(todo, pool.map(lambda t: _sha256(t[0]), todo), strict=True):
+            for (p, s), h in zip(todo, pool.map(lambda t: _xxh3(t[0]), todo), strict=True):
                 if h:
                     self.known[(p, *s)] = h
         return [self.known.get((p, *s), "") if s else "" for p, s in zip(paths, stats, strict=True)]
@@ -178,12 +180,15 @@ def _stat(path: str) -> tuple[int, int, int] | None:
     return (st.st_size, st.st_mtime_ns, st.st_ino) if os.path.isfile(path) else None
 
 
-def _sha256(path: str) -> str:
+def _xxh3(path: str) -> str:
+    digest = xxhash.xxh3_128()
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     except OSError:
         return ""
+    return digest.hexdigest()
 
 
 def prune(folders: Iterable[Path], keep: set[str]) -> int:

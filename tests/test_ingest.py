@@ -1,6 +1,5 @@
 """Ingest: every bad upload is rejected with a named reason; good ones of any mode come out as oriented RGB."""
 
-import hashlib
 import io
 import struct
 import zlib
@@ -8,6 +7,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+import xxhash
 from PIL import Image, ImageOps
 
 from pipeline.build import faceless, with_faces
@@ -15,6 +15,7 @@ from pipeline.config import IngestConfig
 from pipeline.io.manifest import read_manifest
 from pipeline.stages.ingest import (
     Unusable,
+    decode,
     detect_faces,
     face_signals,
     find_faces,
@@ -79,22 +80,23 @@ def test_every_accepted_mode_and_format_becomes_8bit_rgb(im, fmt, mode, pixel):
     sig = photo_signals(_encode(im, fmt, **({"lossless": True} if fmt == "WEBP" else {})), CFG)
     assert (sig["format"], sig["mode"], sig["width"], sig["height"]) == (fmt, mode, 64, 48)
     if pixel is not None:
-        from pipeline.stages.ingest import decode
-
         rgb = np.asarray(decode(_encode(im, fmt), CFG)[0])
         assert np.abs(rgb[0, 0].astype(int) - np.array(pixel)).max() <= 2
 
 
-def test_exif_rotated_photo_reports_oriented_size(tmp_path):
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_oriented_photo_decodes_as_pillow_shows_it(tmp_path, orientation):
     src = write_jpeg(tmp_path / "a.jpg", 4, size=(160, 120))
     exif = Image.Exif()
-    exif[0x0112] = 6
+    exif[0x0112] = orientation
     data = _encode(Image.open(src), "JPEG", exif=exif)
     sig = photo_signals(data, CFG)
-    assert (sig["width"], sig["height"], sig["orientation"]) == (120, 160, 6)
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    assert sig["pixel_hash"] == hashlib.sha256(b"120x160:" + upright.tobytes()).hexdigest()
-    assert sig["brightness"] == round(float(np.asarray(upright.convert("L")).mean()) / 255.0, 4)
+    assert (sig["width"], sig["height"], sig["orientation"]) == (*upright.size, orientation)
+    assert (decode(data, CFG)[0] == np.asarray(upright)).all()  # OpenCV's decode, Pillow's pixels
+    size = f"{upright.width}x{upright.height}:".encode()
+    assert sig["pixel_hash"] == xxhash.xxh3_128_hexdigest(size + upright.tobytes())
+    assert abs(sig["brightness"] - float(np.asarray(upright.convert("L")).mean()) / 255.0) < 1 / 255
 
 
 def test_format_comes_from_the_content_not_the_name(tmp_path):
@@ -121,7 +123,7 @@ def test_ingest_batch_rejects_missing_and_escaping_files_and_keeps_good_ones(tmp
 
 def test_signals_are_recorded(tmp_path):
     sig = photo_signals(write_jpeg(tmp_path / "a.jpg", 3, size=(320, 240)).read_bytes(), CFG)
-    assert len(sig["sha256"]) == 64 and len(sig["pixel_hash"]) == 64 and len(sig["phash"]) == 16
+    assert len(sig["sha256"]) == 64 and len(sig["pixel_hash"]) == 32 and len(sig["phash"]) == 16
     assert 0 <= sig["brightness"] <= 1 and sig["sharpness"] > 0
     blurred = Image.open(tmp_path / "a.jpg").resize((40, 30)).resize((320, 240))
     assert photo_signals(_encode(blurred, "JPEG"), CFG)["sharpness"] < sig["sharpness"] / 2

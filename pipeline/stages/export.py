@@ -216,12 +216,17 @@ def export_photo(src: str | Path, dst: Path, quality: int) -> str | None:
     return reason
 
 
-def published_mask(mask_path: str | Path, agreement_path: str | Path, min_share: float, ignore_index: int
-                   ) -> np.ndarray:
-    """The merged mask, with ``ignore_index`` where the winning vote share is below ``min_share`` (0: off)."""
+def publish_mask(mask_path: str | Path, agreement_path: str | Path, min_share: float, ignore_index: int,
+                 target: Path) -> np.ndarray:
+    """Write the merged mask to ``target``, with ``ignore_index`` where the winning vote share is below
+    ``min_share`` (0: off), and return it. Unchanged, the work PNG (``write_mask``'s bytes) is copied, not encoded."""
     mask = read_mask(mask_path)
     if min_share > 0:
         mask[read_mask(agreement_path) < round(min_share * 255)] = ignore_index
+        write_mask(mask, target)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mask_path, target)
     return mask
 
 
@@ -293,8 +298,8 @@ def export_photos(published: pd.DataFrame, root: Path, spec: Spec, key: bytes, o
     for p in published.itertuples(index=False):
         name, split = image_name(p.photo_id, key), p.split
         reason = export_photo(p.path, root / "images" / split / f"{name}.jpg", opts.quality)
-        mask = published_mask(p.mask_path, p.agreement_path, opts.ignore_below, ignore)
-        write_mask(mask, root / "annotations" / split / f"{name}.png")
+        mask = publish_mask(p.mask_path, p.agreement_path, opts.ignore_below, ignore,
+                            root / "annotations" / split / f"{name}.png")
         for v in views:
             write_mask(apply_view(mask, v, ignore), root / "views" / v.name / split / f"{name}.png")
         if opts.agreement_maps:

@@ -229,7 +229,10 @@ def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min
     """Rasterise one assignment's shapes per class; also the shapes rejected and the repairs made."""
     by_class: dict[int, list[Poly]] = {}
     rejected, repairs = [], []
-    for s in shapes:
+    for s, ring in zip(shapes, sound_rings(shapes, width, height, min_area, scale), strict=True):
+        if ring is not None:
+            by_class.setdefault(int(s["class_id"]), []).append((ring, []))
+            continue
         try:
             polys, fixed = clean_shape(s["points"], s["holes"], width, height, min_area, scale)
         except ShapeRejected as e:
@@ -239,6 +242,34 @@ def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min
         by_class.setdefault(int(s["class_id"]), []).extend(polys)
     layers = {c: lay for c, polys in by_class.items() if (lay := rasterise(polys, height, width)) is not None}
     return layers, rejected, repairs
+
+
+def sound_rings(shapes: list[dict[str, Any]], width: int, height: int, min_area: float,
+                scale: tuple[float, float] = (1.0, 1.0)) -> list[Ring | None]:
+    """Per shape, its scaled outer ring when ``clean_shape`` would return it unrepaired; else None.
+
+    That is most shapes: no holes, 3 to MAX_VERTICES finite points, a valid polygon strictly inside the photo with
+    at least ``min_area`` px. They are checked together in shapely's vectorised functions, without a Python
+    geometry object per shape; the others go through ``clean_shape``.
+    """
+    out: list[Ring | None] = [None] * len(shapes)
+    rings, where = [], []
+    for n, s in enumerate(shapes):
+        ext = s["points"]
+        if (not len(s["holes"]) and isinstance(ext, np.ndarray) and ext.dtype == np.float64 and ext.ndim == 2
+                and ext.shape[1] == 2 and 3 <= len(ext) <= MAX_VERTICES and np.isfinite(ext).all()):
+            rings.append(ext if scale == (1.0, 1.0) else _scaled(ext, scale))
+            where.append(n)
+    if not rings:
+        return out
+    ring_of = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
+    polys = shapely.polygons(shapely.linearrings(np.concatenate(rings), indices=ring_of))
+    bounds = shapely.bounds(polys)
+    sound = (shapely.is_valid(polys) & (bounds[:, 0] > -0.5) & (bounds[:, 1] > -0.5) & (bounds[:, 2] < width - 0.5)
+             & (bounds[:, 3] < height - 0.5) & (shapely.area(polys) >= min_area))
+    for k in np.flatnonzero(sound).tolist():
+        out[where[k]] = rings[k]
+    return out
 
 
 def _where(s: dict[str, Any]) -> dict[str, Any]:
