@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pandas as pd
 from pipeline.config import Config, MergeConfig, SplitConfig
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
+from pipeline.tables import isin, keyed_hash
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     """Photos that survive dedup, sorted by id."""
     from pipeline.stages.dedup import dropped_ids
 
-    return photos[~photos["photo_id"].isin(dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
+    return photos[~isin(photos["photo_id"], dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
 
 
 def faceless(photos: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
@@ -151,7 +150,7 @@ def split_strata(photos: pd.DataFrame, merged: pd.DataFrame, spec: Spec, cfg: Sp
 
     ``photos`` are the kept photos (ingest signals and manifest attributes), ``merged`` the published merge rows.
     """
-    table = photos[photos["photo_id"].isin(merged["photo_id"])][["photo_id", "user_id"]].reset_index(drop=True)
+    table = photos[isin(photos["photo_id"], merged["photo_id"])][["photo_id", "user_id"]].reset_index(drop=True)
     rows = photos.set_index("photo_id").loc[table["photo_id"]]
     strata: dict[str, list[object]] = {}
     if "classes" in cfg.stratify and len(table):
@@ -224,31 +223,20 @@ def threshold_table(classes: pd.DataFrame, spec: Spec, current: dict[int, float]
                                        "current"])
 
 
-def gallery_job(photo: pd.Series, mask_path: str, assignments: pd.DataFrame, shapes: pd.DataFrame,
-                outcome: pd.DataFrame, spec: Spec, min_area: float) -> tuple[str, Callable[[], dict[str, np.ndarray]]]:
-    """A flagged photo's thumbnail cache key, and a function drawing each of its annotators' masks.
-
-    The key covers the photo's bytes, the merged mask's bytes, the spec and every shape, so a cached thumbnail is
-    reused exactly while none of them changes. ``outcome`` (merge's assignment rows) adds how each was used.
-    """
+def annotator_masks(photo: pd.Series, assignments: pd.DataFrame, shapes: pd.DataFrame, outcome: pd.DataFrame,
+                    spec: Spec, min_area: float) -> dict[str, np.ndarray]:
+    """A flagged photo's annotators' masks as merge drew them, by caption; ``outcome`` (merge's assignment rows)
+    tells how each was used."""
     from pipeline.stages.merge import rasterise_photo
     from pipeline.stages.polygons import composite
-    from pipeline.tables import keyed_hash
 
     todo = assignments.sort_values("assignment")
-    own = shapes[shapes["assignment"].isin(set(todo["assignment"]))].sort_values(["assignment", "index"])
-    drawn = json.dumps([photo["sha256"], hashlib.sha256(Path(mask_path).read_bytes()).hexdigest(), spec.name,
-                        spec.version, own[["assignment", "label", "points", "holes"]].to_dict("records")],
-                       default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    own = shapes.sort_values(["assignment", "index"])
     notes = outcome.set_index("assignment") if len(outcome) else None
-
-    def masks() -> dict[str, np.ndarray]:
-        layers, _, _ = rasterise_photo(photo, todo, {k: g.to_dict("records") for k, g in own.groupby("assignment")},
-                                       min_area)
-        return {_caption(a.annotator_id, a.golden, notes, a.assignment):
-                composite(a.layers, spec.draw_ids, int(photo["height"]), int(photo["width"])) for a in layers}
-
-    return keyed_hash("thumb", drawn, 24), masks
+    layers, _, _ = rasterise_photo(photo, todo, {k: g.to_dict("records") for k, g in own.groupby("assignment")},
+                                   min_area)
+    return {_caption(a.annotator_id, a.golden, notes, a.assignment):
+            composite(a.layers, spec.draw_ids, int(photo["height"]), int(photo["width"])) for a in layers}
 
 
 def _caption(annotator: str, golden: bool, notes: pd.DataFrame | None, assignment: str) -> str:
@@ -270,8 +258,6 @@ def outcome_settings(cfg: Config) -> dict[str, object]:
 
 def build_id(cfg: Config, photos: pd.DataFrame, assignments: pd.DataFrame) -> str:
     """A short id of this build's inputs and config: the same inputs and config give the same id."""
-    from pipeline.tables import keyed_hash
-
     settings = outcome_settings(cfg)
     content = json.dumps([settings, sorted(photos.get("sha256", pd.Series(dtype=str))),
                           sorted(assignments["assignment"])], sort_keys=True)

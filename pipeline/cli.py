@@ -78,10 +78,13 @@ def build(
 def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     from pipeline.build import preflight
     from pipeline.config import load_config
-    from pipeline.flows import run_build
+    from pipeline.run import start_prefect_server
 
     cfg = load_config(config, overrides)
     spec = preflight(cfg)
+    start_prefect_server()  # comes up while the flow's modules load
+    from pipeline.flows import run_build
+
     console = Console(stderr=True)
     with StageBars(console) as bars:
         result = run_build(cfg, spec, bars.update)

@@ -9,16 +9,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import Task, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
-from prefect.settings import temporary_settings
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from prefect.utilities.callables import get_call_parameters
@@ -35,10 +37,10 @@ from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
-from pipeline.run import Stopwatch, build_lock
+from pipeline.run import Stopwatch, build_lock, prefect_server
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, export, ingest, merge, qa, review, skill, split
-from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat
+from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, isin, keyed_hash
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -207,22 +209,30 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
 
 
 @task(name="thumbnails", **STAGE)
-def make_thumbnails(ids: list[str], reviewed: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore,
-                    outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout) -> dict[str, list[Thumb]]:
-    """Report thumbnails of flagged photos: made once per content, then read from the cache."""
+def make_thumbnails(ids: list[str], merge_keys: dict[str, str], reviewed: pd.DataFrame, assignments: pd.DataFrame,
+                    drawn: ShapeStore, outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout
+                    ) -> dict[str, list[Thumb]]:
+    """Report thumbnails of flagged photos: made once per merge result (its key covers the photo, every shape and
+    how merge used them), then read from the cache; shapes are read only when a thumbnail is made."""
     layout.thumbs.mkdir(parents=True, exist_ok=True)
     rows = reviewed.set_index("photo_id", drop=False)
-    mine = assignments[assignments["photo_id"].isin(ids)]
+    mine = assignments[isin(assignments["photo_id"], ids)]
     own = {k: g for k, g in mine.groupby("photo_id")}
-    shapes = drawn.read(mine["assignment"])
-    used = {k: g for k, g in outcome[outcome["photo_id"].isin(ids)].groupby("photo_id")}
-    out = {}
-    for pid in ids:
-        photo = rows.loc[pid]
-        key, masks = b.gallery_job(photo, photo["mask_path"], own.get(pid, mine.iloc[:0]), shapes,
-                                   used.get(pid, outcome.iloc[:0]), spec, cfg.merge.min_shape_area_px)
-        out[pid] = gallery_thumbs(photo["path"], photo["mask_path"], masks, spec, layout.thumbs, key)
-    return out
+    used = {k: g for k, g in outcome[isin(outcome["photo_id"], ids)].groupby("photo_id")}
+
+    @cache
+    def drew() -> dict[str, pd.DataFrame]:
+        shapes = drawn.read(mine["assignment"])
+        photo_of = dict(zip(mine["assignment"], mine["photo_id"], strict=True))
+        return {k: g for k, g in shapes.groupby(shapes["assignment"].map(photo_of))}
+
+    def masks(pid: str) -> Callable[[], dict[str, np.ndarray]]:
+        return lambda: b.annotator_masks(rows.loc[pid], own.get(pid, mine.iloc[:0]),
+                                         drew().get(pid, drawn.read([])), used.get(pid, outcome.iloc[:0]), spec,
+                                         cfg.merge.min_shape_area_px)
+
+    return {pid: gallery_thumbs(rows.at[pid, "path"], rows.at[pid, "mask_path"], masks(pid), spec, layout.thumbs,
+                                keyed_hash("thumb", merge_keys[pid], 24)) for pid in ids}
 
 
 @task(name="report", **STAGE)
@@ -399,7 +409,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                           *inc.gather(parts, face_ids)]))
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
-    merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
+    merged = m.photos[~isin(m.photos["photo_id"], held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
     lap(clock, "faces")
 
@@ -413,7 +423,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                          spec, cfg.qa, cfg.split.ratios))
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
-                                published, int(m.assignments["photo_id"].isin(published["photo_id"]).sum()),
+                                published, int(isin(m.assignments["photo_id"], published["photo_id"]).sum()),
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
     export_plan, pool = pooled_plan(inc.export_keys(published, dict(zip(ids, merge_keys, strict=True)), spec, cfg,
                                                     pseudonym), "export", layout.cache / "export", cfg)
@@ -426,8 +436,10 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     lap(clock, "publish")
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
     flagged = b.batches(pd.DataFrame({"photo_id": shown}), size)
-    drawn = drawn.subset(to_merge.loc[to_merge["photo_id"].isin(shown), "assignment"])
-    thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged], unmapped(reviewed), unmapped(to_merge),
+    drawn = drawn.subset(to_merge.loc[isin(to_merge["photo_id"], shown), "assignment"])
+    key_of_photo = dict(zip(ids, merge_keys, strict=True))
+    thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged],
+                                 unmapped({p: key_of_photo[p] for p in shown}), unmapped(reviewed), unmapped(to_merge),
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     lap(clock, "thumbnails")
@@ -486,8 +498,14 @@ def results_in(folder: Path) -> Iterator[None]:
 
 @contextmanager
 def quiet_prefect() -> Iterator[None]:
-    """Turn off the flow heartbeat, which otherwise holds every sync flow ~1 s at its end."""
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+    """Turn off the flow heartbeat, which otherwise holds every sync flow ~1 s at its end, and give the build's
+    worker processes this process's server: the one PREFECT_API_URL names, or the embedded temporary server started
+    here. Without a URL in their environment, each spawned worker would start a temporary server of its own
+    (a process, a database and ~3 s of CPU each)."""
+    updates: dict[str, Any] = {"flows.heartbeat_frequency": None}
+    if not PREFECT_API_URL.value():
+        updates["api.url"] = prefect_server()
+    with temporary_settings(updates=updates):
         yield
 
 

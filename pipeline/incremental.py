@@ -22,7 +22,7 @@ from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Tables
 from pipeline.io.shapestore import ShapeStore
 from pipeline.spec import Spec
 from pipeline.store import code_version, key_of, known_items, load, rows_key
-from pipeline.tables import REJECTION_COLUMNS, frame
+from pipeline.tables import REJECTION_COLUMNS, frame, isin
 
 MERGE_INDEPENDENT = {"class_agreement", "hold_disputed", "ignore_below", "pin_skills"}
 """Merge settings that do not change a photo's vote directly (they decide status or export, or the weights, which
@@ -85,7 +85,7 @@ def take(result: Any, ids: set[str]) -> Any:
     """The part of a saved batch result that belongs to the photos ``ids``: rows of tables with a photo_id,
     entries of dicts by photo id; tuples and dataclasses of those, field by field."""
     if isinstance(result, pd.DataFrame):
-        return result[result["photo_id"].isin(ids)]
+        return result[isin(result["photo_id"], ids)]
     if isinstance(result, dict):
         return {k: v for k, v in result.items() if k in ids}
     if isinstance(result, tuple):

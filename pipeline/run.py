@@ -6,6 +6,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +39,40 @@ def build_lock(out: Path) -> Iterator[None]:
             yield
         finally:
             f.truncate(0)
+
+
+_SERVER: Future[str | None] | None = None
+
+
+def start_prefect_server() -> None:
+    """Bring up the embedded Prefect server in a background thread, unless PREFECT_API_URL names a server.
+
+    The CLI calls this first, so that the server's start (~3 s, mostly in its own process) overlaps the build's
+    imports and input checks; ``prefect_server`` then waits for it."""
+    global _SERVER
+    if _SERVER is None:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="prefect-server")
+        _SERVER = pool.submit(_configured_or_started)
+        pool.shutdown(wait=False)
+
+
+def prefect_server() -> str:
+    """The embedded temporary server's API URL, once it answers (started here unless already on its way)."""
+    return (_SERVER.result() if _SERVER is not None else None) or _started()
+
+
+def _configured_or_started() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return None if PREFECT_API_URL.value() else _started()
+
+
+def _started() -> str:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    return server.api_url
 
 
 class Stopwatch:

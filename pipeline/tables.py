@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 REJECTION_COLUMNS = ["stage", "item", "file", "row", "photo_id", "annotator_id", "reason", "message"]
 """Every input that does not reach the dataset lands here with a stable reason code."""
@@ -39,3 +42,18 @@ def concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 def keyed_hash(key: str, value: str, n: int = 16) -> str:
     """A stable pseudonym: the first n hex digits of sha256(key + NUL + value)."""
     return hashlib.sha256(f"{key}\x00{value}".encode()).hexdigest()[:n]
+
+
+def isin(column: pd.Series, values: Iterable[Any]) -> pd.Series:
+    """``column.isin(values)``; for a string column, through Arrow's hash set (pandas 3 builds an Arrow scalar per
+    value first: ~4 us each, which adds up when the values are tens of thousands of photo ids)."""
+    if not pd.api.types.is_string_dtype(column.dtype) or column.dtype == object:
+        return column.isin(values)
+    among = pa.array(column)
+    if isinstance(values, pd.Series | pd.Index) and values.dtype == column.dtype:
+        wanted = pa.array(values)
+    else:
+        wanted = pa.array([v if isinstance(v, str) else None for v in values if isinstance(v, str) or pd.isna(v)],
+                          type=among.type)
+    found = pc.is_in(among, value_set=wanted.cast(among.type)).to_numpy(zero_copy_only=False)
+    return pd.Series(found, index=column.index, dtype=bool)

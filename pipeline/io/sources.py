@@ -23,7 +23,7 @@ from pipeline.io.manifest import read_text
 from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Sink, Tables
 from pipeline.io.toloka import read_toloka
 from pipeline.spec import Spec
-from pipeline.tables import REJECTION_COLUMNS, frame, rejection
+from pipeline.tables import REJECTION_COLUMNS, frame, isin, rejection
 
 READERS: dict[str, Callable[[Path, Spec, dict[str, str], str], Tables]] = {
     "cvat": read_cvat, "coco": read_coco, "labelme": read_labelme, "label_studio": read_label_studio,
@@ -161,7 +161,7 @@ def resolve_photos(assignments: pd.DataFrame, shapes: pd.DataFrame, manifest: pd
                                   file=a.file, row=a.row, photo_id=a.photo_id, annotator_id=a.annotator_id))
     kept = assignments[ok].assign(photo_id=photo[ok])
     by_key = dict(zip(kept["assignment"], kept["photo_id"], strict=True))
-    shapes = shapes[shapes["assignment"].isin(by_key)]
+    shapes = shapes[isin(shapes["assignment"], by_key)]
     shapes = shapes.assign(photo_id=shapes["assignment"].map(by_key))
     return kept.reset_index(drop=True), shapes.reset_index(drop=True), frame(rejected, REJECTION_COLUMNS)
 

@@ -19,6 +19,7 @@ from pipeline.errors import CrowdsegError
 from pipeline.report import plots
 from pipeline.report.gallery import FLAG_LEVELS, FLAG_RANK, Thumb, jpeg_uri, oriented_thumbnail
 from pipeline.spec import load_spec
+from pipeline.tables import isin
 
 TABLE_LIMIT = 500
 SEVERITIES = ("error", "warning", "info")
@@ -129,7 +130,7 @@ def gallery_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], ga
              + " The large thumbnail is the merged mask; the small ones are each annotator's.</p>")
     if not gallery:
         return intro + '<p class=nodata>No flagged photos to show.</p>'
-    shown = mine[mine["subject_id"].isin(set(gallery))]
+    shown = mine[isin(mine["subject_id"], set(gallery))]
     per_photo = dict(list(shown.groupby("subject_id", sort=False)))
     facts = photo_facts(tables["agreement"], set(gallery))
     cards = "".join(card(pid, thumbs, per_photo.get(pid), facts.get(pid, "")) for pid, thumbs in gallery.items())
@@ -239,7 +240,7 @@ def card(photo_id: str, thumbs: list[Thumb], findings: pd.DataFrame | None, fact
 
 def photo_facts(agreement: pd.DataFrame, ids: set[str]) -> dict[str, str]:
     """A one-line summary per photo: merge status, annotators and mean IoU."""
-    rows = agreement[agreement["photo_id"].astype(str).isin(ids)]
+    rows = agreement[isin(agreement["photo_id"].astype(str), ids)]
     return {str(r.photo_id): " · ".join([str(r.status), f"{r.n_assignments} annotators"]
                                         + ([] if pd.isna(r.mean_iou) else [f"mean IoU {r.mean_iou:.3f}"]))
             for r in rows.itertuples(index=False)}
@@ -358,8 +359,8 @@ def flagged_first(annotators: pd.DataFrame) -> pd.DataFrame:
 
 def duplicate_examples(duplicates: pd.DataFrame, paths: dict[str, str], n: int = 12) -> list[dict[str, Any]]:
     """Up to n duplicates with a photo on each side, taking the kinds in turn so every kind is shown."""
-    rows = duplicates[(duplicates["photo_id"] != duplicates["cluster"]) & duplicates["photo_id"].isin(paths)
-                      & duplicates["cluster"].isin(paths)].sort_values(["kind", "distance", "photo_id"])
+    rows = duplicates[(duplicates["photo_id"] != duplicates["cluster"]) & isin(duplicates["photo_id"], paths)
+                      & isin(duplicates["cluster"], paths)].sort_values(["kind", "distance", "photo_id"])
     by_kind = [g.to_dict("records") for _, g in rows.groupby("kind", sort=True)]
     picked: list[dict[str, Any]] = []
     while len(picked) < n and any(by_kind):

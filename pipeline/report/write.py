@@ -21,7 +21,10 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     out = df.copy()
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            out[col] = out[col].map(neutralize)
+            text = out[col].astype(object)
+            risky = text.map(type).eq(str) & text.astype(str).str.startswith(FORMULA_START)
+            if risky.any():
+                out[col] = text.where(~risky, text[risky].map(neutralize))
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, lineterminator="\n", float_format="%.6g")
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.config import Config
 from pipeline.spec import Spec
-from pipeline.stages.export import KEY_ENV, META_COLUMNS, REENCODE_REASONS, Exported, ExportOptions
+from pipeline.stages.export import KEY_ENV, META_COLUMNS, REENCODE_REASONS, Exported, ExportOptions, tree_files
 from pipeline.stages.merge import class_agreement, class_quorum
 from pipeline.stages.views import derived_views
 
@@ -226,7 +226,7 @@ def sha256sums(root: Path, known: Mapping[str, str] | None = None) -> str:
     ``known`` digests (by relative path) are trusted instead of reading those files again."""
     known = known or {}
     lines = []
-    for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()):
+    for rel in tree_files(root):
         if rel == SUMS:
             continue
         if "\n" in rel or "\\" in rel:

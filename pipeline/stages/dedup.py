@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline.config import DedupConfig
 from pipeline.stages.hamming import near_pairs
 from pipeline.stages.ingest import THUMB_SIDE
-from pipeline.tables import DUPLICATE_COLUMNS, frame
+from pipeline.tables import DUPLICATE_COLUMNS, frame, isin
 
 INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "brightness", "sha256",
                  "pixel_hash", "phash", "phash_mirror", "thumb"]
@@ -189,7 +189,7 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
     """
     new = photos[INDEX_COLUMNS].assign(source="new")
     old = (index if index is not None else pd.DataFrame(columns=INDEX_COLUMNS))[INDEX_COLUMNS]
-    old = old[~old["photo_id"].isin(new["photo_id"])].assign(source="index")
+    old = old[~isin(old["photo_id"], new["photo_id"])].assign(source="index")
     table = pd.concat([rank(new), rank(old)], ignore_index=True) if len(old) else rank(new)
     n_new = len(new)
     uf = UnionFind(len(table))
@@ -212,7 +212,7 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
 def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: DedupConfig) -> list[dict[str, Any]]:
     """Decisions for one cluster whose members are given best-first."""
     users = table["user_id"]
-    inside = edges[edges["i"].isin(members) & edges["j"].isin(members)]
+    inside = edges[isin(edges["i"], members) & isin(edges["j"], members)]
     same_user = UnionFind(len(table))
     exact = UnionFind(len(table))
     for col in ("sha256", "pixel_hash"):
@@ -284,7 +284,7 @@ def dropped_ids(duplicates: pd.DataFrame) -> set[str]:
 def index_table(photos: pd.DataFrame, duplicates: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
     """The hash index a later build checks its uploads against: the previous index plus this build's keepers."""
     dropped = dropped_ids(duplicates)
-    fresh = photos.loc[~photos["photo_id"].isin(dropped), INDEX_COLUMNS]
-    parts = [fresh] + ([previous.loc[~previous["photo_id"].isin(photos["photo_id"]), INDEX_COLUMNS]]
+    fresh = photos.loc[~isin(photos["photo_id"], dropped), INDEX_COLUMNS]
+    parts = [fresh] + ([previous.loc[~isin(previous["photo_id"], photos["photo_id"]), INDEX_COLUMNS]]
                        if previous is not None and len(previous) else [])
     return pd.concat(parts, ignore_index=True).sort_values("photo_id", ignore_index=True)

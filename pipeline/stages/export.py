@@ -376,12 +376,18 @@ def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]
 
 
+def tree_files(root: Path) -> list[str]:
+    """Every file under ``root``, as sorted relative POSIX paths (``os.walk``: no stat per file)."""
+    return sorted(os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/")
+                  for folder, _, files in os.walk(root) for f in files)
+
+
 def file_digests(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, by relative POSIX path."""
     out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        with path.open("rb") as fh:
-            out[path.relative_to(root).as_posix()] = hashlib.file_digest(fh, "sha256").hexdigest()
+    for rel in tree_files(root):
+        with (root / rel).open("rb") as fh:
+            out[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
     return out
 
 

@@ -39,7 +39,7 @@ from pipeline.stages.polygons import (
     value_counts,
 )
 from pipeline.stages.skill import SCORE_COLUMNS
-from pipeline.tables import REJECTION_COLUMNS, frame, keyed_hash, rejection
+from pipeline.tables import REJECTION_COLUMNS, frame, isin, keyed_hash, rejection
 
 MIN_WEIGHT = 0.01  # keeps a photo votable when every annotator's skill estimate is near zero
 SPAM_AGREEMENT = 0.2  # agreement below this is indistinguishable from random shapes
@@ -548,7 +548,7 @@ def held_back(photos: pd.DataFrame, assignments: pd.DataFrame, merged: pd.DataFr
     where = photos.set_index("photo_id")
     rows = [rejection("merge", "photo", "needs_reannotation", p.reasons, file=where.at[p.photo_id, "manifest"],
                       row=int(where.at[p.photo_id, "row"]), photo_id=p.photo_id) for p in need.itertuples()]
-    held = assignments[assignments["photo_id"].isin(set(need["photo_id"]))]
+    held = assignments[isin(assignments["photo_id"], set(need["photo_id"]))]
     rows += [rejection("merge", "assignment", "photo_held_back", "its photo needs re-annotation", file=a.file,
                        row=a.row, photo_id=a.photo_id, annotator_id=a.annotator_id) for a in held.itertuples()]
     return frame(rows, REJECTION_COLUMNS)

@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.config import QAConfig
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import FACE_WIDTH, measure_columns, violations
-from pipeline.tables import FINDING_COLUMNS, frame
+from pipeline.tables import FINDING_COLUMNS, frame, isin
 
 Finding = dict[str, Any]
 
@@ -166,7 +166,7 @@ def _few(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("low_class_agreement", "annotation", "warning")
 def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
-    rows = q.classes[q.classes["photo_id"].isin(q.photos["photo_id"]) & q.classes["disputed"].astype(bool)]
+    rows = q.classes[isin(q.classes["photo_id"], q.photos["photo_id"]) & q.classes["disputed"].astype(bool)]
     return [found(c, r.photo_id, round(float(r.agreement), 4), "", f"{r['class']}: annotators agree at "
                   f"{r.agreement:.2f}") for _, r in rows.iterrows()]
 
@@ -174,7 +174,7 @@ def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
 @check("class_missing", "annotation", "warning")
 def _class_missing(q: QAInputs, c: Check) -> list[Finding]:
     used = q.photos.set_index("photo_id")["n_used"]
-    rows = q.classes[q.classes["photo_id"].isin(used.index)]
+    rows = q.classes[isin(q.classes["photo_id"], used.index)]
     half = rows["photo_id"].map(used).astype(float) / 2
     bad = (rows["drawn_by"] > half) & (rows["pixels"] == 0)
     return [found(c, r.photo_id, int(r.drawn_by), "", f"{r['class']} was drawn by {r.drawn_by} annotators but is "
@@ -195,16 +195,15 @@ def _anatomy(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("excluded_assignments", "annotation", "info")
 def _excluded(q: QAInputs, c: Check) -> list[Finding]:
-    a = q.assignments[q.assignments["photo_id"].isin(q.photos["photo_id"]) & q.assignments["excluded"].ne("")
+    a = q.assignments[isin(q.assignments["photo_id"], q.photos["photo_id"]) & q.assignments["excluded"].ne("")
                       & q.assignments["excluded"].notna()]
-    return [found(c, pid, len(g), "", "left out: " + ", ".join(f"{x.annotator_id} ({x.excluded})"
-                                                              for x in g.itertuples()))
-            for pid, g in a.groupby("photo_id", sort=True)]
+    who = (a["annotator_id"].astype(str) + " (" + a["excluded"].astype(str) + ")").groupby(a["photo_id"], sort=True)
+    return [found(c, pid, len(names), "", "left out: " + ", ".join(names)) for pid, names in who.agg(list).items()]
 
 
 @check("polygon_repairs", "annotation", "info")
 def _repairs(q: QAInputs, c: Check) -> list[Finding]:
-    r = q.repairs[q.repairs["photo_id"].isin(q.photos["photo_id"])]
+    r = q.repairs[isin(q.repairs["photo_id"], q.photos["photo_id"])]
     return [found(c, pid, len(g), "", ", ".join(f"{k} x{n}" for k, n in g["repair"].value_counts().sort_index()
                                                 .items())) for pid, g in r.groupby("photo_id", sort=True)]
 
@@ -261,12 +260,13 @@ def miss_rates(q: QAInputs) -> pd.DataFrame:
     """
     px = q.photos.set_index("photo_id")
     skip = set(q.annotators.loc[q.annotators["status"].isin(["spammer", "banned"]), "annotator_id"])
-    work = q.assignments[~q.assignments["golden"].astype(bool) & q.assignments["photo_id"].isin(px.index)
-                         & ~q.assignments["annotator_id"].isin(skip)]
+    work = q.assignments[~q.assignments["golden"].astype(bool) & isin(q.assignments["photo_id"], px.index)
+                         & ~isin(q.assignments["annotator_id"], skip)].reset_index(drop=True)
+    drew = work["drawn"].str.split(",").explode()  # one row per (assignment row, class drawn)
     parts = []
     for k in q.spec.classes[1:]:
         has = work[work["photo_id"].map(px[f"px_{k.name}"]) > 0]
-        missed = ~has["drawn"].str.split(",").map(lambda names, n=k.name: n in names)
+        missed = ~has.index.isin(drew.index[drew == k.name])
         parts.append(pd.DataFrame({"annotator_id": has["annotator_id"], "class": k.name, "missed": missed}))
     if not parts:
         return pd.DataFrame(columns=["annotator_id", "class", "photos", "missed", "rate"])
@@ -324,7 +324,7 @@ def _user_leak(q: QAInputs, c: Check) -> list[Finding]:
 def _dup_leak(q: QAInputs, c: Check) -> list[Finding]:
     photos = published(q)
     split = photos.set_index("photo_id")["split"]
-    d = q.duplicates[q.duplicates["photo_id"].isin(split.index)]
+    d = q.duplicates[isin(q.duplicates["photo_id"], split.index)]
     n = d.assign(split=d["photo_id"].map(split)).groupby("cluster")["split"].nunique()
     return [found(c, cl, int(v), 1, f"near-duplicate cluster spans {v} splits") for cl, v in n[n > 1].items()]
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.errors import CrowdsegError
 from pipeline.io.manifest import read_text
-from pipeline.tables import REJECTION_COLUMNS, concat, frame, rejection
+from pipeline.tables import REJECTION_COLUMNS, concat, frame, isin, rejection
 
 DECISIONS = ("accept", "reject", "reannotate")
 DECISION_COLUMNS = ["photo_id", "decision", "note", "status", "detail"]
@@ -79,7 +79,7 @@ def apply_decisions(decisions: pd.DataFrame, merged: pd.DataFrame, held: pd.Data
             added.append(_review_rows(d.photo_id, code, d.note, photos, assignments))
         outcome.append({"photo_id": d.photo_id, "decision": d.decision, "note": d.note, "status": status,
                         "detail": detail})
-    kept = held[~held["photo_id"].isin(touched)]
+    kept = held[~isin(held["photo_id"], touched)]
     return concat([kept, *added], REJECTION_COLUMNS), frame(outcome, DECISION_COLUMNS)
 
 
