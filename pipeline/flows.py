@@ -168,7 +168,7 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
     coco = Path(part).with_suffix(".coco")  # each image's COCO annotations, read back one at a time when published
     coco.mkdir(exist_ok=True)
     for e in exported:
-        store.write_atomic(coco / f"{e.name}.json", json.dumps(e.annotations).encode())
+        store.write_atomic(coco / f"{e.name}.txt", export.coco_lines(e.annotations).encode())
     by_name = {e.name: (replace(e, annotations=()),
                         {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name})
                for e in exported}
@@ -187,13 +187,14 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
     digests: dict[str, str] = {}
     coco: dict[str, Path] = {}
     for part, share in zip(sorted(parts), inc.gather(parts, published["photo_id"].tolist()), strict=True):
-        for e, files in share.values():
+        for e, _ in share.values():
             exported.append(replace(e, split=split_of[e.name]))
-            digests |= export.place(Path(part).with_suffix(""), root, files, split_of)
-            coco[e.name] = Path(part).with_suffix(".coco") / f"{e.name}.json"
+            coco[e.name] = Path(part).with_suffix(".coco") / f"{e.name}.txt"
+        digests |= export.place(Path(part).with_suffix(""), root, {rel: d for _, files in share.values()
+                                                                   for rel, d in files.items()}, split_of)
     write_csv(export.meta_table(published, pseudonym), root / "meta.csv")
     for s in splits:
-        export.write_coco(root, s, spec, exported, lambda e: json.loads(coco[e.name].read_bytes()))
+        export.write_coco(root, s, spec, exported, lambda e: coco[e.name].read_text(encoding="utf-8"))
     export.write_view_classes(root, spec)
     facts = card.CardFacts(
         spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),

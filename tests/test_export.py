@@ -355,6 +355,17 @@ def test_options_from_config():
     assert ExportOptions.from_config(cfg) == ExportOptions(90, 0.4, False, True)
 
 
+def test_coco_file_is_canonical_json_of_the_whole_document(tmp_path):
+    done = build_tree(photo_inputs(tmp_path), tmp_path / "ds")
+    for split in ("train", "test"):
+        path = tmp_path / "ds" / "coco" / f"{split}.json"
+        export.write_json(json.loads(path.read_text(encoding="utf-8")), tmp_path / "again.json")
+        assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
+    assert sum(len(e.annotations) for e in done) > 4
+    with pytest.raises(ValueError, match="sort outside"):
+        export.coco_lines([{"area": 1, "ignore": 0}])
+
+
 def test_coco_rles_equal_pycocotools_encoding_each_class_mask():
     spec = SPEC
     rng = np.random.default_rng(3)

@@ -254,3 +254,14 @@ def test_report_on_empty_tables() -> None:
     assert html.count('class="nodata"') + html.count("class=nodata") >= 5
     legacy = {k: v for k, v in empty.items() if k not in OPTIONAL_TABLES}  # a build without the newer tables
     assert "<section id=\"thresholds\">" in render_report(summary_dict(0), legacy, {}, {})
+
+
+def test_write_csv_defuses_formula_cells_only(tmp_path):
+    from pipeline.report.write import write_csv
+
+    df = pd.DataFrame({"text": ["=SUM(A1)", "+1", "-x", "@me", "\tq", "ok", None],
+                       "mixed": pd.Series(["=1", 2, None, "a-b", 1.5, "@", ""], dtype=object),
+                       "n": [-1, 2, 3, 4, 5, 6, 7]})
+    write_csv(df, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text(encoding="utf-8").splitlines() == [
+        "text,mixed,n", "'=SUM(A1),'=1,-1", "'+1,2,2", "'-x,,3", "'@me,a-b,4", "'\tq,1.5,5", "ok,'@,6", ",,7"]

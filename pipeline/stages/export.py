@@ -325,11 +325,11 @@ def write_json(obj: Any, path: Path, indent: int | None = None) -> None:
 
 
 def write_coco(root: Path, split: str, spec: Spec, exported: Sequence[Exported],
-               annotations: Callable[[Exported], Sequence[dict[str, Any]]] = lambda e: e.annotations) -> Path:
+               lines: Callable[[Exported], str] = lambda e: coco_lines(e.annotations)) -> Path:
     """Write ``coco/{split}.json``: images by name (ids from 1), annotations by image then class (ids from 1).
 
-    Streamed image by image, so only one image's annotations (``annotations(e)``) are in memory at a time. The
-    bytes are those of ``write_json`` on the whole document."""
+    Streamed image by image from each image's ``coco_lines`` (``lines(e)``), so only one image's annotations are in
+    memory at a time and none is parsed again. The bytes are those of ``write_json`` on the whole document."""
     path = root / "coco" / f"{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     mine = sorted((e for e in exported if e.split == split), key=lambda e: e.name)
@@ -339,19 +339,33 @@ def write_coco(root: Path, split: str, spec: Spec, exported: Sequence[Exported],
                      f"{spec.ignore_index} in the PNG masks belong to no annotation", "version": str(spec.version)},
             "licenses": [], "images": images,
             "categories": [{"id": c.id, "name": c.name, "supercategory": spec.name} for c in spec.classes[1:]]}
-
-    def dumps(obj: Any) -> str:
-        return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
     with path.open("w", encoding="utf-8") as f:
         f.write('{"annotations":[')
         n = 0
         for image_id, e in enumerate(mine, 1):
-            for a in annotations(e):
+            for line in lines(e).splitlines():
+                before, _, after = line.partition("\t")
                 n += 1
-                f.write(("," if n > 1 else "") + dumps(a | {"id": n, "image_id": image_id}))
-        f.write("]," + ",".join(f"{dumps(k)}:{dumps(head[k])}" for k in sorted(head)) + "}\n")
+                ids = f'"id":{n},"image_id":{image_id}'
+                f.write(("," if n > 1 else "") + "{" + ",".join(p for p in (before, ids, after) if p) + "}")
+        f.write("]," + ",".join(f"{_canonical(k)}:{_canonical(head[k])}" for k in sorted(head)) + "}\n")
     return path
+
+
+def coco_lines(annotations: Sequence[dict[str, Any]]) -> str:
+    """An image's COCO annotations (no ids yet) as text ``write_coco`` numbers without parsing: per annotation one
+    line, its canonical JSON members that sort before "id", a tab, and those that sort after "image_id"."""
+    lines = []
+    for a in annotations:
+        if any("id" <= k <= "image_id" for k in a):
+            raise ValueError(f"a COCO annotation's keys must sort outside 'id'..'image_id': {sorted(a)}")
+        lines.append(_canonical({k: v for k, v in a.items() if k < "id"})[1:-1] + "\t"
+                     + _canonical({k: v for k, v in a.items() if k > "image_id"})[1:-1] + "\n")
+    return "".join(lines)
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def write_view_classes(root: Path, spec: Spec) -> list[Path]:
@@ -395,12 +409,14 @@ def place(exported: Path, staging: Path, files: Mapping[str, str], split_of: Map
     """Put files exported with no split (``<dir>/<name>.<ext>`` under ``exported``) into their split
     (``<dir>/<split>/<name>.<ext>`` under ``staging``), as hard links where the file system allows; returns the
     placed files' digests by their path in ``staging``."""
-    placed = {}
+    placed, made = {}, set()
     for rel, digest in files.items():
         folder, _, file = rel.rpartition("/")
         target = f"{folder}/{split_of[file.split('.')[0]]}/{file}"
         dst = staging / target
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.parent not in made:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dst.parent)
         try:
             os.link(exported / rel, dst)
         except OSError:
