@@ -290,7 +290,7 @@ def quoted(args: tuple[Any, ...], runner: TaskRunner | None) -> tuple[Any, ...]:
 
 POOL_MIN_BATCHES = 32
 """Runner ``auto`` sends a merge pass or the export to worker processes from this many batches (~1,000 photos):
-below it, starting them (~8 s on 2 cores) costs more than the thread pool loses to the GIL, which their
+below it, starting them (~4 s on 2 cores) costs more than the thread pool loses to the GIL, which their
 Python-level loops hold most of the time (on threads a merge pass uses ~1.2 of 2 cores, on processes both)."""
 
 
