@@ -33,7 +33,7 @@ from pipeline.io.annotations import read_annotations
 from pipeline.io.manifest import read_manifest
 from pipeline.io.shapestore import ShapeStore
 from pipeline.io.sources import join_tables, read_tool_sources
-from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs
+from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
@@ -210,11 +210,11 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
 
 
 @task(name="thumbnails", **STAGE)
-def make_thumbnails(ids: list[str], merge_keys: dict[str, str], reviewed: pd.DataFrame, assignments: pd.DataFrame,
+def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame, assignments: pd.DataFrame,
                     drawn: ShapeStore, outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout
                     ) -> dict[str, list[Thumb]]:
-    """Report thumbnails of flagged photos: made once per merge result (its key covers the photo, every shape and
-    how merge used them), then read from the cache; shapes are read only when a thumbnail is made."""
+    """Report thumbnails of flagged photos: made once per ``keys`` entry (see ``thumb_keys``), then read from the
+    cache; shapes are read only when a thumbnail is made."""
     layout.thumbs.mkdir(parents=True, exist_ok=True)
     rows = reviewed.set_index("photo_id", drop=False)
     mine = assignments[isin(assignments["photo_id"], ids)]
@@ -233,7 +233,13 @@ def make_thumbnails(ids: list[str], merge_keys: dict[str, str], reviewed: pd.Dat
                                          cfg.merge.min_shape_area_px)
 
     return {pid: gallery_thumbs(rows.at[pid, "path"], rows.at[pid, "mask_path"], masks(pid), spec, layout.thumbs,
-                                keyed_hash("thumb", merge_keys[pid], 24)) for pid in ids}
+                                keys[pid]) for pid in ids}
+
+
+def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, str]:
+    """Per flagged photo, its thumbnails' cache key: its merge key, which covers the photo, every shape, the
+    weights and how merge used each assignment."""
+    return {p: keyed_hash("thumb", merge_keys[p], 24) for p in photo_ids}
 
 
 @task(name="report", **STAGE)
@@ -438,9 +444,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
     flagged = b.batches(pd.DataFrame({"photo_id": shown}), size)
     drawn = drawn.subset(to_merge.loc[isin(to_merge["photo_id"], shown), "assignment"])
-    key_of_photo = dict(zip(ids, merge_keys, strict=True))
+    shown_keys = thumb_keys(shown, dict(zip(ids, merge_keys, strict=True)))
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged],
-                                 unmapped({p: key_of_photo[p] for p in shown}), unmapped(reviewed), unmapped(to_merge),
+                                 unmapped(shown_keys), unmapped(reviewed), unmapped(to_merge),
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     lap(clock, "thumbnails")
@@ -452,6 +458,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     gallery = {k: v for part in thumbs for k, v in part.items()}
     report = write_reports(summary, tables, paths, gallery, clock.table(), layout)
     store.prune([*layout.cache.iterdir(), layout.prefect], {Path(p).stem for p in used})
+    store.prune([layout.thumbs], {thumb_file(layout.thumbs, k, spec).stem for k in shown_keys.values()})
     files.save([*map(str, inc.input_files(cfg)), *manifest["path"]])
     lap(clock, "report")
     write_csv(clock.table(), layout.reports / "timings.csv")

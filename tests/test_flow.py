@@ -325,6 +325,8 @@ def test_reviewer_decisions_apply_on_the_next_build_and_thumbnails_are_cached(de
     assert held, "the defective crowd should leave some photos held back"
     thumbs = {p: p.stat().st_mtime_ns for p in (build / "work" / "thumbs").iterdir()}
     assert thumbs and "data-photo=" in (reports / "qa.html").read_text()
+    stale = build / "work" / "thumbs" / "0123456789abcdef0123456789abcdef.json"  # a photo no longer flagged
+    stale.write_text("[]", encoding="utf-8")
     decisions = crowd / "decisions.csv"
     decisions.write_text(f"photo_id,decision,note\n{held[0]},accept,checked by hand\n{published[0]},reject,"
                          f"\"blurry, see =A1\"\n{published[1]},reannotate,\nnot_a_photo,accept,\n", encoding="utf-8")
@@ -344,6 +346,7 @@ def test_reviewer_decisions_apply_on_the_next_build_and_thumbnails_are_cached(de
                        "not_a_photo": "not_applied"}
     assert "not_a_photo" in (reports / "qa.html").read_text()
     assert all(p.stat().st_mtime_ns == t for p, t in thumbs.items()), "a cached thumbnail was made again"
+    assert not stale.exists(), "thumbnails of photos no longer shown are pruned"
 
 
 def test_the_built_report_opens_cleanly_in_chromium(defective, browser):

@@ -51,8 +51,7 @@ def gallery_thumbs(photo_path: str, mask_path: str, annotator_masks: Callable[[]
     palette and the thumbnail version: on a hit nothing is decoded and ``annotator_masks`` is not called. Masks are
     class-index arrays in the oriented photo frame, at any size.
     """
-    name = f"{THUMB_VERSION}:{side}:{spec.palette}:{spec.ignore_index}:{key}"
-    file = Path(cache) / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
+    file = thumb_file(cache, key, spec, side)
     hit = _read_cache(file)
     if hit is not None:
         return hit
@@ -64,6 +63,12 @@ def gallery_thumbs(photo_path: str, mask_path: str, annotator_masks: Callable[[]
     thumbs += [(str(a), _overlay_uri(small, m, colors, alpha)) for a, m in sorted(annotator_masks().items())]
     _write_cache(file, thumbs)
     return thumbs
+
+
+def thumb_file(cache: Path, key: str, spec: Spec, side: int = 200) -> Path:
+    """Where ``gallery_thumbs`` caches the thumbnails of ``key``."""
+    name = f"{THUMB_VERSION}:{side}:{spec.palette}:{spec.ignore_index}:{key}"
+    return Path(cache) / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
 
 
 def oriented_thumbnail(path: str | Path, side: int) -> Image.Image:
