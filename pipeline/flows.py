@@ -31,6 +31,7 @@ from pipeline import store
 from pipeline.config import Config
 from pipeline.io.annotations import read_annotations
 from pipeline.io.manifest import read_manifest
+from pipeline.io.shapes import SHAPE_COLUMNS
 from pipeline.io.shapestore import ShapeStore
 from pipeline.io.sources import join_tables, read_tool_sources
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
@@ -40,7 +41,7 @@ from pipeline.report.write import write_csv, write_json
 from pipeline.run import Stopwatch, build_lock, prefect_server
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, export, ingest, merge, qa, review, skill, split
-from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, isin, keyed_hash
+from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, frame, isin, keyed_hash
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -229,8 +230,8 @@ def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame
 
     def masks(pid: str) -> Callable[[], dict[str, np.ndarray]]:
         return lambda: b.annotator_masks(rows.loc[pid], own.get(pid, mine.iloc[:0]),
-                                         drew().get(pid, drawn.read([])), used.get(pid, outcome.iloc[:0]), spec,
-                                         cfg.merge.min_shape_area_px)
+                                         drew().get(pid, frame([], SHAPE_COLUMNS)), used.get(pid, outcome.iloc[:0]),
+                                         spec, cfg.merge.min_shape_area_px)
 
     return {pid: gallery_thumbs(rows.at[pid, "path"], rows.at[pid, "mask_path"], masks(pid), spec, layout.thumbs,
                                 keys[pid]) for pid in ids}

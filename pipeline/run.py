@@ -1,4 +1,5 @@
-"""What runs around a build's flow: the lock on its output folder and the stopwatch of its stages."""
+"""What runs around a build's flow: the lock on its output folder, the Prefect server it talks to and the stopwatch
+of its stages."""
 
 from __future__ import annotations
 
