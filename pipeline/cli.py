@@ -78,10 +78,11 @@ def build(
 def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
     from pipeline.build import preflight
     from pipeline.config import load_config
-    from pipeline.run import start_prefect_server
+    from pipeline.run import check_lock, start_prefect_server
 
     cfg = load_config(config, overrides)
     spec = preflight(cfg)
+    check_lock(cfg.path(cfg.output.out))  # errors before any server starts, so they stay one line
     start_prefect_server()  # comes up while the flow's modules load
     from pipeline.flows import run_build
 

@@ -42,6 +42,12 @@ def build_lock(out: Path) -> Iterator[None]:
             f.truncate(0)
 
 
+def check_lock(out: Path) -> None:
+    """Stop now, with ``build_lock``'s message, if another build holds ``out`` (the lock is taken and released)."""
+    with build_lock(out):
+        pass
+
+
 _SERVER: Future[str | None] | None = None
 
 

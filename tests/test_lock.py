@@ -38,3 +38,21 @@ def test_builds_in_sequence_each_take_and_release_the_lock(tmp_path):
         with build_lock(tmp_path / "out"):
             assert (tmp_path / "out" / ".crowdseg.lock").read_text().startswith("pid ")
     assert (tmp_path / "out" / ".crowdseg.lock").read_text() == ""
+
+
+def test_the_cli_refuses_a_held_folder_in_one_line_before_starting_a_server(tmp_path):
+    cli = [sys.executable, "-c", "from pipeline.cli import main; main()"]
+    subprocess.run([*cli, "simulate", str(tmp_path), "--photos", "3", "--users", "2", "--annotators", "2",
+                    "--size", "320x240"], capture_output=True, check=True)
+    out = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = subprocess.run([*cli, "build", "--config", str(tmp_path / "config.toml"), "--out", str(out)],
+                             capture_output=True, text=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run.returncode == 2
+    assert run.stderr.strip() == (f"crowdseg: error: {out}: another build is running on this output folder "
+                                  f"(pid {holder.pid}); wait for it to end")
