@@ -239,8 +239,9 @@ def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame
 
 def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, str]:
     """Per flagged photo, its thumbnails' cache key: its merge key, which covers the photo, every shape, the
-    weights and how merge used each assignment."""
-    return {p: keyed_hash("thumb", merge_keys[p], 24) for p in photo_ids}
+    weights and how merge used each assignment, and the code that draws and captions the thumbnails."""
+    code = store.code_version("pipeline.report.gallery") + store.code_version("pipeline.build")
+    return {p: keyed_hash("thumb", merge_keys[p] + code, 24) for p in photo_ids}
 
 
 @task(name="report", **STAGE)

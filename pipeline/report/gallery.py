@@ -28,7 +28,6 @@ EDGE_ALPHA = 0.9  # opacity on region outlines, so small parts (eyes, brows) sta
 IGNORE_RGB = (128, 128, 128)  # pixels marked with the spec's ignore index
 ANNOTATOR_SCALE = 0.6  # annotator thumbs are this share of `side`: the merged one is the large one
 JPEG_QUALITY = 80
-THUMB_VERSION = 1  # bump when the thumbnails' look changes, so cached ones are made again
 
 
 def flagged_photos(findings: pd.DataFrame, limit: int) -> list[str]:
@@ -47,9 +46,9 @@ def gallery_thumbs(photo_path: str, mask_path: str, annotator_masks: Callable[[]
     """The photo with the merged mask overlaid (caption ``merged``, at most ``side`` px), then one smaller thumb
     per annotator (caption = annotator id, sorted) with that annotator's mask overlaid, as JPEG data URIs.
 
-    Cached in ``cache`` under a file named from ``key`` (the caller's hash of the photo and masks), ``side``, the
-    palette and the thumbnail version: on a hit nothing is decoded and ``annotator_masks`` is not called. Masks are
-    class-index arrays in the oriented photo frame, at any size.
+    Cached in ``cache`` under a file named from ``key`` (the caller's hash of the photo, the masks and the code that
+    draws them), ``side`` and the palette: on a hit nothing is decoded and ``annotator_masks`` is not called. Masks
+    are class-index arrays in the oriented photo frame, at any size.
     """
     file = thumb_file(cache, key, spec, side)
     hit = _read_cache(file)
@@ -67,7 +66,7 @@ def gallery_thumbs(photo_path: str, mask_path: str, annotator_masks: Callable[[]
 
 def thumb_file(cache: Path, key: str, spec: Spec, side: int = 200) -> Path:
     """Where ``gallery_thumbs`` caches the thumbnails of ``key``."""
-    name = f"{THUMB_VERSION}:{side}:{spec.palette}:{spec.ignore_index}:{key}"
+    name = f"{side}:{spec.palette}:{spec.ignore_index}:{key}"
     return Path(cache) / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
 
 
