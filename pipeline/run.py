@@ -54,8 +54,8 @@ _SERVER: Future[str | None] | None = None
 def start_prefect_server() -> None:
     """Bring up the embedded Prefect server in a background thread, unless PREFECT_API_URL names a server.
 
-    The CLI calls this first, so that the server's start (~3 s, mostly in its own process) overlaps the build's
-    imports and input checks; ``prefect_server`` then waits for it."""
+    The CLI calls this once the inputs and the output folder's lock are checked, so that the server's start (~3 s,
+    mostly in its own process) overlaps the import of the flow's modules; ``prefect_server`` then waits for it."""
     global _SERVER
     if _SERVER is None:
         pool = ThreadPoolExecutor(1, thread_name_prefix="prefect-server")

@@ -265,3 +265,10 @@ def test_write_csv_defuses_formula_cells_only(tmp_path):
     write_csv(df, tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text(encoding="utf-8").splitlines() == [
         "text,mixed,n", "'=SUM(A1),'=1,-1", "'+1,2,2", "'-x,,3", "'@me,a-b,4", "'\tq,1.5,5", "ok,'@,6", ",,7"]
+
+
+def test_write_csv_neutralises_tables_with_a_repeated_index(tmp_path):
+    from pipeline.report.write import write_csv
+
+    write_csv(pd.DataFrame({"a": ["=x", "ok"], "b": ["=1", 2]}, index=[0, 0]), tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text(encoding="utf-8") == "a,b\n'=x,'=1\nok,2\n"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -21,10 +22,11 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     out = df.copy()
     for col in out.columns:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            text = out[col].astype(object)
-            risky = text.map(type).eq(str) & text.astype(str).str.startswith(FORMULA_START)
-            if risky.any():
-                out[col] = text.where(~risky, text[risky].map(neutralize))
+            text = out[col].to_numpy(dtype=object, copy=True)
+            risky = np.flatnonzero([isinstance(v, str) and v.startswith(FORMULA_START) for v in text])
+            if len(risky):
+                text[risky] = [neutralize(v) for v in text[risky]]
+                out[col] = text
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, lineterminator="\n", float_format="%.6g")
 
