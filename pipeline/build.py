@@ -126,11 +126,49 @@ def with_faces(photos: pd.DataFrame, faces: pd.DataFrame) -> pd.DataFrame:
     return photos.assign(**{c: photos["photo_id"].map(found[c]).fillna(0).astype(int) for c in FACE_COLUMNS})
 
 
+MANIFEST_COLUMNS = ["photo_id", "user_id", "path", "submitted_at", "manifest", "row", "attrs", "origin", "origin_kind",
+                    "mask", "mask_values"]
+"""The manifest's columns, with where each photo came from (``origin``: crowd or a dataset's name; ``origin_kind``:
+crowd, external or derived) and, for a dataset's sample, its trusted mask and the mask's value -> class id map."""
+
+
+def with_samples(manifest: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The crowd's manifest and the datasets' samples as one manifest, sorted by photo id, and rejections for
+    samples whose id a crowd photo already has."""
+    from pipeline.tables import REJECTION_COLUMNS, concat, frame, rejection
+
+    crowd = manifest.assign(origin="crowd", origin_kind="crowd", mask="", mask_values="")
+    clash = isin(samples["photo_id"], crowd["photo_id"])
+    rows = [rejection("ingest", "photo", "duplicate_photo_id", f"photo_id {s.photo_id!r} is a crowd photo's too",
+                      file=s.manifest, row=s.row, photo_id=s.photo_id) for s in samples[clash].itertuples()]
+    both = concat([crowd, samples[~clash]], MANIFEST_COLUMNS)
+    return both.sort_values("photo_id", kind="stable", ignore_index=True), frame(rows, REJECTION_COLUMNS)
+
+
+def source_splits(photos: pd.DataFrame, merged: pd.DataFrame, cfg: Config, links: list[tuple[str, str]]
+                  ) -> pd.DataFrame:
+    """Splits of the datasets' merged samples: each dataset's go only to the splits it allows (``splits``, train
+    alone by default), shared at the build's ratios among those; the crowd is split apart, so that val and test
+    stay crowd-only and comparable across versions."""
+    from pipeline.stages.split import SPLIT_COLUMNS, assign_splits
+    from pipeline.tables import concat
+
+    parts = []
+    for ds in cfg.inputs.datasets:
+        mine = photos[(photos["origin"] == ds.name) & isin(photos["photo_id"], merged["photo_id"])]
+        if len(mine):
+            ratios = {s: cfg.split.ratios[s] for s in ds.splits}
+            total = sum(ratios.values())
+            ratios = {s: r / total for s, r in ratios.items()}
+            parts.append(assign_splits(mine, ratios, f"{cfg.split.seed}:{ds.name}", links)[0])
+    return concat(parts, SPLIT_COLUMNS)
+
+
 def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
     """One row per merged photo: ingest signals, merge results and split. The split is empty for photos held back
     or rejected by a reviewer; QA and reviewers see them all, the dataset only those with a split (``in_dataset``)."""
     cols = ["photo_id", "user_id", "path", "sha256", "width", "height", "brightness", "sharpness", "faces", "face_w",
-            "thumb"]
+            "thumb", "origin", "origin_kind"]
     table = photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id", how="left")
     return table.fillna({"split": ""}).sort_values("photo_id", ignore_index=True)
 
@@ -481,7 +519,7 @@ def refused_ids(manifest_rejected: pd.DataFrame, ingest_rejected: pd.DataFrame, 
 def load_index(cfg: Config) -> pd.DataFrame | None:
     """The earlier build's hash index named by ``dedup.index``, if any."""
     from pipeline.errors import CrowdsegError
-    from pipeline.stages.dedup import INDEX_COLUMNS
+    from pipeline.stages.dedup import INDEX_COLUMNS, with_origin
 
     if not cfg.dedup.index:
         return None
@@ -492,6 +530,7 @@ def load_index(cfg: Config) -> pd.DataFrame | None:
         raise CrowdsegError(f"dedup.index: cannot read the hash index: {e}", file=str(path)) from None
     if "brightness" not in index:  # indexes written before exposure counted towards the best copy
         index["brightness"] = float("nan")
+    index = with_origin(index)  # indexes written before sources: every photo came from the crowd
     missing = sorted(set(INDEX_COLUMNS) - set(index.columns))
     if missing:
         raise CrowdsegError(f"dedup.index: not a crowdseg hash index (missing {', '.join(missing)})", file=str(path))
@@ -527,9 +566,34 @@ def preflight(cfg: Config) -> Spec:
             raise CrowdsegError(f"inputs.sources[{i}].path: no such file or folder: {src.path}", file=cfg.source)
         if src.format == "auto":
             detect_format(cfg.path(src.path))
+    check_datasets(cfg, spec)
     load_index(cfg)
     pseudonym_key(os.environ, cfg.export.throwaway_key)  # a missing key stops the build before it starts
     previous_splits(cfg)
     pinned_weights(cfg)
     decisions(cfg)
     return spec
+
+
+def check_datasets(cfg: Config, spec: Spec) -> None:
+    """Each ``inputs.datasets`` entry: a unique name other than crowd, an existing folder, splits the build has (at
+    least one with a share), and a class map that covers the spec."""
+    from pipeline.errors import CrowdsegError
+    from pipeline.io.datasets import value_map
+
+    seen: set[str] = set()
+    for i, ds in enumerate(cfg.inputs.datasets):
+        where = f"inputs.datasets[{i}]"
+        if ds.name == "crowd" or ds.name in seen:
+            raise CrowdsegError(f"{where}.name: {ds.name!r} is " + ("reserved for the crowd's uploads"
+                                if ds.name == "crowd" else "used by another dataset"), file=cfg.source)
+        seen.add(ds.name)
+        if not cfg.path(ds.path).is_dir():
+            raise CrowdsegError(f"{where}.path: no such folder: {ds.path}", file=cfg.source)
+        unknown = sorted(set(ds.splits) - set(cfg.split.ratios))
+        if unknown:
+            raise CrowdsegError(f"{where}.splits: {unknown[0]!r} is not a split of split.ratios "
+                                f"({', '.join(cfg.split.ratios)})", file=cfg.source)
+        if not sum(cfg.split.ratios[s] for s in ds.splits) > 0:
+            raise CrowdsegError(f"{where}.splits: every split it allows has ratio 0", file=cfg.source)
+        value_map(ds, spec)

@@ -26,6 +26,48 @@ class SourceConfig(Section):
     label_map: dict[str, str] = Field(default_factory=dict, description="source label -> spec class name")
 
 
+class CropConfig(Section):
+    """SINet-style portrait crops made from a person-segmentation source (a dataset of kind "derived")."""
+
+    face_width_share: float = Field(0.3, gt=0, le=1, description="the face's width as a share of the crop's width "
+                                    "(head and shoulders at 0.3)")
+    aspect: float = Field(4 / 3, gt=0, description="crop height / width (EG1800's 600x800 is 4/3)")
+    face_center_y: float = Field(0.4, gt=0, lt=1, description="the face's centre sits this share of the crop's "
+                                 "height below its top")
+    min_face_px: int = Field(24, ge=1, description="faces narrower than this are rejected (face_too_small)")
+    compete_share: float = Field(0.5, gt=0, le=1, description="another face at least this share of the face's "
+                                 "width inside the crop rejects it (several_faces)")
+    min_person_share: float = Field(0.3, ge=0, le=1, description="share of the face box the person mask must cover "
+                                    "(else face_not_on_person)")
+    jitter: int = Field(0, ge=0, le=16, description="extra crops per face, each shifted and scaled at random "
+                        "(seeded by the image, so builds repeat)")
+    jitter_scale: float = Field(0.1, ge=0, lt=1, description="largest relative change of an extra crop's size")
+    jitter_shift: float = Field(0.05, ge=0, lt=1, description="largest shift of an extra crop, as a share of its "
+                                "size")
+
+
+class DatasetConfig(Section):
+    """A labelled dataset from elsewhere, imported as a source of samples with one trusted mask each."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="short source name, e.g. eg1800 (photo ids "
+                      "become <name>/<file stem>)")
+    kind: Literal["external", "derived"] = Field(description="external: samples used as they are; derived: "
+                                                 "SINet-style portrait crops made from them (see crop)")
+    layout: Literal["eg1800", "easyportrait", "folders", "labelme"] = Field(
+        description="eg1800: images_data_crop/ + GT_png/*_mask.png + train.txt/val.txt; easyportrait: "
+        "images/<split>/ + annotations/<split>/ (+ meta.csv); folders: images/ + masks/ of the same stems; "
+        "labelme: LabelMe JSON files with their images (polygons rasterised)")
+    path: str = Field(description="the dataset's folder (relative to the config file)")
+    licence: str = Field(min_length=1, description="licence of the samples, shown on the dataset card")
+    splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1,
+                              description="splits its samples may go to (default train only, so val and test "
+                              "stay crowd-only and comparable across versions)")
+    class_map: dict[str, str] = Field(default_factory=dict, description="mask value (or LabelMe label) -> spec "
+                                      "class name; defaults: eg1800 {0: background, 255: person}, easyportrait "
+                                      "value = class id, labelme {person: person}")
+    crop: CropConfig = Field(default_factory=CropConfig)
+
+
 class InputsConfig(Section):
     """Where the raw material is. Relative paths are relative to the config file."""
 
@@ -34,6 +76,8 @@ class InputsConfig(Section):
     spec: str = Field("easyportrait", description="annotation spec: a bundled name or a YAML path")
     label_map: dict[str, str] = Field(default_factory=dict, description="source label -> spec class name")
     sources: list[SourceConfig] = Field(default_factory=list, description="more annotation files from other tools")
+    datasets: list[DatasetConfig] = Field(default_factory=list, description="labelled datasets from elsewhere "
+                                          "(external samples, or derived portrait crops)")
 
 
 class OutputConfig(Section):
@@ -67,6 +111,9 @@ class DedupConfig(Section):
     cross_user_policy: Literal["group", "flag", "drop"] = Field(
         "group", description="near duplicates across users: 'group' keeps both and puts the users in one split, "
         "'flag' keeps both and reports them, 'drop' keeps the best copy only")
+    cross_source_policy: Literal["drop", "flag"] = Field(
+        "drop", description="a crowd photo that copies an external or derived sample: 'drop' it (the sample is "
+        "kept), or 'flag' it (both kept and reported; the copy may then sit in val or test)")
     index: str = Field("", description="hash index of an earlier build (its work/index.parquet): new uploads are "
                        "checked against it without re-hashing the old photos")
 

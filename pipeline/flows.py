@@ -28,8 +28,9 @@ from prefect.utilities.callables import get_call_parameters
 from pipeline import build as b
 from pipeline import incremental as inc
 from pipeline import store
-from pipeline.config import Config
+from pipeline.config import Config, DatasetConfig
 from pipeline.io.annotations import read_annotations
+from pipeline.io.datasets import read_dataset
 from pipeline.io.manifest import read_manifest
 from pipeline.io.shapes import SHAPE_COLUMNS
 from pipeline.io.shapestore import ShapeStore
@@ -40,7 +41,7 @@ from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json
 from pipeline.run import Stopwatch, build_lock, prefect_server
 from pipeline.spec import Spec
-from pipeline.stages import accounting, card, dedup, export, ingest, merge, qa, review, skill, split
+from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
 from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, frame, isin, keyed_hash
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -136,6 +137,53 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     return str(store.save_part(result, items, Path(part)))
 
 
+@task(name="trusted-batch", **CACHED)
+def trusted_batch(photos: pd.DataFrame, spec: Spec, items: list[str], key: str, part: str) -> str:
+    """Take the trusted masks of a batch of external or derived samples; masks go beside the result, as merge's."""
+    masks = Path(part).with_suffix("")
+    masks.mkdir(parents=True, exist_ok=True)
+    result = trusted.trusted_batch(photos, spec, masks)
+    get_run_logger().info("took %d trusted masks, rejected %d", len(result.photos), len(result.rejections))
+    return str(store.save_part(result, items, Path(part)))
+
+
+@task(name="derive-batch", **CACHED)
+def derive_batch(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, cfg: Config, items: list[str], key: str,
+                 part: str) -> str:
+    """Portrait crops of a batch of a derived dataset's samples, in a folder named like the result: per source
+    sample, its crops (manifest rows); and the rejections."""
+    crops, rejected = derive.derive(samples, ds, spec, cfg.ingest, Path(part).with_suffix(""))
+    get_run_logger().info("%s: %d crops from %d samples, %d rejected", ds.name, len(crops), len(samples),
+                          len(rejected))
+    by_sample = {k: g for k, g in crops.groupby(crops["attrs"].map(lambda a: json.loads(a)["derived_from"]))}
+    return str(store.save_part(({p: by_sample.get(p, crops.iloc[:0]) for p in samples["photo_id"]}, rejected),
+                               items, Path(part)))
+
+
+def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.Layout, clock: Stopwatch,
+                 used: set[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Every dataset's samples as manifest rows (a derived dataset's crops, made or reused), the rejections of
+    listing and deriving them, and the derived datasets' files read (whose digests the next build reuses)."""
+    samples, rejected, files_read = [], [], []
+    for ds in cfg.inputs.datasets:
+        listed, refused = read_dataset(ds, cfg.path(ds.path), spec)
+        listed = listed.rename(columns={"source": "origin"}).assign(origin_kind=ds.kind)
+        rejected.append(refused)
+        if ds.kind == "external":
+            samples.append(listed)
+            continue
+        files_read += [*listed["path"], *listed["mask"]]
+        digests = [i + m for i, m in zip(files.digests(listed["path"]), files.digests(listed["mask"]), strict=True)]
+        plan = inc.plan(inc.derive_keys(listed, digests, ds, spec, cfg), "derive", layout.cache / "derive",
+                        b.batch_size(cfg))
+        parts = run_stage(derive_batch, plan, [(listed.iloc[bt.rows],) for bt in plan.todo], ds, spec, cfg,
+                          stage="derive", clock=clock, used=used)
+        for crops, refused in inc.gather(parts, listed["photo_id"].tolist()):
+            samples += list(crops.values())
+            rejected.append(refused)
+    return concat(samples, b.MANIFEST_COLUMNS), concat(rejected, REJECTION_COLUMNS), files_read
+
+
 @task(name="qa", **STAGE)
 def run_qa(inputs: qa.QAInputs) -> pd.DataFrame:
     findings = qa.run_checks(inputs)
@@ -144,10 +192,12 @@ def run_qa(inputs: qa.QAInputs) -> pd.DataFrame:
 
 
 @task(name="split", **STAGE)
-def split_photos(photos: pd.DataFrame, strata: list[str], links: list[tuple[str, str]], cfg: Config,
-                 layout: b.Layout) -> tuple[pd.DataFrame, split.SplitReport]:
+def split_photos(photos: pd.DataFrame, strata: list[str], links: list[tuple[str, str]], samples: pd.DataFrame,
+                 cfg: Config, layout: b.Layout) -> tuple[pd.DataFrame, split.SplitReport]:
+    """The crowd's split, balanced and reported, then the datasets' samples' (``build.source_splits``)."""
     splits, report = split.assign_splits(photos, cfg.split.ratios, cfg.split.seed, links, strata,
                                          b.previous_splits(cfg))
+    splits = concat([splits, samples], split.SPLIT_COLUMNS).sort_values("photo_id", ignore_index=True)
     write_csv(splits, layout.splits)
     get_run_logger().info("split %d photos: ratio error %.2f pp, worst stratum %.2f pp, %d pinned, %d moved",
                           len(splits), report.max_ratio_error_pp, report.worst_stratum_deviation_pp,
@@ -199,8 +249,9 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
     export.write_view_classes(root, spec)
     facts = card.CardFacts(
         spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),
-        sources=[card.Source("crowd", "crowdsourced uploads", "unspecified")],
-        source_counts={"crowd": card.photos_per_split(exported)},
+        sources=[card.Source("crowd", "crowdsourced uploads", "unspecified"),
+                 *(card.Source(ds.name, ds.kind, ds.licence) for ds in cfg.inputs.datasets)],
+        source_counts=card.source_counts(exported, dict(zip(split_of, published["origin"], strict=True))),
         config_hash=card.config_hash(b.outcome_settings(cfg)),
         thresholds=card.card_thresholds(cfg, spec), findings=findings, ledger=ledger, throwaway_key=throwaway,
         split_report=split_report)
@@ -359,8 +410,12 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         clock.count("annotation lines", lines["parsed"], lines["reused"])
     else:
         clock.count("annotation lines", 0, lines["parsed"] + lines["reused"])
-    manifest = manifest.sort_values("photo_id", kind="stable", ignore_index=True)
     lap(clock, "read inputs")
+    samples, sample_rejected, sample_files = read_samples(cfg, spec, files, layout, clock, used)
+    manifest, samples_rejected = b.with_samples(manifest, samples)
+    rejected = concat([rejected, sample_rejected, samples_rejected], REJECTION_COLUMNS)
+    if cfg.inputs.datasets:
+        lap(clock, "datasets")
     ingest_keys = inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg)
     ingest_plan = inc.plan(ingest_keys, "ingest", layout.cache / "ingest", size)
     parts = run_stage(ingest_batch, ingest_plan, [(manifest.iloc[bt.rows],) for bt in ingest_plan.todo], cfg,
@@ -380,29 +435,37 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     lap(clock, "dedup")
 
     kept = b.kept_photos(photos, duplicates)
-    ids = kept["photo_id"].tolist()
+    voted, takes = kept[kept["origin_kind"] == trusted.CROWD], kept[kept["origin_kind"] != trusted.CROWD]
+    ids = voted["photo_id"].tolist()
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
-        dedup.dropped_ids(duplicates))
+        dedup.dropped_ids(duplicates), frozenset(takes["photo_id"]))
     to_merge, repeated = merge.one_per_annotator(to_merge)
     pinned = b.pinned_weights(cfg)
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
-        keys = inc.merge_keys(kept, to_merge, shape_digests, weights, spec, cfg, final)
+        keys = inc.merge_keys(voted, to_merge, shape_digests, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        jobs = [(p, a, drawn.subset(a["assignment"])) for p, a in b.merge_jobs(kept, to_merge,
+        jobs = [(p, a, drawn.subset(a["assignment"])) for p, a in b.merge_jobs(voted, to_merge,
                                                                                  [bt.rows for bt in plan.todo])]
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
         return keys, inc.gather(parts, ids)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
-    for _ in range(cfg.merge.em_iterations if len(kept) else 0):
+    for _ in range(cfg.merge.em_iterations if len(voted) else 0):
         _, scores = merge_pass(score_batch, False, weights)
         weights = estimate_skills(concat(scores, skill.SCORE_COLUMNS), cfg).weights()
         weights |= pinned
     weights = weights | pinned
     merge_keys, merged_parts = merge_pass(merge_batch, True, weights)
+    trusted_keys = inc.trusted_keys(takes, files.digests(takes["mask"]), spec)
+    if trusted_keys:
+        plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", size)
+        parts = run_stage(trusted_batch, plan, [(takes.iloc[bt.rows],) for bt in plan.todo], spec,
+                          stage="trusted masks", clock=clock, used=used)
+        merged_parts += inc.gather(parts, takes["photo_id"].tolist())
+    key_of = dict(zip(ids, merge_keys, strict=True)) | dict(zip(takes["photo_id"], trusted_keys, strict=True))
     m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
     b.write_weights(weights, layout.weights)
     skills = estimate_skills(m.scores, cfg).skills_
@@ -423,7 +486,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     lap(clock, "faces")
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
-    splits, split_report = split_photos(*b.split_strata(kept, merged, spec, cfg.split), links, cfg, layout)
+    splits, split_report = split_photos(*b.split_strata(voted, merged, spec, cfg.split), links,
+                                        b.source_splits(kept, merged, cfg, links), cfg, layout)
     reviewed = b.published_table(kept, m.photos, splits)
     published = b.in_dataset(reviewed)
     lap(clock, "split")
@@ -434,8 +498,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 len(assignments) + int((rejected["item"] == "assignment").sum()),
                                 published, int(isin(m.assignments["photo_id"], published["photo_id"]).sum()),
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
-    export_plan, pool = pooled_plan(inc.export_keys(published, dict(zip(ids, merge_keys, strict=True)), spec, cfg,
-                                                    pseudonym), "export", layout.cache / "export", cfg)
+    export_plan, pool = pooled_plan(inc.export_keys(published, key_of, spec, cfg, pseudonym), "export",
+                                    layout.cache / "export", cfg)
     exported = run_stage(export_batch, export_plan, [(published.iloc[bt.rows],) for bt in export_plan.todo], spec,
                          cfg, pseudonym, stage="export", clock=clock, used=used, runner=pool)
     findings = findings.result()
@@ -446,7 +510,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
     flagged = b.batches(pd.DataFrame({"photo_id": shown}), size)
     drawn = drawn.subset(to_merge.loc[isin(to_merge["photo_id"], shown), "assignment"])
-    shown_keys = thumb_keys(shown, dict(zip(ids, merge_keys, strict=True)))
+    shown_keys = thumb_keys(shown, key_of)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged],
                                  unmapped(shown_keys), unmapped(reviewed), unmapped(to_merge),
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
@@ -461,7 +525,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     report = write_reports(summary, tables, paths, gallery, clock.table(), layout)
     store.prune([*layout.cache.iterdir(), layout.prefect], {Path(p).stem for p in used})
     store.prune([layout.thumbs], {thumb_file(layout.thumbs, k, spec).stem for k in shown_keys.values()})
-    files.save([*map(str, inc.input_files(cfg)), *manifest["path"]])
+    files.save([*map(str, inc.input_files(cfg)), *manifest["path"], *manifest["mask"], *sample_files])
     lap(clock, "report")
     write_csv(clock.table(), layout.reports / "timings.csv")
     return {"report": report, "dataset": str(layout.dataset), "timings": clock.laps, "work": clock.work, **ledger}

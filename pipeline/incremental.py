@@ -260,3 +260,23 @@ def face_keys(photo_ids: list[str], ingest_keys: dict[str, str]) -> list[str]:
 
 def _hash(*parts: Any) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def derive_keys(samples: pd.DataFrame, digests: list[str], ds: Any, spec: Spec, cfg: Config) -> list[str]:
+    """Per source sample of a derived dataset: its row, image and mask (``digests``: both, joined), the crop
+    settings and class map, ``[ingest]`` (which decodes the image) and the spec."""
+    salt = key_of("derive", *(code_version(f"pipeline.{m}") for m in ("stages.derive", "stages.portrait_crops",
+                                                                      "stages.trusted", "io.datasets")),
+                  ds.model_dump(mode="json", include={"crop", "class_map", "layout"}),
+                  cfg.ingest.model_dump(mode="json"), spec_key(spec))
+    rows = rows_key(samples.drop(columns=["row", "manifest"]).assign(_digest=digests))
+    return [_hash(salt, r) for r in rows]
+
+
+def trusted_keys(photos: pd.DataFrame, digests: list[str], spec: Spec) -> list[str]:
+    """Per sample with a trusted mask: its content and size, its mask (by digest) and class map, and the spec."""
+    salt = key_of("trusted", *(code_version(f"pipeline.{m}") for m in ("stages.trusted", "stages.merge",
+                                                                       "stages.anatomy", "io.datasets")),
+                  spec_key(spec))
+    fields = rows_key(photos[["photo_id", "sha256", "width", "height", "mask", "mask_values"]])
+    return [_hash(salt, f, d) for f, d in zip(fields, digests, strict=True)]

@@ -197,3 +197,23 @@ def test_a_large_users_pairs_are_searched_by_distance_and_give_the_exhaustive_ed
     pd.testing.assert_frame_equal(searched, exhaustive)
     i, _ = dedup.same_user_pairs(table["user_id"].to_numpy(), ph, mirror, cfg.within_user_distance)
     assert len(i) < 500 * 499 / 2 / 4  # far fewer candidates than every pair of the heavy user's photos
+
+
+@pytest.mark.parametrize("policy", ["drop", "flag"])
+def test_a_crowd_copy_of_a_dataset_sample_follows_the_cross_source_policy(variants, policy):
+    """The sample wins even over a better crowd copy; derived crops of one image are never each other's copies."""
+    Image.open(variants / "other.jpg").resize((600, 450)).save(variants / "other_small.jpg", quality=90)
+    photos = _ingest(variants, [("base", "u1", "base.jpg"), ("ext", "eg", "recompressed.jpg"),
+                                ("exact", "u2", "copy.jpg"), ("crop_a", "voc/1", "other.jpg"),
+                                ("crop_b", "voc/1", "other_small.jpg")])
+    kind = {"ext": "external", "crop_a": "derived", "crop_b": "derived"}
+    photos = photos.assign(origin=photos["photo_id"].map({"ext": "eg", "crop_a": "voc", "crop_b": "voc"}).fillna(
+        "crowd"), origin_kind=photos["photo_id"].map(kind).fillna("crowd"))
+    found = find_duplicates(photos, DedupConfig(cross_source_policy=policy)).set_index("photo_id")
+    assert found.at["ext", "action"] == "keep"
+    assert found.at["base", "action"] == policy and "source eg" in found.at["base", "reason"]
+    assert found.at["base", "kept_photo_id"] == ("ext" if policy == "drop" else "base")
+    assert found.at["exact", "action"] == "drop"  # an identical copy of base by another crowd user
+    assert "crop_a" not in found.index and "crop_b" not in found.index
+    as_crowd = find_duplicates(photos.assign(origin_kind="crowd"), DedupConfig()).set_index("photo_id")
+    assert as_crowd.at["crop_b", "action"] == "drop"  # the same pair, by one crowd user: a duplicate

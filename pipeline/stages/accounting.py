@@ -15,11 +15,12 @@ class AccountingError(RuntimeError):
 
 
 def route_orphans(assignments: pd.DataFrame, manifest_ids: set[str], rejected_ids: set[str],
-                  dropped_ids: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  dropped_ids: set[str], trusted_ids: frozenset[str] = frozenset()
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split assignments into those whose photo goes on to merge, and rejections for the rest.
 
     ``rejected_ids`` are photos refused at ingest (a photo id rejected only as a repeated manifest row is not
-    among them, since its first row stands).
+    among them, since its first row stands); ``trusted_ids`` are datasets' samples, whose mask is not voted on.
     """
     rows: list[dict[str, Any]] = []
     keep = []
@@ -30,6 +31,8 @@ def route_orphans(assignments: pd.DataFrame, manifest_ids: set[str], rejected_id
             reason, msg = "unknown_photo", f"photo_id {a.photo_id!r} is not in the photos manifest"
         elif a.photo_id in dropped_ids:
             reason, msg = "photo_deduplicated", "its photo was dropped as a duplicate"
+        elif a.photo_id in trusted_ids:
+            reason, msg = "trusted_photo", "its photo is a dataset's sample, whose own mask is used: no vote"
         else:
             keep.append(True)
             continue

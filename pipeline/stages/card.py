@@ -69,6 +69,14 @@ def photos_per_split(exported: Sequence[Exported]) -> dict[str, int]:
     return dict(sorted(Counter(e.split for e in exported).items()))
 
 
+def source_counts(exported: Sequence[Exported], origin: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Published photos per source and split; ``origin`` maps an image name to its source."""
+    by: dict[str, list[Exported]] = {}
+    for e in exported:
+        by.setdefault(origin[e.name], []).append(e)
+    return {name: photos_per_split(es) for name, es in sorted(by.items())}
+
+
 def card_thresholds(cfg: Config, spec: Spec) -> dict[str, Any]:
     """The merge and QA thresholds a build used, per-class ones by class name; banned annotator ids are left out."""
     names = dict(enumerate(spec.names))

@@ -3,6 +3,11 @@
 Within one user a cluster keeps its best copy. Across users, exact copies collapse to one, and near copies follow
 ``cross_user_policy``. New uploads can be checked against the hash index of an earlier build, whose photos rank
 first (they are already published) and are never re-hashed.
+
+Samples of external or derived sources (``origin_kind``) are compared with every photo: they rank before crowd
+uploads, and a crowd photo that copies one is dropped or flagged (``cross_source_policy``): a "user" uploading a
+photo that sits in a public set is fraud, and a leak into val or test. Crops derived from one image are not
+duplicates of each other (extra jittered crops are meant to be alike).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from pipeline.stages.ingest import THUMB_SIDE
 from pipeline.tables import DUPLICATE_COLUMNS, frame, isin
 
 INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "brightness", "sha256",
-                 "pixel_hash", "phash", "phash_mirror", "thumb"]
+                 "pixel_hash", "phash", "phash_mirror", "thumb", "origin", "origin_kind"]
+CROWD = "crowd"  # origin and origin_kind of crowd uploads
+
+
+def with_origin(photos: pd.DataFrame) -> pd.DataFrame:
+    """The photos with ``origin`` and ``origin_kind`` (crowd where absent: tables and indexes from before sources)."""
+    return photos.assign(**{c: photos.get(c, CROWD) for c in ("origin", "origin_kind")})
 
 
 class UnionFind:
@@ -54,12 +65,14 @@ def hashes_to_uint64(hex_hashes: pd.Series) -> np.ndarray:
 def rank(photos: pd.DataFrame) -> pd.DataFrame:
     """Photos best-first: already-published index photos, then most pixels, best exposed (mean brightness nearest
     mid-grey, in steps of 0.05), sharpest, earliest upload, id."""
+    photos = with_origin(photos)
     exposure = photos["brightness"].astype(float).fillna(0.5)
-    order = photos.assign(_old=photos["source"].ne("index"), _px=-(photos["width"] * photos["height"]),
+    order = photos.assign(_old=photos["source"].ne("index"), _crowd=photos["origin_kind"].eq(CROWD),
+                          _px=-(photos["width"] * photos["height"]),
                           _exposure=((exposure - 0.5).abs() * 20).round(), _sharp=-photos["sharpness"],
                           _undated=photos["submitted_at"].eq(""))
-    keys = ["_old", "_px", "_exposure", "_sharp", "_undated", "submitted_at", "photo_id"]
-    return order.sort_values(keys, kind="stable").drop(columns=keys[:5]).reset_index(drop=True)
+    keys = ["_old", "_crowd", "_px", "_exposure", "_sharp", "_undated", "submitted_at", "photo_id"]
+    return order.sort_values(keys, kind="stable").drop(columns=keys[:6]).reset_index(drop=True)
 
 
 def within_group_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +136,9 @@ def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFram
     i, j = np.minimum(cand_i, cand_j), np.maximum(cand_i, cand_j)
     keep = (i != j) & (i < n_new)
     pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
+    derived = with_origin(table)["origin_kind"].to_numpy() == "derived"
+    a, b = pairs[:, 0], pairs[:, 1]  # crops of one image (one "user") are siblings, not duplicates
+    pairs = pairs[~(derived[a] & derived[b] & (users[a] == users[b]))]
     i, j = pairs[:, 0], pairs[:, 1]
     plain = np.bitwise_count(ph[i] ^ ph[j]).astype(int)
     flip = (np.minimum(np.bitwise_count(ph[i] ^ mirror[j]), np.bitwise_count(mirror[i] ^ ph[j])).astype(int)
@@ -187,8 +203,8 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
     ``action`` is keep, drop (with ``kept_photo_id``), group (kept; users share a split) or flag (kept, reported).
     Index photos appear with ``source`` index and action keep, as the reference their duplicates point to.
     """
-    new = photos[INDEX_COLUMNS].assign(source="new")
-    old = (index if index is not None else pd.DataFrame(columns=INDEX_COLUMNS))[INDEX_COLUMNS]
+    new = with_origin(photos)[INDEX_COLUMNS].assign(source="new")
+    old = with_origin(index if index is not None else pd.DataFrame(columns=INDEX_COLUMNS[:-2]))[INDEX_COLUMNS]
     old = old[~isin(old["photo_id"], new["photo_id"])].assign(source="index")
     table = pd.concat([rank(new), rank(old)], ignore_index=True) if len(old) else rank(new)
     n_new = len(new)
@@ -211,7 +227,7 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
 
 def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: DedupConfig) -> list[dict[str, Any]]:
     """Decisions for one cluster whose members are given best-first."""
-    users = table["user_id"]
+    users, origin, kinds = table["user_id"], table["origin"], table["origin_kind"]
     inside = edges[isin(edges["i"], members) & isin(edges["j"], members)]
     same_user = UnionFind(len(table))
     exact = UnionFind(len(table))
@@ -232,8 +248,8 @@ def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: De
     for group in exact.groups(members):  # identical copies across users: one survives, whoever's copy was dropped
         kept = [m for m in group if m not in decision]
         first = min((keeper[m] for m in group), key=members.index)
-        for m in kept:
-            if m != first and users[m] != users[first]:
+        for m in kept:  # a crowd copy of a dataset's sample is left to cross_source_policy, below
+            if m != first and users[m] != users[first] and not (kinds[m] == CROWD and kinds[first] != CROWD):
                 decision[m] = ("drop", first, "an identical copy uploaded by another user is kept")
     survivors = [m for m in members if m not in decision]
     head = survivors[0]
@@ -241,13 +257,18 @@ def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: De
     for m in survivors:
         if len(cross) == 1 or m == head:
             decision[m] = ("keep", m, "best copy")
+        elif kinds[m] == CROWD and kinds[head] != CROWD:
+            decision[m] = (("drop", head, f"copy of a sample of source {origin[head]} (cross_source_policy = drop)")
+                           if cfg.cross_source_policy == "drop" else
+                           ("flag", m, f"copy of a sample of source {origin[head]}, kept for review "
+                            "(cross_source_policy = flag)"))
         elif cfg.cross_user_policy == "drop":
             decision[m] = ("drop", head, "near copy of another user's photo (cross_user_policy = drop)")
         elif cfg.cross_user_policy == "group":
             decision[m] = ("group", m, "near copy of another user's photo; the users share a split")
         else:
             decision[m] = ("flag", m, "near copy of another user's photo, kept for review")
-    if cfg.cross_user_policy == "group" and len(cross) > 1:
+    if cfg.cross_user_policy == "group" and any(decision[m][0] == "group" for m in survivors if m != head):
         decision[head] = ("group", head, "best copy; near copies by other users share its split")
     cluster = table.at[head, "photo_id"]
     rows = []
@@ -284,7 +305,7 @@ def dropped_ids(duplicates: pd.DataFrame) -> set[str]:
 def index_table(photos: pd.DataFrame, duplicates: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
     """The hash index a later build checks its uploads against: the previous index plus this build's keepers."""
     dropped = dropped_ids(duplicates)
-    fresh = photos.loc[~isin(photos["photo_id"], dropped), INDEX_COLUMNS]
-    parts = [fresh] + ([previous.loc[~isin(previous["photo_id"], photos["photo_id"]), INDEX_COLUMNS]]
+    fresh = with_origin(photos).loc[~isin(photos["photo_id"], dropped), INDEX_COLUMNS]
+    parts = [fresh] + ([with_origin(previous).loc[~isin(previous["photo_id"], photos["photo_id"]), INDEX_COLUMNS]]
                        if previous is not None and len(previous) else [])
     return pd.concat(parts, ignore_index=True).sort_values("photo_id", ignore_index=True)

@@ -385,7 +385,7 @@ def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
         "height": published["height"].astype(int), "width": published["width"].astype(int),
         "set": published["split"], "brightness": published["brightness"].round(4),
         "n_annotators": published["n_assignments"].astype(int), "agreement": published["median_iou"].round(4),
-        "mask_from": published["source"], "source": "crowd",
+        "mask_from": published["source"], "source": published.get("origin", "crowd"),
     })
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]
 

@@ -55,7 +55,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 _local = threading.local()
 
 
-def _face_detector() -> cv2.CascadeClassifier:
+def face_detector() -> cv2.CascadeClassifier:
     """OpenCV's bundled frontal-face Haar cascade, one instance per thread (detection is not thread-safe)."""
     if not hasattr(_local, "faces"):
         _local.faces = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
@@ -78,7 +78,7 @@ def detect_faces(grey: np.ndarray, scale: float = 1.0) -> list[tuple[int, int, i
     unseen.
     """
     small, s = shrink(grey, FACE_SIDE, min)
-    found = _face_detector().detectMultiScale(cv2.equalizeHist(small), scaleFactor=1.25, minNeighbors=4)
+    found = face_detector().detectMultiScale(cv2.equalizeHist(small), scaleFactor=1.25, minNeighbors=4)
     boxes = [tuple(round(v / (s * scale)) for v in box) for box in found]
     return sorted(boxes, key=lambda b: (-b[2] * b[3], b[1], b[0]))
 

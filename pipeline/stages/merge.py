@@ -513,22 +513,29 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         assign_rows += [r | {"drawn": drawn_classes(shapes_by.get(r["assignment"], []), spec)}
                         for r in result.assignments]
         class_rows += result.classes
-        key = work_key(p.photo_id)
-        write_mask(result.mask, out_dir / f"{key}.png")
-        write_mask(result.agreement, out_dir / f"{key}.agreement.png")
-        counts = value_counts(result.mask, len(spec.classes))
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
-        photo_rows.append({
-            "photo_id": p.photo_id, "status": result.status, "reasons": ";".join(result.reasons),
-            "source": result.source, "n_assignments": int((~todo["golden"]).sum()), "n_used": len(result.used),
-            "n_golden": int(todo["golden"].sum()),
-            "n_swapped": sum(r["swapped"] for r in result.assignments),
-            "mean_iou": float(np.mean([r["mean_iou"] for r in crowd])) if crowd else math.nan,
-            "median_iou": float(np.median([r["mean_iou"] for r in crowd])) if crowd else math.nan,
-            "unanimous": result.unanimous, "mask_path": str(out_dir / f"{key}.png"),
-            "agreement_path": str(out_dir / f"{key}.agreement.png"),
-            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}, **measure(result.mask, spec)})
+        photo_rows.append(photo_row(
+            p.photo_id, result.mask, result.agreement, out_dir, spec, status=result.status,
+            reasons=";".join(result.reasons), source=result.source, n_assignments=int((~todo["golden"]).sum()),
+            n_used=len(result.used), n_golden=int(todo["golden"].sum()),
+            n_swapped=sum(r["swapped"] for r in result.assignments),
+            mean_iou=float(np.mean([r["mean_iou"] for r in crowd])) if crowd else math.nan,
+            median_iou=float(np.median([r["mean_iou"] for r in crowd])) if crowd else math.nan,
+            unanimous=result.unanimous))
     return MergeResult.of(spec, photo_rows, assign_rows, score_rows, class_rows, rejected, repairs)
+
+
+def photo_row(photo_id: str, mask: np.ndarray, agreement: np.ndarray, out_dir: Path, spec: Spec, **fields: Any
+              ) -> dict[str, Any]:
+    """Write a photo's mask and agreement map to ``out_dir``; its row of ``MergeResult.photos`` (``fields`` give
+    the status and vote columns; pixel counts, paths and anatomy measures are added here)."""
+    key = work_key(photo_id)
+    write_mask(mask, out_dir / f"{key}.png")
+    write_mask(agreement, out_dir / f"{key}.agreement.png")
+    counts = value_counts(mask, len(spec.classes))
+    return {"photo_id": photo_id, **fields, "mask_path": str(out_dir / f"{key}.png"),
+            "agreement_path": str(out_dir / f"{key}.agreement.png"),
+            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}, **measure(mask, spec)}
 
 
 def drawn_classes(shapes: list[dict[str, Any]], spec: Spec) -> str:

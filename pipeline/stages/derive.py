@@ -1,0 +1,86 @@
+"""Derived samples: SINet-style portrait crops of a person-segmentation source, written as real files.
+
+Each source sample (an image and its mask, listed by ``pipeline.io.datasets``) is decoded like an upload, its mask
+read and checked like a trusted mask, and each face found gives a head-and-shoulders crop (and jittered extras,
+``pipeline.stages.portrait_crops``). Crops go to a folder as JPEGs with their masks as PNGs, with ``crops.csv``, the
+manifest of the crops, which later stages name in their messages. Faces that give no crop are rejections.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from pipeline.config import DatasetConfig, IngestConfig
+from pipeline.io.png import write_mask
+from pipeline.spec import Spec
+from pipeline.stages.ingest import Unusable, decode, read_photo
+from pipeline.stages.portrait_crops import portrait_crops
+from pipeline.stages.trusted import load_trusted
+from pipeline.tables import REJECTION_COLUMNS, frame, rejection
+
+JPEG_QUALITY = 95
+INDEX_COLUMNS = ["photo_id", "derived_from", "face_x", "face_y", "face_w", "face_h", "crop_x", "crop_y", "crop_w",
+                 "crop_h", "extra"]
+
+
+def crop_id(sample_id: str, face: int, index: int) -> str:
+    """A crop's photo id: its source sample's, the face (0 = largest) and the crop (0 = main, then extras)."""
+    return f"{sample_id}~{face}.{index}"
+
+
+def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestConfig, out: Path
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(crops as manifest rows, rejections) of a batch of source samples; files go to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    index = out / "crops.csv"
+    identity = json.dumps({str(c.id): c.id for c in spec.classes}, sort_keys=True)
+    rows: list[dict[str, Any]] = []
+    lines: list[list[Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for s in samples.itertuples(index=False):
+        try:
+            image = decode(read_photo(s.path, Path(s.manifest).parent), ingest)[0]
+            mask = load_trusted(s.mask, json.loads(s.mask_values), image.shape[0], image.shape[1], spec)
+        except Unusable as e:
+            rejected.append(_rejection(s, e.code, str(e)))
+            continue
+        crops, refused = portrait_crops(image, mask, ds.crop, s.photo_id)
+        rejected += [_rejection(s, r.code, f"face {r.face} crop {r.index}: {r.message}" if r.face else r.message)
+                     for r in refused]
+        for c in crops:
+            pid = crop_id(s.photo_id, c.face_index, c.index)
+            name = pid.replace("/", "_").replace("~", "_")
+            (out / f"{name}.jpg").write_bytes(crop_bytes(c.image))
+            write_mask(c.mask, out / f"{name}.png")
+            lines.append([pid, s.photo_id, *c.face, *c.box, c.index])
+            attrs = json.loads(s.attrs) | {"derived_from": s.photo_id}
+            rows.append({"photo_id": pid, "user_id": s.user_id, "path": str(out / f"{name}.jpg"), "submitted_at": "",
+                         "manifest": str(index), "row": len(lines) + 1, "attrs": json.dumps(attrs, sort_keys=True),
+                         "origin": ds.name, "origin_kind": "derived", "mask": str(out / f"{name}.png"),
+                         "mask_values": identity})
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows([INDEX_COLUMNS, *lines])
+    index.write_text(text.getvalue(), encoding="utf-8")
+    columns = [*samples.columns.drop(["origin", "origin_kind"], errors="ignore"), "origin", "origin_kind"]
+    return frame(rows, columns), frame(rejected, REJECTION_COLUMNS)
+
+
+def _rejection(sample: Any, code: str, message: str) -> dict[str, Any]:
+    return rejection("derive", "photo", code, f"{sample.path}: {message}", file=sample.manifest, row=sample.row,
+                     photo_id=sample.photo_id)
+
+
+def crop_bytes(crop: np.ndarray) -> bytes:
+    """A crop as the JPEG bytes ``derive`` writes."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("cannot encode a crop")
+    return jpeg.tobytes()
