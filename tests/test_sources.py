@@ -142,3 +142,13 @@ def test_a_published_dataset_reads_back_as_an_easyportrait_source(mixed):
     users = dict(zip("v1/" + meta["image_name"], "v1/" + meta["user_id"], strict=True))
     assert dict(zip(samples["photo_id"], samples["user_id"], strict=True)) == users
     assert all(Path(m).parent.parent.name == "annotations" for m in samples["mask"])
+
+
+def test_split_checks_look_at_the_crowd_only(mixed):
+    """Train-only samples would tilt the split shares; QA judges the ratios on the crowd, which they apply to."""
+    findings = pd.read_csv(mixed[0] / "reports" / "findings.csv", dtype=str)
+    ratio = findings[findings["check"] == "split_ratio"]
+    meta = pd.read_csv(mixed[0] / "dataset" / "meta.csv", dtype=str)
+    crowd = meta[meta["source"] == "crowd"]["set"].value_counts(normalize=True)
+    assert set(ratio["subject_id"]) == {s for s, r in {"train": 0.7, "val": 0.1, "test": 0.2}.items()
+                                        if abs(crowd.get(s, 0.0) - r) > 0.01}

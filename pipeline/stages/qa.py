@@ -282,6 +282,13 @@ def published(q: QAInputs) -> pd.DataFrame:
     return q.photos[q.photos["split"] != ""]
 
 
+def published_crowd(q: QAInputs) -> pd.DataFrame:
+    """The crowd's photos in the dataset: those the split ratios and strata apply to (datasets' samples go to the
+    splits their source allows)."""
+    photos = published(q)
+    return photos[photos["origin_kind"] == "crowd"] if "origin_kind" in photos else photos
+
+
 @check("class_absent", "dataset", "warning")
 def _class_absent(q: QAInputs, c: Check) -> list[Finding]:
     photos = published(q)
@@ -291,7 +298,7 @@ def _class_absent(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("split_ratio", "dataset", "warning")
 def _split_ratio(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published(q)
+    photos = published_crowd(q)
     if photos.empty:
         return []
     share = photos["split"].value_counts(normalize=True)
@@ -301,7 +308,7 @@ def _split_ratio(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("class_presence_by_split", "dataset", "warning")
 def _presence(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published(q)
+    photos = published_crowd(q)
     out = []
     for k in q.spec.classes[1:]:
         has = photos[f"px_{k.name}"] > 0
