@@ -2,8 +2,9 @@
 
 Each source sample (an image and its mask, listed by ``pipeline.io.datasets``) is decoded like an upload, its mask
 read and checked like a trusted mask, and each face found gives a head-and-shoulders crop (and jittered extras,
-``pipeline.stages.portrait_crops``). Crops go to a folder as JPEGs with their masks as PNGs, with ``crops.csv``, the
-manifest of the crops, which later stages name in their messages. Faces that give no crop are rejections.
+``pipeline.stages.portrait_crops``). Crops go to a folder as PNGs (lossless: export makes the only new JPEG
+generation) with their masks, and ``crops.csv``, the manifest of the crops, which later stages name in their
+messages. Faces that give no crop are rejections.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pipeline.stages.portrait_crops import portrait_crops
 from pipeline.stages.trusted import load_trusted
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 
-JPEG_QUALITY = 95
 INDEX_COLUMNS = ["photo_id", "derived_from", "face_x", "face_y", "face_w", "face_h", "crop_x", "crop_y", "crop_w",
                  "crop_h", "extra"]
 
@@ -58,13 +58,13 @@ def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestC
         for c in crops:
             pid = crop_id(s.photo_id, c.face_index, c.index)
             name = pid.replace("/", "_").replace("~", "_")
-            (out / f"{name}.jpg").write_bytes(crop_bytes(c.image))
-            write_mask(c.mask, out / f"{name}.png")
+            (out / f"{name}.png").write_bytes(crop_bytes(c.image))
+            write_mask(c.mask, out / f"{name}.mask.png")
             lines.append([pid, s.photo_id, *c.face, *c.box, c.index])
             attrs = json.loads(s.attrs) | {"derived_from": s.photo_id}
-            rows.append({"photo_id": pid, "user_id": s.user_id, "path": str(out / f"{name}.jpg"), "submitted_at": "",
+            rows.append({"photo_id": pid, "user_id": s.user_id, "path": str(out / f"{name}.png"), "submitted_at": "",
                          "manifest": str(index), "row": len(lines) + 1, "attrs": json.dumps(attrs, sort_keys=True),
-                         "origin": ds.name, "origin_kind": "derived", "mask": str(out / f"{name}.png"),
+                         "origin": ds.name, "origin_kind": "derived", "mask": str(out / f"{name}.mask.png"),
                          "mask_values": identity})
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows([INDEX_COLUMNS, *lines])
@@ -79,8 +79,8 @@ def _rejection(sample: Any, code: str, message: str) -> dict[str, Any]:
 
 
 def crop_bytes(crop: np.ndarray) -> bytes:
-    """A crop as the JPEG bytes ``derive`` writes."""
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    """A crop as the PNG bytes ``derive`` writes (RGB, compression 1)."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise ValueError("cannot encode a crop")
-    return jpeg.tobytes()
+    return png.tobytes()
