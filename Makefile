@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint schemas clean bench browser
+.PHONY: demo test lint schemas clean bench browser fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "crowdseg needs Python >= 3.11"'
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# make fuzz: the hypothesis properties of tests/test_fuzz.py with 3,000 examples each (make test runs 40)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 # make browser: Debian's Chromium for tests/test_report_browser.py (Playwright drives it; it never downloads one).
 # Installs it with apt-get when missing (as root, or through sudo); if that fails, warns and the test skips.

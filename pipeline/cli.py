@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from pipeline.errors import CrowdsegError
 
@@ -179,12 +181,32 @@ PREFECT_DEFAULTS = {
 }
 
 
+EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
+"""Exit statuses: done; the input, config or command line is wrong (one line says where and why); a bug."""
+
+
 def main() -> None:
-    """Entry point: user errors print one line, ``crowdseg: error: file:row: reason``, and exit 2."""
+    """Entry point: user errors print one line, ``crowdseg: error: file:row: reason``, and exit 1; internal errors
+    print their traceback, say they are a bug, and exit 2."""
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     try:
-        app()
+        status = app(standalone_mode=False)
     except CrowdsegError as e:
         print(f"crowdseg: error: {e.line()}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER)
+    except TyperException as e:  # a bad command line (typer's own click)
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            print(f"crowdseg: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER)
+    except (typer.Abort, KeyboardInterrupt):
+        print("crowdseg: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        traceback.print_exc()
+        print("crowdseg: internal error: this is a bug in crowdseg, not in your input; please report it with the "
+              "traceback above", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(status if isinstance(status, int) else EXIT_OK)

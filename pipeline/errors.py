@@ -13,5 +13,7 @@ class CrowdsegError(Exception):
         super().__init__(self.line())
 
     def line(self) -> str:
+        """``file:row: reason`` on one line (a reason quoted from a parser may span several: they are joined)."""
+        reason = " ".join(self.reason.split())
         parts = [p for p in (self.file, None if self.where is None else str(self.where)) if p]
-        return ":".join([*parts, f" {self.reason}"]) if parts else self.reason
+        return ":".join([*parts, f" {reason}"]) if parts else reason

@@ -29,6 +29,7 @@ from pipeline import build as b
 from pipeline import incremental as inc
 from pipeline import store
 from pipeline.config import Config, DatasetConfig
+from pipeline.errors import CrowdsegError
 from pipeline.io.annotations import read_annotations
 from pipeline.io.datasets import read_dataset
 from pipeline.io.manifest import read_manifest
@@ -231,6 +232,20 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
 def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.DataFrame, ledger: dict[str, int],
             split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout, pseudonym: bytes,
             throwaway: bool) -> pd.DataFrame:
+    """Write the dataset tree in staging, then swap it in. An OS error on the way (a full disk, a permission) is a
+    one-line error, and the previous dataset stays as it was: staging is never published half-written."""
+    try:
+        return publish_tree(published, parts, findings, ledger, split_report, spec, cfg, layout, pseudonym,
+                            throwaway)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise CrowdsegError(f"cannot write the dataset: {e.strerror or e}{where}; the previous dataset is unchanged",
+                            file=str(layout.dataset)) from None
+
+
+def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.DataFrame,
+                 ledger: dict[str, int], split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout,
+                 pseudonym: bytes, throwaway: bool) -> pd.DataFrame:
     root, splits = layout.staging, list(cfg.split.ratios)
     split_of = dict(zip([export.image_name(p, pseudonym) for p in published["photo_id"]], published["split"],
                         strict=True))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +20,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("CROWDSEG_PSEUDONYM_KEY", "crowdseg-tests-only-0123456789")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+
+# hypothesis: a bounded run in `make test`, a long one in `make fuzz` (HYPOTHESIS_PROFILE=long); each example must
+# finish within the deadline, so a reader that stalls on some input fails the test
+settings.register_profile("default", max_examples=40, deadline=2000, derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=3000, deadline=5000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def realdata(*parts: str) -> Path:

@@ -67,6 +67,24 @@ def test_cli_prints_defaults_and_reports_user_errors_in_one_line(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text("[split]\nseed = 3\n")
     out = _cli("config", "--check", str(bad))
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [f"crowdseg: error: {bad}: split.seed: Input should be a valid string"]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("raised,status,says", [
+    (CrowdsegError("bad value", file="c.toml", where=3), 1, "crowdseg: error: c.toml:3: bad value"),
+    (RuntimeError("an invariant broke"), 2, "internal error: this is a bug in crowdseg"),
+])
+def test_exit_status_is_1_for_user_errors_and_2_for_internal_ones(monkeypatch, capsys, raised, status, says):
+    from pipeline import cli
+
+    def fail(**_: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(cli, "app", fail)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == status and says in err
+    assert ("Traceback" in err) == (status == 2)  # a user error is one line, an internal one shows its traceback

@@ -248,7 +248,7 @@ def test_cli_build_reports_malformed_inputs_in_one_line(tmp_path, manifest, anno
                           "--photos", str(tmp_path / "photos.csv"), "--annotations",
                           str(tmp_path / "annotations.jsonl"), "--out", str(tmp_path / "out")],
                          capture_output=True, text=True)
-    assert run.returncode == 2
+    assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("crowdseg: error: ") and expected in lines[0], lines
 
@@ -261,7 +261,7 @@ def test_cli_simulate_then_build_quorum_typo_is_one_line(tmp_path):
     with (tmp_path / "config.toml").open("a") as f:
         f.write("\n[merge]\nquorum = {eyes = 0.5}\n")
     run = subprocess.run([*cli, "build", "--config", str(tmp_path / "config.toml")], capture_output=True, text=True)
-    assert run.returncode == 2
+    assert run.returncode == 1
     assert run.stderr.strip() == (f"crowdseg: error: {tmp_path / 'config.toml'}: merge.quorum: 'eyes' is not a "
                                   "drawable class of spec 'easyportrait'")
 

@@ -53,6 +53,6 @@ def test_the_cli_refuses_a_held_folder_in_one_line_before_starting_a_server(tmp_
     finally:
         holder.kill()
         holder.wait()
-    assert run.returncode == 2
+    assert run.returncode == 1
     assert run.stderr.strip() == (f"crowdseg: error: {out}: another build is running on this output folder "
                                   f"(pid {holder.pid}); wait for it to end")

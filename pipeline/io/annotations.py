@@ -49,6 +49,6 @@ def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = 
 def _loose_json(line: str) -> dict[str, Any] | None:
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than Python's stack
         return None
     return obj if isinstance(obj, dict) else {}

@@ -10,7 +10,16 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from pipeline.errors import CrowdsegError
-from pipeline.io.shapes import Collector, Part, Tables, box_corners, edge_to_centre, load_json, trace_mask
+from pipeline.io.shapes import (
+    Collector,
+    Part,
+    Tables,
+    box_corners,
+    edge_to_centre,
+    load_json,
+    positive_int,
+    trace_mask,
+)
 from pipeline.spec import Spec
 
 
@@ -27,12 +36,14 @@ def read_coco(path: Path, spec: Spec, label_map: dict[str, str], annotator: str)
                                                                                          "categories")):
         raise CrowdsegError("expected a COCO object with 'images', 'annotations' and 'categories' lists",
                             file=str(path))
-    categories = {c.get("id"): str(c.get("name", "")) for c in data["categories"] if isinstance(c, dict)}
-    rows = {img.get("id"): row for row, img in enumerate(data["images"], start=1) if isinstance(img, dict)}
+    categories = {c["id"]: str(c.get("name", "")) for c in data["categories"] if isinstance(c, dict)
+                  and _is_id(c.get("id"))}
+    rows = {img["id"]: row for row, img in enumerate(data["images"], start=1) if isinstance(img, dict)
+            and _is_id(img.get("id"))}
     out = Collector(path, spec, label_map)
     groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
     for k, ann in enumerate(data["annotations"], start=1):
-        if not isinstance(ann, dict) or ann.get("image_id") not in rows:
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")) or ann["image_id"] not in rows:
             image = ann.get("image_id") if isinstance(ann, dict) else None
             out.reject("shape", "unknown_image", f"annotations element {k}: image_id {image!r} is not in images",
                        row=k)
@@ -44,6 +55,11 @@ def read_coco(path: Path, spec: Spec, label_map: dict[str, str], annotator: str)
     for row, img in enumerate(data["images"], start=1):
         _image(out, row, img if isinstance(img, dict) else {}, by_row.get(row, []), categories)
     return out.tables()
+
+
+def _is_id(v: Any) -> bool:
+    """Whether a COCO id can name an image or category (an integer or a string)."""
+    return isinstance(v, int | str) and not isinstance(v, bool)
 
 
 def _annotator(ann: dict[str, Any]) -> str:
@@ -61,7 +77,7 @@ def _image(out: Collector, row: int, img: dict[str, Any], groups: list[tuple[str
     if not groups:
         out.reject("assignment", "not_annotated", f"image {ref!r} has no annotations", row=row, photo_ref=ref)
         return
-    size = (int(img.get("width") or 0), int(img.get("height") or 0))
+    size = (positive_int(img.get("width")), positive_int(img.get("height")))
     for who, anns in groups:
         if not who:
             out.reject("assignment", "no_annotator", f"{len(anns)} annotation(s) of image {ref!r} name no "
@@ -70,7 +86,7 @@ def _image(out: Collector, row: int, img: dict[str, Any], groups: list[tuple[str
         a = out.assignment(row, ref, who, seen=size)
         for i, ann in enumerate(anns):
             what = f"shape {i} (annotation id {ann.get('id')})"
-            if ann.get("category_id") not in categories:
+            if not _is_id(ann.get("category_id")) or ann["category_id"] not in categories:
                 out.not_drawn(a, i, "unknown_label", f"category_id {ann.get('category_id')!r} is not in categories",
                               what)
                 continue

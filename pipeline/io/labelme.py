@@ -12,7 +12,17 @@ import cv2
 import numpy as np
 
 from pipeline.errors import CrowdsegError
-from pipeline.io.shapes import Collector, Part, Tables, box_corners, edge_to_centre, ellipse_ring, load_json, trace_mask
+from pipeline.io.shapes import (
+    Collector,
+    Part,
+    Tables,
+    box_corners,
+    edge_to_centre,
+    ellipse_ring,
+    load_json,
+    positive_int,
+    trace_mask,
+)
 from pipeline.spec import Spec
 
 NO_AREA = {"line", "linestrip", "point", "points"}
@@ -48,7 +58,7 @@ def _file(out: Collector, file: Path, doc: dict[str, Any], annotator: str) -> No
         out.reject("assignment", "no_annotator", "LabelMe records no annotator; set annotator in the source config",
                    row=1, photo_ref=ref, path=file)
         return
-    size = (_int(doc.get("imageWidth")), _int(doc.get("imageHeight")))
+    size = (positive_int(doc.get("imageWidth")), positive_int(doc.get("imageHeight")))
     a = out.assignment(1, ref, annotator, seen=size, path=file)
     for i, shape in enumerate(doc["shapes"]):
         kind = str(shape.get("shape_type") or "polygon") if isinstance(shape, dict) else "?"
@@ -93,6 +103,3 @@ def _mask(data: str) -> np.ndarray:
         raise ValueError("mask is not a PNG image")
     return mask
 
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and v > 0 else 0

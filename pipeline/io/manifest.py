@@ -83,6 +83,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | str]]:
         except json.JSONDecodeError as e:
             yield row, f"invalid JSON: {e.msg} at column {e.colno}"
             continue
+        except RecursionError:
+            yield row, "invalid JSON: nested too deeply"
+            continue
         yield row, obj if isinstance(obj, dict) else f"expected a JSON object, found {type(obj).__name__}"
 
 

@@ -122,12 +122,25 @@ class Collector:
                 frame(self.rejected, REJECTION_COLUMNS))
 
 
+def positive_int(v: Any) -> int:
+    """An image size field of a tool export: a positive whole number (720, 720.0 or "720"), else 0 (unknown)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        return 0
+    try:
+        f = float(v)
+    except ValueError:
+        return 0
+    return int(f) if math.isfinite(f) and f == int(f) and f > 0 else 0
+
+
 def load_json(path: Path) -> Any:
     """A JSON file, or a one-line error naming the line where it stops parsing."""
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise CrowdsegError(f"invalid JSON: {e.msg} at column {e.colno}", file=str(path), where=e.lineno) from None
+    except RecursionError:
+        raise CrowdsegError("invalid JSON: nested too deeply", file=str(path)) from None
 
 
 def edge_to_centre(points: Any, scale: tuple[float, float] = (1.0, 1.0)) -> Ring:

@@ -58,7 +58,7 @@ def detect_format(path: Path) -> str:
 def _json(text: str) -> object:
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 

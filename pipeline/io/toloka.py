@@ -77,9 +77,9 @@ def _answer(out: Collector, row: int, ref: str, who: str, text: str, *, golden: 
     what = "GOLDEN answer" if golden else "answer"
     try:
         shapes = (json.loads(text) if text.strip() else None) or []
-    except json.JSONDecodeError as e:
-        out.reject("assignment", "bad_json", f"{what}: {e.msg} at column {e.colno}", row=row, photo_ref=ref,
-                   annotator=who)
+    except (json.JSONDecodeError, RecursionError) as e:
+        reason = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        out.reject("assignment", "bad_json", f"{what}: {reason}", row=row, photo_ref=ref, annotator=who)
         return
     if not isinstance(shapes, list):
         out.reject("assignment", "bad_row", f"{what} is not a list of shapes", row=row, photo_ref=ref, annotator=who)

@@ -15,6 +15,7 @@ from shapely.geometry import Polygon, box
 
 SHIFT = 4  # cv2 fixed-point bits: polygon vertices keep 1/16 px precision
 MAX_VERTICES = 10_000  # rings are thinned to this before any geometry work, so a 10^6-point shape stays cheap
+MAX_COORD = 1e7  # farther than this from the origin a coordinate is garbage, and GEOS loses precision on it
 CALCHIST_PIXELS = 1 << 24  # cv2.calcHist counts in float32: exact up to this many pixels per call
 Ring = np.ndarray  # (N, 2) float64, pixel coordinates with integer values at pixel centres
 Poly = tuple[Ring, list[Ring]]  # exterior, holes
@@ -51,6 +52,8 @@ def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width
         raise ShapeRejected("too_few_points", f"a polygon needs 3 points, found {len(ext)}")
     if not np.isfinite(ext).all():
         raise ShapeRejected("bad_coordinates", "a coordinate is not a finite number")
+    if np.abs(ext).max() > MAX_COORD:
+        raise ShapeRejected("bad_coordinates", f"a coordinate is beyond +-{MAX_COORD:.0e} px")
     repairs: list[str] = []
     if len(ext) > MAX_VERTICES or any(len(r) > MAX_VERTICES for r in rings):
         ext, rings = thin(ext), [thin(r) for r in rings]
@@ -79,7 +82,9 @@ def clean_shape(points: list[list[float]], holes: list[list[list[float]]], width
     area = sum(p.area for p in parts)
     if area < min_area:
         raise ShapeRejected("too_small", f"area {area:.1f} px is below merge.min_shape_area_px={min_area}")
-    return [(np.asarray(p.exterior.coords), [np.asarray(r.coords) for r in p.interiors]) for p in parts], repairs
+    hi = np.array([width - 0.5, height - 0.5])  # clipping leaves rounding errors of GEOS just outside the frame
+    return [(np.clip(p.exterior.coords, -0.5, hi), [np.clip(r.coords, -0.5, hi) for r in p.interiors])
+            for p in parts], repairs
 
 
 def _frame(width: int, height: int) -> Polygon:
