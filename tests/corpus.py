@@ -165,7 +165,58 @@ def write_corpus(out: Path) -> list[Expected]:
     line("tiny_shape", assignment("x8", [_shape("skin", [[10.0, 10.0], [10.5, 10.0], [10.0, 10.5]])]), "merge",
          "shape", "too_small", target)
     (out / "annotations.jsonl").write_text("\n".join([*lines, *extra_lines]) + "\n")
+    expected += _tool_exports(out, rows[1].split(",")[2])
     return expected
+
+
+def _tool_exports(out: Path, clean_path: str) -> list[Expected]:
+    """Exports of every tool format (COCO, CVAT, LabelMe, Label Studio, Toloka) with hostile image references and
+    bad annotations, added as sources."""
+    flat = [v for p in SQUARE for v in p]
+    coco = {"images": [{"id": 1, "file_name": "../../../../etc/passwd", "width": 360, "height": 480},
+                       {"id": 2, "file_name": clean_path, "width": 360, "height": 480},
+                       {"id": 3, "file_name": "photos/never_annotated.jpg", "width": 360, "height": 480}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [flat]},
+                            {"id": 2, "image_id": 2, "category_id": 99, "segmentation": [flat]},
+                            {"id": 3, "image_id": 7, "category_id": 1, "segmentation": [flat]}],
+            "categories": [{"id": 1, "name": "skin"}]}
+    (out / "coco.json").write_text(json.dumps(coco))
+    points = ";".join(f"{x},{y}" for x, y in SQUARE)
+    (out / "cvat.xml").write_text(
+        "<?xml version='1.0'?><annotations>"
+        f"<image id='0' name='/etc/shadow' width='360' height='480'><polygon label='skin' points='{points}'/></image>"
+        "</annotations>")
+    (out / "labelme").mkdir()
+    (out / "labelme" / "escape.json").write_text(json.dumps(
+        {"imagePath": "../../../../etc/passwd", "imageWidth": 360, "imageHeight": 480,
+         "shapes": [{"label": "skin", "points": SQUARE, "shape_type": "polygon"}]}))
+    (out / "ls.json").write_text(json.dumps([
+        {"data": {"image": "/data/upload/1/0a1b2c3d-..%2F..%2Fetc%2Fhosts"}, "annotations": [
+            {"completed_by": 7, "result": [{"type": "polygonlabels", "original_width": 360, "original_height": 480,
+                                            "value": {"points": [[10, 10], [50, 10], [50, 50]],
+                                                      "polygonlabels": ["skin"]}}]}]},
+        "not a task"]))
+    (out / "toloka.tsv").write_text("INPUT:image\tOUTPUT:result\tASSIGNMENT:worker_id\n"
+                                    "../../x.jpg\t{\"shape\": \"polygon\", \"points\": [\tw1\n")
+    with (out / "config.toml").open("a") as f:
+        f.write('\n[[inputs.sources]]\npath = "coco.json"\nannotator = "coco-tool"\n'
+                '\n[[inputs.sources]]\npath = "cvat.xml"\nannotator = "cvat-tool"\n'
+                '\n[[inputs.sources]]\npath = "labelme"\nannotator = "labelme-tool"\n'
+                '\n[[inputs.sources]]\npath = "ls.json"\nformat = "label_studio"\n'
+                '\n[[inputs.sources]]\npath = "toloka.tsv"\n')
+    return [Expected("coco_path_traversal", "../../../../etc/passwd", "import", "assignment", "unknown_photo",
+                     "coco.json", 1),
+            Expected("coco_unknown_category", clean_path, "import", "shape", "unknown_label", "coco.json", 2),
+            Expected("coco_not_annotated", "photos/never_annotated.jpg", "import", "assignment", "not_annotated",
+                     "coco.json", 3),
+            Expected("coco_unknown_image_id", "", "import", "shape", "unknown_image", "coco.json", 3),
+            Expected("cvat_absolute_path", "/etc/shadow", "import", "assignment", "unknown_photo", "cvat.xml", 1),
+            Expected("labelme_path_traversal", "../../../../etc/passwd", "import", "assignment", "unknown_photo",
+                     "labelme/escape.json", 1),
+            Expected("label_studio_encoded_traversal", "/data/upload/1/0a1b2c3d-..%2F..%2Fetc%2Fhosts", "import",
+                     "assignment", "unknown_photo", "ls.json", 1),
+            Expected("label_studio_not_a_task", "", "import", "assignment", "bad_row", "ls.json", 2),
+            Expected("toloka_bad_answer_json", "../../x.jpg", "import", "assignment", "bad_json", "toloka.tsv", 2)]
 
 
 if __name__ == "__main__":

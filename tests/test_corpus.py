@@ -36,18 +36,20 @@ KINDS = ["missing_file", "empty_file", "not_an_image", "truncated_jpeg", "tiny_p
          "animated", "unsupported_format", "a_directory", "symlink_escape", "path_traversal", "missing_user",
          "extra_fields", "duplicate_photo_id", "invalid_json", "json_not_an_object", "bad_field_type", "no_annotator",
          "deeply_nested_json", "unknown_photo", "photo_rejected", "unknown_label", "too_few_points",
-         "non_finite_point", "outside_image", "tiny_shape"]
+         "non_finite_point", "outside_image", "tiny_shape", "coco_path_traversal", "coco_unknown_category",
+         "coco_not_annotated", "coco_unknown_image_id", "cvat_absolute_path", "labelme_path_traversal",
+         "label_studio_encoded_traversal", "label_studio_not_a_task", "toloka_bad_answer_json"]
 
 
 def test_the_corpus_has_every_kind(corpus):
-    assert sorted(corpus["expected"]) == sorted(KINDS) and len(KINDS) >= 26
+    assert sorted(corpus["expected"]) == sorted(KINDS) and len(KINDS) >= 30
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_bad_input_is_rejected_with_its_reason_file_and_row(corpus, kind):
     e = corpus["expected"][kind]
     rej = pd.read_csv(corpus["bad"] / "build" / "reports" / "rejections.csv", dtype=str, keep_default_na=False)
-    mine = rej[(rej["file"] == str(corpus["bad"] / e.file)) & (rej["row"] == str(e.row))]
+    mine = rej[(rej["file"] == str(corpus["bad"] / e.file)) & (rej["row"] == str(e.row)) & (rej["item"] == e.item)]
     assert len(mine) == 1, (kind, mine)
     r = mine.iloc[0]
     assert (r["stage"], r["item"], r["reason"], r["photo_id"]) == (e.stage, e.item, e.reason, e.photo_id)
@@ -125,3 +127,22 @@ def test_a_disk_full_while_publishing_leaves_the_previous_dataset_intact(corpus,
         _build(corpus["clean"])
     after = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
     assert after == before and not dataset.with_name("dataset.old").exists()
+
+
+def test_a_huge_line_is_rejected_unparsed_in_bounded_time(tmp_path, monkeypatch):
+    """A 10^7-point polygon would be ~160 MB of JSON: lines over the limit are refused before parsing (the limit
+    is lowered here so the test stays small)."""
+    import json
+
+    from pipeline.io import annotations
+    from pipeline.spec import load_spec
+
+    monkeypatch.setattr(annotations, "MAX_LINE_CHARS", 10_000)
+    ring = [[float(i % 300), float(i // 300)] for i in range(2_000)]
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"photo_id": "p", "annotator_id": "a", "shapes": [{"label": "skin", "points": ring}]})
+                    + "\n" + json.dumps({"photo_id": "p", "annotator_id": "b", "shapes": []}) + "\n")
+    assignments, shapes, rejected = annotations.read_annotations(path, load_spec("easyportrait"))
+    assert assignments["annotator_id"].tolist() == ["b"] and shapes.empty
+    assert rejected[["row", "reason"]].values.tolist() == [[1, "bad_row"]]
+    assert "over the limit" in rejected.at[0, "message"]

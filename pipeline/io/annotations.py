@@ -15,6 +15,10 @@ from pipeline.spec import Spec, validation_reason
 
 __all__ = ["ASSIGNMENT_COLUMNS", "SHAPE_COLUMNS", "read_annotations"]
 
+MAX_LINE_CHARS = 32 << 20
+"""A line longer than this (~2 million points) is rejected unparsed, so a hostile 10^7-point polygon costs one
+read of its line, not gigabytes of parsed floats. A real assignment (9 classes of 10,000 vertices) is ~2 MB."""
+
 
 def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = None, sink: Sink | None = None,
                      start: tuple[int, int] = (0, 0)) -> Tables:
@@ -28,6 +32,10 @@ def read_annotations(path: Path, spec: Spec, label_map: dict[str, str] | None = 
     out = Collector(path, spec, label_map, sink)
     for row, line in read_lines(path, start):
         if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            out.reject("assignment", "bad_row", f"the line is {len(line):,} characters long, over the limit of "
+                       f"{MAX_LINE_CHARS:,}", row=row)
             continue
         try:
             a = Assignment.model_validate_json(line)

@@ -9,8 +9,6 @@ messages. Faces that give no crop are rejections.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pandas as pd
 
 from pipeline.config import DatasetConfig, IngestConfig
 from pipeline.io.png import write_mask
+from pipeline.report.write import write_csv
 from pipeline.spec import Spec
 from pipeline.stages.ingest import Unusable, decode, read_photo
 from pipeline.stages.portrait_crops import portrait_crops
@@ -66,9 +65,7 @@ def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestC
                          "manifest": str(index), "row": len(lines) + 1, "attrs": json.dumps(attrs, sort_keys=True),
                          "origin": ds.name, "origin_kind": "derived", "mask": str(out / f"{name}.mask.png"),
                          "mask_values": identity})
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows([INDEX_COLUMNS, *lines])
-    index.write_text(text.getvalue(), encoding="utf-8")
+    write_csv(pd.DataFrame(lines, columns=INDEX_COLUMNS), index)  # formula-safe: reviewers open it
     columns = [*samples.columns.drop(["origin", "origin_kind"], errors="ignore"), "origin", "origin_kind"]
     return frame(rows, columns), frame(rejected, REJECTION_COLUMNS)
 
