@@ -135,9 +135,9 @@ crowd, external or derived) and, for a dataset's sample, its trusted mask and th
 def with_samples(manifest: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The crowd's manifest and the datasets' samples as one manifest, sorted by photo id, and rejections for
     samples whose id a crowd photo already has."""
-    from pipeline.tables import REJECTION_COLUMNS, concat, frame, rejection
+    from pipeline.tables import CROWD, REJECTION_COLUMNS, concat, frame, rejection
 
-    crowd = manifest.assign(origin="crowd", origin_kind="crowd", mask="", mask_values="")
+    crowd = manifest.assign(origin=CROWD, origin_kind=CROWD, mask="", mask_values="")
     clash = isin(samples["photo_id"], crowd["photo_id"])
     rows = [rejection("ingest", "photo", "duplicate_photo_id", f"photo_id {s.photo_id!r} is a crowd photo's too",
                       file=s.manifest, row=s.row, photo_id=s.photo_id) for s in samples[clash].itertuples()]
@@ -580,13 +580,14 @@ def check_datasets(cfg: Config, spec: Spec) -> None:
     least one with a share), and a class map that covers the spec."""
     from pipeline.errors import CrowdsegError
     from pipeline.io.datasets import value_map
+    from pipeline.tables import CROWD
 
     seen: set[str] = set()
     for i, ds in enumerate(cfg.inputs.datasets):
         where = f"inputs.datasets[{i}]"
-        if ds.name == "crowd" or ds.name in seen:
+        if ds.name == CROWD or ds.name in seen:
             raise CrowdsegError(f"{where}.name: {ds.name!r} is " + ("reserved for the crowd's uploads"
-                                if ds.name == "crowd" else "used by another dataset"), file=cfg.source)
+                                if ds.name == CROWD else "used by another dataset"), file=cfg.source)
         seen.add(ds.name)
         if not cfg.path(ds.path).is_dir():
             raise CrowdsegError(f"{where}.path: no such folder: {ds.path}", file=cfg.source)

@@ -43,7 +43,7 @@ from pipeline.report.write import write_csv, write_json
 from pipeline.run import Stopwatch, build_lock, prefect_server
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
-from pipeline.tables import DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, frame, isin, keyed_hash
+from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, frame, isin, keyed_hash
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -264,7 +264,7 @@ def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings:
     export.write_view_classes(root, spec)
     facts = card.CardFacts(
         spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),
-        sources=[card.Source("crowd", "crowdsourced uploads", "unspecified"),
+        sources=[card.Source(CROWD, "crowdsourced uploads", "unspecified"),
                  *(card.Source(ds.name, ds.kind, ds.licence) for ds in cfg.inputs.datasets)],
         source_counts=card.source_counts(exported, dict(zip(split_of, published["origin"], strict=True))),
         config_hash=card.config_hash(b.outcome_settings(cfg)),
@@ -450,7 +450,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     lap(clock, "dedup")
 
     kept = b.kept_photos(photos, duplicates)
-    voted, takes = kept[kept["origin_kind"] == trusted.CROWD], kept[kept["origin_kind"] != trusted.CROWD]
+    voted, takes = kept[kept["origin_kind"] == CROWD], kept[kept["origin_kind"] != CROWD]
     ids = voted["photo_id"].tolist()
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),

@@ -13,6 +13,9 @@ import pyarrow.compute as pc
 REJECTION_COLUMNS = ["stage", "item", "file", "row", "photo_id", "annotator_id", "reason", "message"]
 """Every input that does not reach the dataset lands here with a stable reason code."""
 
+CROWD = "crowd"
+"""``origin`` and ``origin_kind`` of crowd uploads (a dataset's sample has its dataset's name and kind)."""
+
 DUPLICATE_COLUMNS = ["cluster", "photo_id", "user_id", "source", "action", "kept_photo_id", "kind", "distance",
                      "reason"]
 FINDING_COLUMNS = ["level", "subject_id", "check", "severity", "value", "threshold", "message"]

@@ -20,11 +20,10 @@ import pandas as pd
 from pipeline.config import DedupConfig
 from pipeline.stages.hamming import near_pairs
 from pipeline.stages.ingest import THUMB_SIDE
-from pipeline.tables import DUPLICATE_COLUMNS, frame, isin
+from pipeline.tables import CROWD, DUPLICATE_COLUMNS, frame, isin
 
 INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "brightness", "sha256",
                  "pixel_hash", "phash", "phash_mirror", "thumb", "origin", "origin_kind"]
-CROWD = "crowd"  # origin and origin_kind of crowd uploads
 
 
 def with_origin(photos: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from pipeline.io.png import read_mask, write_mask
 from pipeline.spec import Spec
 from pipeline.stages.ingest import load_oriented
 from pipeline.stages.views import apply_view, derived_views, view_classes
+from pipeline.tables import CROWD
 
 META_COLUMNS = ["image_name", "user_id", "height", "width", "set", "brightness", "n_annotators", "agreement",
                 "mask_from", "source"]
@@ -385,7 +386,7 @@ def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
         "height": published["height"].astype(int), "width": published["width"].astype(int),
         "set": published["split"], "brightness": published["brightness"].round(4),
         "n_annotators": published["n_assignments"].astype(int), "agreement": published["median_iou"].round(4),
-        "mask_from": published["source"], "source": published.get("origin", "crowd"),
+        "mask_from": published["source"], "source": published.get("origin", CROWD),
     })
     return meta.sort_values(["set", "image_name"], ignore_index=True)[META_COLUMNS]
 

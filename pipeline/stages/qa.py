@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.config import QAConfig
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import FACE_WIDTH, measure_columns, violations
-from pipeline.tables import FINDING_COLUMNS, frame, isin
+from pipeline.tables import CROWD, FINDING_COLUMNS, frame, isin
 
 Finding = dict[str, Any]
 
@@ -286,7 +286,7 @@ def published_crowd(q: QAInputs) -> pd.DataFrame:
     """The crowd's photos in the dataset: those the split ratios and strata apply to (datasets' samples go to the
     splits their source allows)."""
     photos = published(q)
-    return photos[photos["origin_kind"] == "crowd"] if "origin_kind" in photos else photos
+    return photos[photos["origin_kind"] == CROWD] if "origin_kind" in photos else photos
 
 
 @check("class_absent", "dataset", "warning")

@@ -22,7 +22,6 @@ from pipeline.stages.merge import MergeResult, photo_row
 from pipeline.tables import rejection
 
 SOURCE = "trusted"  # the ``source`` of a trusted mask in merge tables (a vote's is "vote" or "golden")
-CROWD = "crowd"  # the origin of crowd uploads; a dataset's origin is its name
 
 
 def read_values(path: str | Path) -> np.ndarray:
@@ -32,11 +31,13 @@ def read_values(path: str | Path) -> np.ndarray:
             if im.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I", "1"):
                 raise Unusable("mask_not_single_channel", f"the mask is {im.mode}, not a single-channel image of "
                                "class values")
-            return np.asarray(im.convert("L") if im.mode == "1" else im)
+            return np.asarray(im, dtype=np.uint8) if im.mode == "1" else np.asarray(im)  # bilevel: 0/1
     except Unusable:
         raise
     except FileNotFoundError:
         raise Unusable("missing_mask", "no such mask file") from None
+    except Image.DecompressionBombError as e:
+        raise Unusable("corrupt_mask", f"the mask is too large to read: {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise Unusable("corrupt_mask", f"cannot read the mask: {e}") from None
 
