@@ -126,22 +126,17 @@ def with_faces(photos: pd.DataFrame, faces: pd.DataFrame) -> pd.DataFrame:
     return photos.assign(**{c: photos["photo_id"].map(found[c]).fillna(0).astype(int) for c in FACE_COLUMNS})
 
 
-MANIFEST_COLUMNS = ["photo_id", "user_id", "path", "submitted_at", "manifest", "row", "attrs", "origin", "origin_kind",
-                    "mask", "mask_values"]
-"""The manifest's columns, with where each photo came from (``origin``: crowd or a dataset's name; ``origin_kind``:
-crowd, external or derived) and, for a dataset's sample, its trusted mask and the mask's value -> class id map."""
-
-
 def with_samples(manifest: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The crowd's manifest and the datasets' samples as one manifest, sorted by photo id, and rejections for
     samples whose id a crowd photo already has."""
+    from pipeline.io.datasets import SAMPLE_COLUMNS
     from pipeline.tables import CROWD, REJECTION_COLUMNS, concat, frame, rejection
 
     crowd = manifest.assign(origin=CROWD, origin_kind=CROWD, mask="", mask_values="")
     clash = isin(samples["photo_id"], crowd["photo_id"])
     rows = [rejection("ingest", "photo", "duplicate_photo_id", f"photo_id {s.photo_id!r} is a crowd photo's too",
                       file=s.manifest, row=s.row, photo_id=s.photo_id) for s in samples[clash].itertuples()]
-    both = concat([crowd, samples[~clash]], MANIFEST_COLUMNS)
+    both = concat([crowd, samples[~clash]], SAMPLE_COLUMNS)
     return both.sort_values("photo_id", kind="stable", ignore_index=True), frame(rows, REJECTION_COLUMNS)
 
 

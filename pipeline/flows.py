@@ -31,7 +31,7 @@ from pipeline import store
 from pipeline.config import Config, DatasetConfig
 from pipeline.errors import CrowdsegError
 from pipeline.io.annotations import read_annotations
-from pipeline.io.datasets import read_dataset
+from pipeline.io.datasets import SAMPLE_COLUMNS, read_dataset
 from pipeline.io.manifest import read_manifest
 from pipeline.io.shapes import SHAPE_COLUMNS
 from pipeline.io.shapestore import ShapeStore
@@ -154,11 +154,9 @@ def derive_batch(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, cfg: Conf
     """Portrait crops of a batch of a derived dataset's samples, in a folder named like the result: per source
     sample, its crops (manifest rows); and the rejections."""
     crops, rejected = derive.derive(samples, ds, spec, cfg.ingest, Path(part).with_suffix(""))
-    get_run_logger().info("%s: %d crops from %d samples, %d rejected", ds.name, len(crops), len(samples),
-                          len(rejected))
-    by_sample = {k: g for k, g in crops.groupby(crops["attrs"].map(lambda a: json.loads(a)["derived_from"]))}
-    return str(store.save_part(({p: by_sample.get(p, crops.iloc[:0]) for p in samples["photo_id"]}, rejected),
-                               items, Path(part)))
+    get_run_logger().info("%s: %d crops from %d samples, %d rejected", ds.name, sum(map(len, crops.values())),
+                          len(samples), len(rejected))
+    return str(store.save_part((crops, rejected), items, Path(part)))
 
 
 def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.Layout, clock: Stopwatch,
@@ -168,7 +166,6 @@ def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.La
     samples, rejected, files_read = [], [], []
     for ds in cfg.inputs.datasets:
         listed, refused = read_dataset(ds, cfg.path(ds.path), spec)
-        listed = listed.rename(columns={"source": "origin"}).assign(origin_kind=ds.kind)
         rejected.append(refused)
         if ds.kind == "external":
             samples.append(listed)
@@ -182,7 +179,7 @@ def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.La
         for crops, refused in inc.gather(parts, listed["photo_id"].tolist()):
             samples += list(crops.values())
             rejected.append(refused)
-    return concat(samples, b.MANIFEST_COLUMNS), concat(rejected, REJECTION_COLUMNS), files_read
+    return concat(samples, SAMPLE_COLUMNS), concat(rejected, REJECTION_COLUMNS), files_read
 
 
 @task(name="qa", **STAGE)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import Config
+from pipeline.config import Config, DatasetConfig
 from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Tables
 from pipeline.io.shapestore import ShapeStore
 from pipeline.spec import Spec
@@ -262,7 +262,8 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-def derive_keys(samples: pd.DataFrame, digests: list[str], ds: Any, spec: Spec, cfg: Config) -> list[str]:
+def derive_keys(samples: pd.DataFrame, digests: list[str], ds: DatasetConfig, spec: Spec, cfg: Config
+                ) -> list[str]:
     """Per source sample of a derived dataset: its row, image and mask (``digests``: both, joined), the crop
     settings and class map, ``[ingest]`` (which decodes the image) and the spec."""
     salt = key_of("derive", *(code_version(f"pipeline.{m}") for m in ("stages.derive", "stages.portrait_crops",

@@ -66,7 +66,7 @@ def test_eg1800_samples_and_rejections(tmp_path: Path) -> None:
     assert first.path == str(root / "images_data_crop" / "00001.jpg")
     assert first["mask"] == str(root / "GT_png" / "00001_mask.png")
     assert Path(first.manifest).parent == root
-    assert (first.submitted_at, first.source) == ("", "eg1800")
+    assert (first.submitted_at, first.origin, first.origin_kind) == ("", "eg1800", "external")
     assert json.loads(first.mask_values) == {"0": 0, "255": 1}
     assert rejections(rejected, root) == [
         ("duplicate_sample", "train.txt", 6, "eg1800/00001"),

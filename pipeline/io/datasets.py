@@ -28,7 +28,9 @@ from pipeline.stages.ingest import Unusable
 from pipeline.stages.polygons import assignment_layers, composite
 from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 
-SAMPLE_COLUMNS = [*PHOTO_COLUMNS, "source", "mask", "mask_values"]
+SAMPLE_COLUMNS = [*PHOTO_COLUMNS, "origin", "origin_kind", "mask", "mask_values"]
+"""A sample as a manifest row: where it came from (``origin``: its dataset's name; ``origin_kind``: external or
+derived; crowd uploads have ``crowd`` in both), its trusted mask, and the mask's value -> class id map."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".heic")
 EG1800_LISTS = {f"{prefix}{split}.txt": split for prefix in ("", "eg1800_") for split in ("train", "val", "test")}
 DEFAULT_MAPS = {"eg1800": {"0": "background", "255": "person"}, "labelme": {"person": "person"}}
@@ -81,7 +83,8 @@ class _Listing:
         pid = self.photo_id(stem)
         self.samples.append({"photo_id": pid, "user_id": self.photo_id(user) if user else pid, "path": str(image),
                              "submitted_at": "", "manifest": str(manifest), "row": row,
-                             "attrs": json.dumps({"listed_split": split}, sort_keys=True), "source": self.ds.name,
+                             "attrs": json.dumps({"listed_split": split}, sort_keys=True), "origin": self.ds.name,
+                             "origin_kind": self.ds.kind,
                              "mask": str(mask), "mask_values": self.values})
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DatasetConfig, IngestConfig
+from pipeline.io.datasets import SAMPLE_COLUMNS
 from pipeline.io.png import write_mask
 from pipeline.report.write import write_csv
 from pipeline.spec import Spec
@@ -36,12 +37,12 @@ def crop_id(sample_id: str, face: int, index: int) -> str:
 
 
 def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestConfig, out: Path
-           ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(crops as manifest rows, rejections) of a batch of source samples; files go to ``out``."""
+           ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """(per source sample id, its crops as manifest rows; rejections) of a batch of samples; files go to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     index = out / "crops.csv"
     identity = json.dumps({str(c.id): c.id for c in spec.classes}, sort_keys=True)
-    rows: list[dict[str, Any]] = []
+    rows: dict[str, list[dict[str, Any]]] = {}
     lines: list[list[Any]] = []
     rejected: list[dict[str, Any]] = []
     for s in samples.itertuples(index=False):
@@ -52,6 +53,7 @@ def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestC
             rejected.append(_rejection(s, e.code, str(e)))
             continue
         crops, refused = portrait_crops(image, mask, ds.crop, s.photo_id)
+        mine = rows.setdefault(s.photo_id, [])
         rejected += [_rejection(s, r.code, f"face {r.face} crop {r.index}: {r.message}" if r.face else r.message)
                      for r in refused]
         for c in crops:
@@ -61,13 +63,13 @@ def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestC
             write_mask(c.mask, out / f"{name}.mask.png")
             lines.append([pid, s.photo_id, *c.face, *c.box, c.index])
             attrs = json.loads(s.attrs) | {"derived_from": s.photo_id}
-            rows.append({"photo_id": pid, "user_id": s.user_id, "path": str(out / f"{name}.png"), "submitted_at": "",
+            mine.append({"photo_id": pid, "user_id": s.user_id, "path": str(out / f"{name}.png"), "submitted_at": "",
                          "manifest": str(index), "row": len(lines) + 1, "attrs": json.dumps(attrs, sort_keys=True),
                          "origin": ds.name, "origin_kind": "derived", "mask": str(out / f"{name}.mask.png"),
                          "mask_values": identity})
     write_csv(pd.DataFrame(lines, columns=INDEX_COLUMNS), index)  # formula-safe: reviewers open it
-    columns = [*samples.columns.drop(["origin", "origin_kind"], errors="ignore"), "origin", "origin_kind"]
-    return frame(rows, columns), frame(rejected, REJECTION_COLUMNS)
+    return ({p: frame(rows.get(p, []), SAMPLE_COLUMNS) for p in samples["photo_id"]},
+            frame(rejected, REJECTION_COLUMNS))
 
 
 def _rejection(sample: Any, code: str, message: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.io.datasets import labelme_mask
 from pipeline.spec import Spec
 from pipeline.stages.ingest import Unusable
 from pipeline.stages.merge import MergeResult, photo_row
@@ -59,8 +60,6 @@ def load_trusted(mask_path: str, mapping: dict[str, int], height: int, width: in
     """A sample's mask in spec class ids, checked against its photo's (oriented) size. A LabelMe file's polygons
     (labels in ``mapping``) are rasterised at the photo's size."""
     if mask_path.lower().endswith(".json"):
-        from pipeline.io.datasets import labelme_mask
-
         return labelme_mask(Path(mask_path), spec, mapping, height, width)
     values = read_values(mask_path)
     if values.shape != (height, width):
