@@ -492,11 +492,12 @@ def new_annotator(old: str, photo: int, names: dict[str, int], pool: int) -> str
 
 
 def tile_merge(template: dict[str, Any], kept: Any, names: dict[str, int], pool: int) -> Any:
-    """The merge result of the kept photos: each photo's rows copied from its template photo's, with the ids the
-    tiled assignments have."""
+    """The merge result of the kept photos (each photo's rows copied from its template photo's, with the ids the
+    tiled assignments have; score rows summed batch by batch, as a build does), and the number of score rows."""
     import numpy as np
 
     from pipeline.stages.merge import MergeResult
+    from pipeline.stages.skill import add_sums, score_sums
 
     m = template["merge"]
     tids = template["photos"]["photo_id"].to_numpy()
@@ -518,8 +519,20 @@ def tile_merge(template: dict[str, Any], kept: Any, names: dict[str, int], pool:
                 out["assignment"] = out["photo_id"] + "-" + out["annotator_id"]
         return out
 
-    return MergeResult(*(tiled(getattr(m, name)) for name in
-                         ("photos", "assignments", "scores", "classes", "rejections", "repairs")))
+    def summed(scores: Any, batch: int = 256) -> tuple[Any, int]:
+        """Score sums as a build keeps them (each batch's rows reduced as read), and how many rows were scored."""
+        sums, rows = [], 0
+        for at in range(0, len(targets), batch):
+            part, _ = repeat_rows(scores, "photo_id", sources[at:at + batch], targets[at:at + batch])
+            part["annotator_id"] = [new_annotator(a, int(t[1:]), names, pool)
+                                    for a, t in zip(part["annotator_id"], part["photo_id"], strict=True)]
+            sums.append(score_sums(part))
+            rows += len(part)
+        return add_sums(sums), rows
+
+    scores, scored = summed(m.scores)
+    tables = {name: tiled(getattr(m, name)) for name in ("photos", "assignments", "classes", "rejections", "repairs")}
+    return MergeResult(**tables, scores=scores), scored
 
 
 def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
@@ -562,11 +575,11 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     step("route assignments (route_orphans, one_per_annotator)", t)
 
     t = time.perf_counter()
-    m = tile_merge(template, kept, tiled["names"], tiled["pool"])
+    m, scored = tile_merge(template, kept, tiled["names"], tiled["pool"])
     step("make merge result (tiling)", t)
 
     t = time.perf_counter()
-    skills = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit(m.scores).skills_
+    skills = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit_sums(m.scores).skills_
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
@@ -612,7 +625,7 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     size = sum(p.stat().st_size for p in out.iterdir())
     shutil.rmtree(out, ignore_errors=True)
     return {"photos": n, "kept": len(kept), "published": len(published), "assignments": len(assignments),
-            "class_rows": len(m.classes), "score_rows": len(m.scores), "clusters": int(duplicates["cluster"].nunique()),
+            "class_rows": len(m.classes), "score_rows": scored, "clusters": int(duplicates["cluster"].nunique()),
             "steps": steps, "peak_mb": max(s["peak_mb"] for s in steps), "per_step_peaks": resettable,
             "report_mb": size / 2**20}
 

@@ -30,6 +30,7 @@ from pipeline.io.manifest import read_manifest
 from pipeline.io.sources import read_all_annotations
 from pipeline.simulate import simulate
 from pipeline.stages import export, ingest, merge
+from pipeline.tables import CROWD
 
 DEVICES = {"laptop_webcam": 0.25, "phone_fhd": 0.25, "phone_vga": 0.5}
 
@@ -82,7 +83,7 @@ def main() -> None:
     cfg = load_config(folder / "config.toml")
     spec = b.resolve_spec(cfg)
     manifest, _ = read_manifest(cfg.path(cfg.inputs.photos))
-    manifest = manifest.sort_values("photo_id", ignore_index=True)
+    manifest = manifest.sort_values("photo_id", ignore_index=True).assign(origin=CROWD, origin_kind=CROWD)
     n = len(manifest)
     rows = []
     photos, ms = timed("ingest", n, args.profile, lambda: ingest.ingest(manifest, cfg.ingest)[0])

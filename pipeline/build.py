@@ -13,6 +13,7 @@ import pandas as pd
 from pipeline.config import Config, MergeConfig, SplitConfig
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
+from pipeline.stages.skill import add_sums
 from pipeline.tables import isin, keyed_hash
 
 
@@ -306,10 +307,12 @@ def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, rows: list[list[
 
 
 def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
-    """One MergeResult from the batches' results, rows by photo (with every declared column, even when empty)."""
+    """One MergeResult from the batches' ``summed`` results, rows by photo (with every declared column, even when
+    empty), and the score sums added up."""
     empty = MergeResult.of(spec, [], [], [], [], [], [])
-    names = ("photos", "assignments", "scores", "classes", "rejections", "repairs")
-    return MergeResult(*(by_photo([getattr(empty, n)] + [getattr(p, n) for p in parts]) for n in names))
+    names = ("photos", "assignments", "classes", "rejections", "repairs")
+    tables = {n: by_photo([getattr(empty, n)] + [getattr(p, n) for p in parts]) for n in names}
+    return MergeResult(**tables, scores=add_sums([p.scores for p in parts]))
 
 
 def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:

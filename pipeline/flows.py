@@ -120,8 +120,8 @@ def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
 
 
 @task(name="skills", **STAGE)
-def estimate_skills(scores: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
-    model = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit(scores)
+def estimate_skills(sums: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
+    model = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit_sums(sums)
     get_run_logger().info("skills of %d annotators", model.skills_["annotator_id"].nunique())
     return model
 
@@ -456,18 +456,19 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     pinned = b.pinned_weights(cfg)
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
+        """One pass over the voted photos; each batch's score rows reduced to sums as it is read."""
         keys = inc.merge_keys(voted, to_merge, shape_digests, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
         jobs = [(p, a, drawn.subset(a["assignment"])) for p, a in b.merge_jobs(voted, to_merge,
                                                                                  [bt.rows for bt in plan.todo])]
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
-        return keys, inc.gather(parts, ids)
+        return keys, inc.gather(parts, ids, merge.MergeResult.summed if final else skill.score_sums)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
     for _ in range(cfg.merge.em_iterations if len(voted) else 0):
         _, scores = merge_pass(score_batch, False, weights)
-        weights = estimate_skills(concat(scores, skill.SCORE_COLUMNS), cfg).weights()
+        weights = estimate_skills(skill.add_sums(scores), cfg).weights()
         weights |= pinned
     weights = weights | pinned
     merge_keys, merged_parts = merge_pass(merge_batch, True, weights)
@@ -476,7 +477,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", size)
         parts = run_stage(trusted_batch, plan, [(takes.iloc[bt.rows],) for bt in plan.todo], spec,
                           stage="trusted masks", clock=clock, used=used)
-        merged_parts += inc.gather(parts, takes["photo_id"].tolist())
+        merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed)
     key_of = dict(zip(ids, merge_keys, strict=True)) | dict(zip(takes["photo_id"], trusted_keys, strict=True))
     m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
     b.write_weights(weights, layout.weights)

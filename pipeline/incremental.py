@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,11 @@ def take(result: Any, ids: set[str]) -> Any:
     return replace(result, **{f.name: take(getattr(result, f.name), ids) for f in fields(result)})
 
 
-def gather(parts: dict[str, list[int]], ids: list[str]) -> list[Any]:
-    """Each result file's share of a stage's items (``ids`` by row position), loading each file once."""
-    return [take(load(part), {ids[i] for i in rows}) for part, rows in sorted(parts.items())]
+def gather(parts: dict[str, list[int]], ids: list[str], each: Callable[[Any], Any] = lambda share: share
+           ) -> list[Any]:
+    """Each result file's share of a stage's items (``ids`` by row position), loading each file once; ``each``
+    reduces a share as soon as it is loaded, so only the reduced shares are held together."""
+    return [each(take(load(part), {ids[i] for i in rows})) for part, rows in sorted(parts.items())]
 
 
 def spec_key(spec: Spec) -> str:

@@ -32,8 +32,8 @@ def merge_crowd(folder: Path, out: Path, cfg: MergeConfig) -> tuple[pd.DataFrame
     for _ in range(cfg.em_iterations):
         scores = pd.concat([merge_batch(*job, SPEC, cfg, weights, None).scores for job in jobs])
         weights = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit(scores).weights()
-    m = combine([merge_batch(*job, SPEC, cfg, weights, out) for job in jobs], SPEC)
-    skills = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit(m.scores).skills_
+    m = combine([merge_batch(*job, SPEC, cfg, weights, out).summed() for job in jobs], SPEC)
+    skills = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit_sums(m.scores).skills_
     return m.photos, m.assignments, annotator_table(m, skills, m.rejections, SPEC, cfg.min_agreement, cfg.ban)
 
 

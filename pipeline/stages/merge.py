@@ -16,7 +16,7 @@ label, so a leave-one-out vote or an IoU is a sum over labels (32 for five assig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from pipeline.stages.polygons import (
     paint_ranks,
     value_counts,
 )
-from pipeline.stages.skill import SCORE_COLUMNS
+from pipeline.stages.skill import SCORE_COLUMNS, score_sums
 from pipeline.tables import REJECTION_COLUMNS, frame, isin, keyed_hash, rejection
 
 MIN_WEIGHT = 0.01  # keeps a photo votable when every annotator's skill estimate is near zero
@@ -452,7 +452,8 @@ CLASS_COLUMNS = ["photo_id", "class", "pixels", "drawn_by", "agreement", "pairwi
 class MergeResult:
     """Tables produced by merging a batch of photos; masks and agreement maps are written to disk.
 
-    ``photos`` also holds each merged mask's anatomy measures (``pipeline.stages.anatomy``), for QA.
+    ``photos`` also holds each merged mask's anatomy measures (``pipeline.stages.anatomy``), for QA. ``scores``
+    holds a batch's score rows (``SCORE_COLUMNS``), or only their ``skill.score_sums`` after ``summed``.
     """
 
     photos: pd.DataFrame
@@ -472,6 +473,10 @@ class MergeResult:
                    pd.DataFrame(assignments, columns=ASSIGNMENT_COLUMNS + [f"iou_{n}" for n in names[1:]]),
                    pd.DataFrame(scores, columns=SCORE_COLUMNS), pd.DataFrame(classes, columns=CLASS_COLUMNS),
                    frame(rejections, REJECTION_COLUMNS), pd.DataFrame(repairs, columns=REPAIR_COLUMNS))
+
+    def summed(self) -> MergeResult:
+        """This result with its score rows reduced to per-(annotator, class) sums: all a build keeps of them."""
+        return replace(self, scores=score_sums(self.scores))
 
 
 def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[dict[str, Any]]], min_area: float

@@ -4,14 +4,42 @@ Each assignment is scored per class against the consensus of the *other* annotat
 the golden answer, where a photo has one). An annotator's skill for a class is the mean of those IoUs over their
 photos, shrunk toward the class's population mean by ``prior_photos`` pseudo-photos, so an annotator seen on a
 single photo is neither trusted nor condemned on it. Gold scores count ``gold_weight`` times.
+
+The fit needs only per-(annotator, class) sums (``score_sums``), so a build reduces each batch's score rows to
+sums as it reads them instead of holding every row. IoUs are summed in fixed point (``IOU_ONE`` units, int64):
+integer sums do not depend on the order or grouping of the batches, so skills are the same bits however a build
+was batched. Counting rows as photos assumes one crowd assignment per annotator and photo (``one_per_annotator``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 SCORE_COLUMNS = ["photo_id", "assignment", "annotator_id", "class_id", "iou", "vs_gold"]
+SUM_COLUMNS = ["annotator_id", "class_id", "photos", "gold_photos", "iou_crowd", "iou_gold"]
 SKILL_COLUMNS = ["annotator_id", "class_id", "skill", "photos", "gold_photos"]
+IOU_ONE = 1 << 32
+"""An IoU of 1 in the fixed-point sums: 2^-32 resolution, and room for 2^31 scores per sum in int64."""
+
+
+def score_sums(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per (annotator, class) of score rows with an IoU: photos, gold photos and the IoU sums of crowd and gold
+    scores in fixed point. Sums of several tables add up row-wise (``add_sums``)."""
+    s = scores.dropna(subset=["iou"])
+    gold = s["vs_gold"].astype(bool).to_numpy()
+    fixed = np.rint(s["iou"].to_numpy(np.float64) * IOU_ONE).astype(np.int64)
+    parts = pd.DataFrame({"annotator_id": s["annotator_id"].to_numpy(), "class_id": s["class_id"].to_numpy(np.int64),
+                          "photos": 1, "gold_photos": gold.astype(np.int64),
+                          "iou_crowd": np.where(gold, 0, fixed), "iou_gold": np.where(gold, fixed, 0)})
+    return add_sums([parts])
+
+
+def add_sums(sums: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several ``score_sums`` tables as one, sorted by annotator and class."""
+    both = pd.concat([pd.DataFrame(columns=SUM_COLUMNS).astype({c: np.int64 for c in SUM_COLUMNS[1:]}),
+                      *[t for t in sums if len(t)]], ignore_index=True)
+    return both.groupby(["annotator_id", "class_id"], as_index=False, sort=True)[SUM_COLUMNS[2:]].sum()
 
 
 class PooledSkill:
@@ -25,23 +53,29 @@ class PooledSkill:
 
     def fit(self, scores: pd.DataFrame) -> PooledSkill:
         """Scores: one row per (assignment, class) where the class is in the assignment or its reference."""
-        s = scores.dropna(subset=["iou"]).assign(w=lambda d: d["vs_gold"].map({True: self.gold_weight,
-                                                                               False: 1.0}))
-        if s.empty:
+        return self.fit_sums(score_sums(scores))
+
+    def fit_sums(self, sums: pd.DataFrame) -> PooledSkill:
+        """Fit from ``score_sums`` (of every score row, or ``add_sums`` of every batch's)."""
+        if sums.empty:
             self.prior_ = pd.Series(dtype=float)
             self.skills_ = pd.DataFrame(columns=SKILL_COLUMNS)
             return self
-        prior = s.groupby("class_id").apply(lambda g: (g["iou"] * g["w"]).sum() / g["w"].sum(),
-                                            include_groups=False)
-        g = s.assign(wiou=s["iou"] * s["w"]).groupby(["annotator_id", "class_id"])
-        agg = g.agg(wiou=("wiou", "sum"), w=("w", "sum"), photos=("photo_id", "nunique"))
-        agg["gold_photos"] = s[s["vs_gold"]].groupby(["annotator_id", "class_id"])["photo_id"].nunique().reindex(
-            agg.index, fill_value=0)
-        mu = prior.reindex(agg.index.get_level_values("class_id")).to_numpy()
-        agg["skill"] = (agg["wiou"] + self.prior_photos * mu) / (agg["w"] + self.prior_photos)
+        w, wiou = self._weighted(sums)
+        cw, cwiou = self._weighted(sums.groupby("class_id")[SUM_COLUMNS[2:]].sum())  # exact integer sums
+        prior = cwiou / cw
+        mu = prior.reindex(sums["class_id"]).to_numpy()
+        skills = sums[["annotator_id", "class_id", "photos", "gold_photos"]].assign(
+            skill=(wiou + self.prior_photos * mu) / (w + self.prior_photos))
         self.prior_ = prior
-        self.skills_ = agg.reset_index()[SKILL_COLUMNS].sort_values(["annotator_id", "class_id"], ignore_index=True)
+        self.skills_ = skills[SKILL_COLUMNS].sort_values(["annotator_id", "class_id"], ignore_index=True)
         return self
+
+    def _weighted(self, sums: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+        """The weighted photo count and weighted IoU sum of each row of sums (gold counting ``gold_weight``)."""
+        gold = sums["gold_photos"]
+        return (sums["photos"] - gold + self.gold_weight * gold,
+                (sums["iou_crowd"] + self.gold_weight * sums["iou_gold"]) / IOU_ONE)
 
     def weights(self) -> dict[tuple[str, int], float]:
         """(annotator, class) -> vote weight."""
