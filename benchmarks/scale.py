@@ -358,11 +358,13 @@ def make_template(crowd: Path, path: Path) -> None:
     from pipeline.config import load_config
     from pipeline.io.manifest import read_manifest
     from pipeline.stages import ingest, merge
+    from pipeline.tables import CROWD
 
     cfg = load_config(crowd / "config.toml")
     spec = b.resolve_spec(cfg)
     manifest, _ = read_manifest(cfg.path(cfg.inputs.photos))
     manifest = manifest.sort_values("photo_id", ignore_index=True).iloc[:TEMPLATE_PHOTOS]
+    manifest = manifest.assign(origin=CROWD, origin_kind=CROWD)  # as the build's with_samples marks crowd uploads
     photos, _ = ingest.ingest(manifest, cfg.ingest)
     read_all = first("pipeline.io.sources:read_all_annotations", "pipeline.build:read_all_annotations")
     assignments, shapes, _ = read_all(cfg, spec, manifest)

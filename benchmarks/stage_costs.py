@@ -94,7 +94,7 @@ def main() -> None:
     rows.append(["merge: scoring pass", ms])
     with tempfile.TemporaryDirectory() as tmp:
         m, ms = timed("merge", n, args.profile, merge.merge_batch, photos, assignments, shapes, spec, cfg.merge, {},
-                      Path(tmp))
+                      Path(tmp), cfg.agreement_maps)
         rows.append(["merge: final vote (masks written)", ms])
         kept = b.with_faces(photos, ingest.find_faces(photos.iloc[:0], cfg.ingest))
         published = b.published_table(kept, m.photos, pd.DataFrame({"photo_id": kept["photo_id"], "split": "train"}))

@@ -264,6 +264,12 @@ class Config(Section):
         """Resolve a config path against the config file's folder."""
         return (self._base_dir / p).resolve()
 
+    @property
+    def agreement_maps(self) -> bool:
+        """Whether export reads merge's agreement maps: to publish them, or to give low-agreement pixels
+        ignore_index. Otherwise merge does not write them (an encode per photo saved)."""
+        return self.export.agreement_maps or self.merge.ignore_below > 0
+
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a TOML config (or defaults when path is None) and apply dotted-key overrides."""

@@ -133,7 +133,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
     shapes = drawn.read(assignments["assignment"])
-    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks)
+    result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks,
+                               cfg.agreement_maps)
     get_run_logger().info("merged %d photos", len(result.photos))
     return str(store.save_part(result, items, Path(part)))
 

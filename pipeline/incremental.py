@@ -230,9 +230,10 @@ def dedup_key(photos: pd.DataFrame, cfg: Config, index_digest: str) -> str:
 def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, digests: dict[str, str],
                weights: dict[tuple[str, int], float], spec: Spec, cfg: Config, final: bool) -> list[str]:
     """Per photo: its size and content, its assignments and their shapes, the vote weights of its annotators, the
-    vote settings of ``[merge]`` and the spec."""
+    vote settings of ``[merge]``, whether agreement maps are written, and the spec."""
     settings = cfg.merge.model_dump(mode="json", exclude=MERGE_INDEPENDENT)
-    salt = key_of("merge", code_version("pipeline.stages.merge"), final, settings, spec_key(spec))
+    salt = key_of("merge", code_version("pipeline.stages.merge"), final, settings, spec_key(spec),
+                  final and cfg.agreement_maps)
     own = assignments.sort_values("assignment")
     mine: dict[str, list[str]] = {}
     for (a, c), w in sorted(weights.items()):

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +12,16 @@ import pytest
 from pipeline.config import MergeConfig
 from pipeline.spec import load_spec
 from pipeline.stages import polygons
-from pipeline.stages.merge import Tally, class_quorum, fuse_photo, layer_iou, one_per_annotator, weighted_region
+from pipeline.stages.merge import (
+    Tally,
+    class_quorum,
+    fuse_photo,
+    layer_iou,
+    one_per_annotator,
+    photo_row,
+    weighted_region,
+    work_key,
+)
 from pipeline.stages.polygons import (
     AssignmentLayers,
     Layer,
@@ -21,7 +31,7 @@ from pipeline.stages.polygons import (
     rasterise,
     value_counts,
 )
-from pipeline.stages.skill import PooledSkill
+from pipeline.stages.skill import PooledSkill, add_sums, score_sums
 from tests.conftest import realdata
 
 SPEC = load_spec("easyportrait")
@@ -306,3 +316,26 @@ def test_best_annotators_stay_when_spammers_are_the_majority():
     result = fuse_photo("p", _crowd(_portrait(), lazy, *spam), SPEC, CFG, {}, 40, 40)
     used = {r["assignment"] for r in result.assignments if r["used"]}
     assert used == {"a0", "a1"} and (result.mask == 1).sum() > 0
+
+
+def test_skills_from_batch_sums_do_not_depend_on_batching():
+    rng = np.random.default_rng(3)
+    n = 4000
+    scores = pd.DataFrame({"photo_id": [f"p{i // 40}" for i in range(n)],  # 5 assignments of 8 classes per photo
+                           "assignment": [f"a{i // 8}" for i in range(n)],
+                           "annotator_id": [f"w{i // 8 % 37}" for i in range(n)], "class_id": np.arange(n) % 8 + 1,
+                           "iou": np.where(rng.random(n) < 0.1, np.nan, rng.random(n)),
+                           "vs_gold": rng.random(n) < 0.05})
+    whole = PooledSkill(2, 3).fit(scores).skills_
+    for size in (7, 333, 1000):
+        batches = [score_sums(scores.iloc[i:i + size]) for i in range(0, n, size)]
+        pd.testing.assert_frame_equal(PooledSkill(2, 3).fit_sums(add_sums(batches[::-1])).skills_, whole)
+    assert whole["photos"].sum() == scores["iou"].notna().sum()
+
+
+def test_photo_row_writes_no_agreement_map_unless_asked(tmp_path):
+    mask = np.zeros((4, 4), np.uint8)
+    row = photo_row("p", mask, None, tmp_path, SPEC, status="accepted")
+    assert row["agreement_path"] == "" and [p.name for p in tmp_path.iterdir()] == [f"{work_key('p')}.png"]
+    row = photo_row("p", mask, np.full((4, 4), 255, np.uint8), tmp_path, SPEC, status="accepted")
+    assert Path(row["agreement_path"]).exists()

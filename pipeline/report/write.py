@@ -18,15 +18,23 @@ def neutralize(value: Any) -> Any:
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write a table as UTF-8 CSV with stable float formatting and formula-safe text cells."""
-    out = df.copy()
-    for col in out.columns:
-        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            text = out[col].to_numpy(dtype=object, copy=True)
+    """Write a table as UTF-8 CSV with stable float formatting and formula-safe text cells.
+
+    Only the columns that hold a risky cell are copied, so writing a large table does not double it in memory."""
+    out = df
+    for col in df.columns:
+        values = df[col]
+        if values.dtype == object:
+            text = values.to_numpy(dtype=object)
             risky = np.flatnonzero([isinstance(v, str) and v.startswith(FORMULA_START) for v in text])
-            if len(risky):
-                text[risky] = [neutralize(v) for v in text[risky]]
-                out[col] = text
+        elif pd.api.types.is_string_dtype(values):
+            risky = np.flatnonzero(values.str.startswith(FORMULA_START).fillna(False).to_numpy(bool))
+        else:
+            continue
+        if len(risky):
+            text = values.to_numpy(dtype=object, copy=True)
+            text[risky] = [neutralize(v) for v in text[risky]]
+            out = out.assign(**{col: text})
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, lineterminator="\n", float_format="%.6g")
 

@@ -495,11 +495,12 @@ def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[di
 
 
 def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
-                cfg: MergeConfig, weights: dict[tuple[str, int], float], out_dir: Path | None) -> MergeResult:
+                cfg: MergeConfig, weights: dict[tuple[str, int], float], out_dir: Path | None,
+                agreement_maps: bool = True) -> MergeResult:
     """Merge a batch of photos. With ``out_dir`` None this is a scoring pass: only ``scores`` is filled.
 
-    ``assignments`` and ``shapes`` hold only rows of these photos. Masks and agreement maps go to
-    ``out_dir/<photo key>.png`` and ``out_dir/<photo key>.agreement.png``.
+    ``assignments`` and ``shapes`` hold only rows of these photos. Masks go to ``out_dir/<photo key>.png`` and,
+    when ``agreement_maps``, agreement maps to ``out_dir/<photo key>.agreement.png`` (else agreement_path is "").
     """
     shapes_by: dict[str, list[dict[str, Any]]] = {}
     for s in shapes.to_dict("records"):
@@ -520,7 +521,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         class_rows += result.classes
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append(photo_row(
-            p.photo_id, result.mask, result.agreement, out_dir, spec, status=result.status,
+            p.photo_id, result.mask, result.agreement if agreement_maps else None, out_dir, spec, status=result.status,
             reasons=";".join(result.reasons), source=result.source, n_assignments=int((~todo["golden"]).sum()),
             n_used=len(result.used), n_golden=int(todo["golden"].sum()),
             n_swapped=sum(r["swapped"] for r in result.assignments),
@@ -530,16 +531,17 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     return MergeResult.of(spec, photo_rows, assign_rows, score_rows, class_rows, rejected, repairs)
 
 
-def photo_row(photo_id: str, mask: np.ndarray, agreement: np.ndarray, out_dir: Path, spec: Spec, **fields: Any
-              ) -> dict[str, Any]:
-    """Write a photo's mask and agreement map to ``out_dir``; its row of ``MergeResult.photos`` (``fields`` give
-    the status and vote columns; pixel counts, paths and anatomy measures are added here)."""
+def photo_row(photo_id: str, mask: np.ndarray, agreement: np.ndarray | None, out_dir: Path, spec: Spec,
+              **fields: Any) -> dict[str, Any]:
+    """Write a photo's mask and agreement map (unless None) to ``out_dir``; its row of ``MergeResult.photos``
+    (``fields`` give the status and vote columns; pixel counts, paths and anatomy measures are added here)."""
     key = work_key(photo_id)
     write_mask(mask, out_dir / f"{key}.png")
-    write_mask(agreement, out_dir / f"{key}.agreement.png")
+    if agreement is not None:
+        write_mask(agreement, out_dir / f"{key}.agreement.png")
     counts = value_counts(mask, len(spec.classes))
     return {"photo_id": photo_id, **fields, "mask_path": str(out_dir / f"{key}.png"),
-            "agreement_path": str(out_dir / f"{key}.agreement.png"),
+            "agreement_path": "" if agreement is None else str(out_dir / f"{key}.agreement.png"),
             **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}, **measure(mask, spec)}
 
 

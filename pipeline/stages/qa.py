@@ -204,8 +204,11 @@ def _excluded(q: QAInputs, c: Check) -> list[Finding]:
 @check("polygon_repairs", "annotation", "info")
 def _repairs(q: QAInputs, c: Check) -> list[Finding]:
     r = q.repairs[isin(q.repairs["photo_id"], q.photos["photo_id"])]
-    return [found(c, pid, len(g), "", ", ".join(f"{k} x{n}" for k, n in g["repair"].value_counts().sort_index()
-                                                .items())) for pid, g in r.groupby("photo_id", sort=True)]
+    kinds = r.groupby(["photo_id", "repair"], sort=True).size().reset_index(name="n")
+    kinds["text"] = kinds["repair"].astype(str) + " x" + kinds["n"].astype(str)
+    per_photo = kinds.groupby("photo_id", sort=True).agg(n=("n", "sum"), text=("text", ", ".join))
+    return [found(c, pid, int(n), "", text) for pid, n, text in zip(per_photo.index, per_photo["n"],
+                                                                    per_photo["text"], strict=True)]
 
 
 # --- annotator ----------------------------------------------------------------------------------------------------
@@ -262,17 +265,20 @@ def miss_rates(q: QAInputs) -> pd.DataFrame:
     skip = set(q.annotators.loc[q.annotators["status"].isin(["spammer", "banned"]), "annotator_id"])
     work = q.assignments[~q.assignments["golden"].astype(bool) & isin(q.assignments["photo_id"], px.index)
                          & ~isin(q.assignments["annotator_id"], skip)].reset_index(drop=True)
-    drew = work["drawn"].str.split(",").explode()  # one row per (assignment row, class drawn)
+    annotators, names = pd.factorize(work["annotator_id"], sort=True)
+    photo = px.index.get_indexer(work["photo_id"])
+    drawn = "," + work["drawn"].fillna("").astype(str) + ","  # whole names: "eye" is not in ",left_eye,"
     parts = []
     for k in q.spec.classes[1:]:
-        has = work[work["photo_id"].map(px[f"px_{k.name}"]) > 0]
-        missed = ~has.index.isin(drew.index[drew == k.name])
-        parts.append(pd.DataFrame({"annotator_id": has["annotator_id"], "class": k.name, "missed": missed}))
-    if not parts:
-        return pd.DataFrame(columns=["annotator_id", "class", "photos", "missed", "rate"])
-    rows = pd.concat(parts).groupby(["annotator_id", "class"], sort=True)["missed"].agg(["size", "sum"])
-    rows = rows.rename(columns={"size": "photos", "sum": "missed"}).reset_index()
-    return rows.assign(missed=rows["missed"].astype(int), rate=rows["missed"] / rows["photos"])
+        has = px[f"px_{k.name}"].to_numpy()[photo] > 0
+        missed = has & ~drawn.str.contains(f",{k.name},", regex=False).to_numpy(bool)
+        photos = np.bincount(annotators[has], minlength=len(names))
+        mine = photos > 0
+        parts.append(pd.DataFrame({"annotator_id": np.asarray(names)[mine], "class": k.name, "photos": photos[mine],
+                                   "missed": np.bincount(annotators[missed], minlength=len(names))[mine]}))
+    rows = pd.concat(parts or [pd.DataFrame(columns=["annotator_id", "class", "photos", "missed"])])
+    rows = rows.sort_values(["annotator_id", "class"], ignore_index=True)
+    return rows.assign(rate=rows["missed"] / rows["photos"])
 
 
 # --- dataset ------------------------------------------------------------------------------------------------------
