@@ -432,11 +432,11 @@ def tile(template: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
     photos["brightness"] = np.clip(photos["brightness"].to_numpy(float) + rng.normal(0, 0.08, n), 0.05, 0.95)
 
     dups = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, round(n / 10)), replace=False)) if n > 1 else []
-    copied = ("width", "height", "thumb", "brightness", "sharpness", "sha256", "pixel_hash", "user_id")
+    copied = ("width", "height", "thumb", "chroma", "brightness", "sharpness", "sha256", "pixel_hash", "user_id")
     col = {c: photos[c].to_numpy(dtype=object).copy() for c in copied}  # plain arrays: .at on Arrow copies
     for k, d in enumerate(dups):
         s = int(rng.integers(0, d))
-        for c in ("width", "height", "thumb", "brightness", "sharpness"):
+        for c in ("width", "height", "thumb", "chroma", "brightness", "sharpness"):
             col[c][d] = col[c][s]
         if k % 6 == 0:  # an exact copy uploaded by someone else
             col["sha256"][d], col["pixel_hash"][d] = col["sha256"][s], col["pixel_hash"][s]
@@ -560,20 +560,26 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     cfg = load_config(template["config"])
     spec = b.resolve_spec(cfg)
     tiled = tile(template, n, seed)
-    manifest, photos, assignments = tiled["manifest"], tiled["photos"], tiled["assignments"]
+    manifest, photos, assignments = tiled.pop("manifest"), tiled.pop("photos"), tiled.pop("assignments")
     step("make inputs (tiling)", t)
 
     t = time.perf_counter()
+    out = template_path.parent / f"tables-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
     duplicates = dedup.find_duplicates(photos, cfg.dedup)
-    index = dedup.index_table(photos, duplicates, None)
-    step("dedup (find_duplicates, index_table)", t)
+    dedup.index_table(photos, duplicates, None).to_parquet(out / "index.parquet", index=False)
+    step("dedup (find_duplicates, index_table to Parquet)", t)
 
-    t = time.perf_counter()
+    t = time.perf_counter()  # as a build, from here on: no whole photo or assignment table, kept and to_merge
     kept = b.kept_photos(photos, duplicates)
+    del photos
     rejected = concat([], REJECTION_COLUMNS)
     to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
                                                  dedup.dropped_ids(duplicates))
     to_merge, repeated = merge.one_per_annotator(to_merge)
+    submitted = len(assignments)
+    del assignments
     step("route assignments (route_orphans, one_per_annotator)", t)
 
     t = time.perf_counter()
@@ -601,7 +607,7 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
 
     t = time.perf_counter()
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
-    ledger = accounting.balance(len(manifest), len(assignments), published,
+    ledger = accounting.balance(len(manifest), submitted, published,
                                 int(m.assignments["photo_id"].isin(published["photo_id"]).sum()), rejections,
                                 duplicates)
     step("accounting (annotator_table, balance)", t)
@@ -612,21 +618,18 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     step("QA checks", t)
 
     t = time.perf_counter()
-    out = template_path.parent / f"tables-{n}"
-    shutil.rmtree(out, ignore_errors=True)
     classes = b.class_summary(published, spec)
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, KEY.encode())
     for name, df in tables.items():
         write_csv(df, out / f"{name}.csv")
     write_csv(splits, out / "splits.csv")
-    index.to_parquet(out / "index.parquet", index=False)
     write_json(b.summary(spec, cfg, ledger, published, findings, decisions, "scale", split_report.as_dict()),
                out / "qa.json")
-    step("report tables (report_tables, CSV, index, qa.json)", t)
+    step("report tables (report_tables, CSV, qa.json)", t)
     size = sum(p.stat().st_size for p in out.iterdir())
     shutil.rmtree(out, ignore_errors=True)
-    return {"photos": n, "kept": len(kept), "published": len(published), "assignments": len(assignments),
+    return {"photos": n, "kept": len(kept), "published": len(published), "assignments": submitted,
             "class_rows": len(m.classes), "score_rows": scored, "clusters": int(duplicates["cluster"].nunique()),
             "steps": steps, "peak_mb": max(s["peak_mb"] for s in steps), "per_step_peaks": resettable,
             "report_mb": size / 2**20}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config, MergeConfig, SplitConfig
+from pipeline.incremental import Batching
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 from pipeline.stages.skill import add_sums
@@ -77,14 +78,24 @@ def resolve_spec(cfg: Config) -> Spec:
     return load_spec(cfg.path(ref) if ref.endswith((".yaml", ".yml")) else ref)
 
 
-RUNNER_BATCH = {"auto": 32, "local": 32, "threads": 32, "processes": 64, "dask": 128}
-"""Photos per task when ``build.batch_size`` is 0: a task costs ~3 ms on threads and ~100 ms on Dask."""
+RUNNER_BATCH = {"auto": 128, "local": 128, "threads": 128, "processes": 128, "dask": 256}
+"""Most photos per task when ``build.batch_size`` is 0. Prefect's bookkeeping costs ~25 ms of CPU per task on
+threads and ~100 ms on processes or Dask (benchmarks/README.md), so tasks are large; a small stage's are smaller, so
+that each worker still gets ``BATCHES_PER_WORKER`` of them."""
+BATCHES_PER_WORKER = 4
 
 
-def batch_size(cfg: Config, runner: str = "") -> int:
-    """Photos per task for the configured runner, or for ``runner`` (only photos with no cached result are
-    batched)."""
-    return cfg.build.batch_size or RUNNER_BATCH[runner or cfg.build.runner]
+def workers(cfg: Config) -> int:
+    """Threads, processes or local Dask workers the build uses."""
+    return cfg.build.workers or os.cpu_count() or 1
+
+
+def batching(cfg: Config, runner: str = "") -> Batching:
+    """How many photos go to a task on the configured runner, or on ``runner`` (only photos with no cached result
+    are batched): ``build.batch_size`` exactly, or the runner's default spread over the workers."""
+    if cfg.build.batch_size:
+        return Batching(cfg.build.batch_size)
+    return Batching(RUNNER_BATCH[runner or cfg.build.runner], BATCHES_PER_WORKER * workers(cfg))
 
 
 def restamp(table: pd.DataFrame, manifest: pd.DataFrame, column: str = "manifest") -> pd.DataFrame:
@@ -98,16 +109,19 @@ def restamp(table: pd.DataFrame, manifest: pd.DataFrame, column: str = "manifest
                            "row": table["photo_id"].map(where["row"]).astype(table["row"].dtype)})
 
 
-def batches(df: pd.DataFrame, size: int) -> list[pd.DataFrame]:
-    """Consecutive row batches of at most ``size`` rows (none for an empty table)."""
+def batches(df: pd.DataFrame, batching: Batching) -> list[pd.DataFrame]:
+    """Consecutive row batches of ``batching.length`` rows, the last maybe shorter (none for an empty table)."""
+    size = batching.length(len(df))
     return [df.iloc[i: i + size] for i in range(0, len(df), size)]
 
 
 def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
-    """Photos that survive dedup, sorted by id."""
+    """Photos that survive dedup, sorted by id, without the colour thumbnail only dedup reads (a third of a photo
+    row's memory)."""
     from pipeline.stages.dedup import dropped_ids
 
-    return photos[~isin(photos["photo_id"], dropped_ids(duplicates))].sort_values("photo_id", ignore_index=True)
+    kept = photos[~isin(photos["photo_id"], dropped_ids(duplicates))].drop(columns="thumb")
+    return kept.sort_values("photo_id", ignore_index=True)
 
 
 def faceless(photos: pd.DataFrame, merged: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +178,7 @@ def published_table(photos: pd.DataFrame, merged: pd.DataFrame, splits: pd.DataF
     """One row per merged photo: ingest signals, merge results and split. The split is empty for photos held back
     or rejected by a reviewer; QA and reviewers see them all, the dataset only those with a split (``in_dataset``)."""
     cols = ["photo_id", "user_id", "path", "sha256", "width", "height", "brightness", "sharpness", "faces", "face_w",
-            "thumb", "origin", "origin_kind"]
+            "chroma", "origin", "origin_kind"]
     table = photos[cols].merge(merged, on="photo_id").merge(splits[["photo_id", "split"]], on="photo_id", how="left")
     return table.fillna({"split": ""}).sort_values("photo_id", ignore_index=True)
 

@@ -228,11 +228,11 @@ class ReviewConfig(Section):
 class BuildConfig(Section):
     """How the Prefect flow runs."""
 
-    batch_size: int = Field(0, ge=0, description="photos per Prefect task (0: by runner: 32 on "
-                            "threads, 64 on processes, 128 on Dask)")
+    batch_size: int = Field(0, ge=0, description="photos per Prefect task (0: by runner, at most 128, 256 on "
+                            "Dask, and smaller when a stage has fewer than 4 batches per worker)")
     runner: Literal["auto", "local", "threads", "processes", "dask"] = Field(
         "auto", description="Prefect task runner: auto (a thread pool, and a process pool for merge passes and "
-        "exports of 32 batches or more, which hold Python's GIL), one task at a time, a thread pool, a process "
+        "exports of 1,000 photos or more, which hold Python's GIL), one task at a time, a thread pool, a process "
         "pool, or a Dask cluster")
     workers: int = Field(0, ge=0, description="threads, processes or local Dask workers (0: one per core)")
     dask_address: str = Field("", description="scheduler address of a running Dask cluster (runner dask); empty: "

@@ -174,7 +174,7 @@ def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.La
         files_read += [*listed["path"], *listed["mask"]]
         digests = [i + m for i, m in zip(files.digests(listed["path"]), files.digests(listed["mask"]), strict=True)]
         plan = inc.plan(inc.derive_keys(listed, digests, ds, spec, cfg), "derive", layout.cache / "derive",
-                        b.batch_size(cfg))
+                        b.batching(cfg))
         parts = run_stage(derive_batch, plan, [(listed.iloc[bt.rows],) for bt in plan.todo], ds, spec, cfg,
                           stage="derive", clock=clock, used=used)
         for crops, refused in inc.gather(parts, listed["photo_id"].tolist()):
@@ -360,8 +360,8 @@ def quoted(args: tuple[Any, ...], runner: TaskRunner | None) -> tuple[Any, ...]:
     return args
 
 
-POOL_MIN_BATCHES = 32
-"""Runner ``auto`` sends a merge pass or the export to worker processes from this many batches (~1,000 photos):
+POOL_MIN_PHOTOS = 1000
+"""Runner ``auto`` sends a merge pass or the export to worker processes from this many photos to compute:
 below it, starting them (~4 s on 2 cores) costs more than the thread pool loses to the GIL, which their
 Python-level loops hold most of the time (on threads a merge pass uses ~1.2 of 2 cores, on processes both)."""
 
@@ -373,10 +373,10 @@ class WorkerPool:
     def __init__(self, cfg: Config):
         self.cfg, self.runner = cfg, None
 
-    def take(self, batches: int) -> TaskRunner | None:
-        """The pool, if a stage of this many batches should run on it (None: the flow's threads)."""
-        workers = self.cfg.build.workers or os.cpu_count() or 1
-        if self.cfg.build.runner != "auto" or batches < POOL_MIN_BATCHES or workers < 2:
+    def take(self, photos: int) -> TaskRunner | None:
+        """The pool, if a stage with this many photos to compute should run on it (None: the flow's threads)."""
+        workers = b.workers(self.cfg)
+        if self.cfg.build.runner != "auto" or photos < POOL_MIN_PHOTOS or workers < 2:
             return None
         if self.runner is None:
             self.runner = ProcessPoolTaskRunner(max_workers=workers).__enter__()
@@ -396,7 +396,7 @@ def lap(clock: Stopwatch, stage: str) -> None:
 
 def run_one(t: Task, key: str, folder: Path, *args: Any, stage: str, clock: Stopwatch, used: set[str]) -> Any:
     """A single content-keyed result (computed, or reused from ``folder``), loaded."""
-    plan = inc.plan([key], stage, folder, 1)
+    plan = inc.plan([key], stage, folder, inc.Batching(1))
     (part,) = run_stage(t, plan, [args] * len(plan.todo), stage=stage, clock=clock, used=used)
     return store.load(part)
 
@@ -410,7 +410,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     for d in (layout.cache, layout.reports):
         d.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(layout.staging, ignore_errors=True)
-    size = b.batch_size(cfg)
+    batching = b.batching(cfg)
     pseudonym, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
     clock = Stopwatch()
     files = store.FileDigests(layout.work / "digests.parquet")
@@ -430,7 +430,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     if cfg.inputs.datasets:
         lap(clock, "datasets")
     ingest_keys = inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg)
-    ingest_plan = inc.plan(ingest_keys, "ingest", layout.cache / "ingest", size)
+    ingest_plan = inc.plan(ingest_keys, "ingest", layout.cache / "ingest", batching)
     parts = run_stage(ingest_batch, ingest_plan, [(manifest.iloc[bt.rows],) for bt in ingest_plan.todo], cfg,
                       stage="ingest", clock=clock, used=used)
     ingested = inc.gather(parts, manifest["photo_id"].tolist())
@@ -438,6 +438,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                        manifest)
     ingest_rejected = b.restamp(b.by_photo([concat([], REJECTION_COLUMNS), *(r for _, r in ingested)]), manifest,
                                 "file")
+    del ingested  # the batches' tables, now copied into photos: a build holds each big table once
     lap(clock, "ingest")
     duplicates = concat([], DUPLICATE_COLUMNS)
     if len(photos):
@@ -445,15 +446,20 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         duplicates, index = run_one(dedup_photos, inc.dedup_key(photos, cfg, index_digest), layout.cache / "dedup",
                                     photos, cfg, stage="dedup", clock=clock, used=used)
         index.to_parquet(layout.index, index=False)
+        del index
     lap(clock, "dedup")
 
     kept = b.kept_photos(photos, duplicates)
+    build_id = b.build_id(cfg, photos, assignments)
+    del photos  # dedup alone reads every photo's thumbnail; later stages read kept
     voted, takes = kept[kept["origin_kind"] == CROWD], kept[kept["origin_kind"] != CROWD]
     ids = voted["photo_id"].tolist()
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
         dedup.dropped_ids(duplicates), frozenset(takes["photo_id"]))
     to_merge, repeated = merge.one_per_annotator(to_merge)
+    submitted = len(assignments)
+    del assignments  # to_merge holds the rows later stages read
     pinned = b.pinned_weights(cfg)
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
@@ -475,12 +481,13 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     merge_keys, merged_parts = merge_pass(merge_batch, True, weights)
     trusted_keys = inc.trusted_keys(takes, files.digests(takes["mask"]), spec)
     if trusted_keys:
-        plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", size)
+        plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", batching)
         parts = run_stage(trusted_batch, plan, [(takes.iloc[bt.rows],) for bt in plan.todo], spec,
                           stage="trusted masks", clock=clock, used=used)
         merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed)
     key_of = dict(zip(ids, merge_keys, strict=True)) | dict(zip(takes["photo_id"], trusted_keys, strict=True))
     m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
+    del merged_parts
     b.write_weights(weights, layout.weights)
     skills = estimate_skills(m.scores, cfg).skills_
     lap(clock, "merge")
@@ -488,7 +495,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     look = b.faceless(kept, m.photos) if cfg.ingest.detect_faces else kept.iloc[:0]
     face_ids = look["photo_id"].tolist()
     face_plan = inc.plan(inc.face_keys(face_ids, dict(zip(manifest["photo_id"], ingest_keys, strict=True))),
-                         "faces", layout.cache / "faces", size)
+                         "faces", layout.cache / "faces", batching)
     parts = run_stage(faces_batch, face_plan, [(look.iloc[bt.rows],) for bt in face_plan.todo], cfg, stage="faces",
                       clock=clock, used=used)
     kept = b.with_faces(kept, b.by_photo([ingest.find_faces(kept.iloc[:0], cfg.ingest),
@@ -509,7 +516,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     findings = run_qa.submit(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
                                          spec, cfg.qa, cfg.split.ratios))
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
-                                len(assignments) + int((rejected["item"] == "assignment").sum()),
+                                submitted + int((rejected["item"] == "assignment").sum()),
                                 published, int(isin(m.assignments["photo_id"], published["photo_id"]).sum()),
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
     export_plan, pool = pooled_plan(inc.export_keys(published, key_of, spec, cfg, pseudonym), "export",
@@ -522,7 +529,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                       throwaway)
     lap(clock, "publish")
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
-    flagged = b.batches(pd.DataFrame({"photo_id": shown}), size)
+    flagged = b.batches(pd.DataFrame({"photo_id": shown}), batching)
     drawn = drawn.subset(to_merge.loc[isin(to_merge["photo_id"], shown), "assignment"])
     shown_keys = thumb_keys(shown, key_of)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged],
@@ -530,11 +537,10 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     lap(clock, "thumbnails")
-    summary = b.summary(spec, cfg, ledger, published, findings, decisions, b.build_id(cfg, photos, assignments),
-                        split_report.as_dict())
+    summary = b.summary(spec, cfg, ledger, published, findings, decisions, build_id, split_report.as_dict())
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, pseudonym)
-    paths = dict(zip(photos["photo_id"], photos["path"], strict=True))
+    paths = dict(zip(manifest["photo_id"], manifest["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
     report = write_reports(summary, tables, paths, gallery, clock.table(), layout)
     store.prune([*layout.cache.iterdir(), layout.prefect], {Path(p).stem for p in used})
@@ -550,15 +556,15 @@ POOL: ContextVar[WorkerPool] = ContextVar("crowdseg_worker_pool")
 
 
 def pooled_plan(keys: list[str], stage: str, folder: Path, cfg: Config) -> tuple[inc.Plan, TaskRunner | None]:
-    """A stage's plan, and the runner its batches go to: runner ``auto``'s process pool when it is big (in bigger
-    batches: a task costs ~100 ms on processes), else None (the flow's runner). Out of the flow's code, which
+    """A stage's plan, and the runner its batches go to: runner ``auto``'s process pool when it is big (in batches
+    sized for processes), else None (the flow's runner). Out of the flow's code, which
     Prefect pickles for process workers and which must then refer to no context variable."""
-    plan = inc.plan(keys, stage, folder, b.batch_size(cfg))
+    plan = inc.plan(keys, stage, folder, b.batching(cfg))
     pool = POOL.get(None)
-    runner = None if pool is None else pool.take(len(plan.todo))
+    runner = None if pool is None else pool.take(plan.computed)
     if runner is None:
         return plan, None
-    return inc.plan(keys, stage, folder, b.batch_size(cfg, "processes")), runner
+    return inc.plan(keys, stage, folder, b.batching(cfg, "processes")), runner
 
 
 def report_progress(stage: str, done: int, total: int) -> None:

@@ -41,6 +41,19 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """How a stage's items still to compute become tasks: at most ``size`` per batch, and at least ``spread``
+    batches when there are that many items, so that a small stage still gives every worker some."""
+
+    size: int
+    spread: int = 1
+
+    def length(self, items: int) -> int:
+        """Items per batch for ``items`` items."""
+        return max(1, min(self.size, -(-items // self.spread)))
+
+
+@dataclass(frozen=True)
 class Plan:
     """A stage's items: those reused from earlier results (by result file) and the batches still to compute."""
 
@@ -63,7 +76,7 @@ class Plan:
         return sum(len(r) for r in self.reused.values())
 
 
-def plan(item_keys: list[str], stage: str, folder: Path, size: int) -> Plan:
+def plan(item_keys: list[str], stage: str, folder: Path, batching: Batching) -> Plan:
     """Reuse every item whose key an earlier (even interrupted) build saved in ``folder``; batch the rest."""
     known = known_items(folder)
     reused: dict[str, list[int]] = {}
@@ -74,6 +87,7 @@ def plan(item_keys: list[str], stage: str, folder: Path, size: int) -> Plan:
         else:
             missing.append(i)
     todo = []
+    size = batching.length(len(missing))
     for start in range(0, len(missing), size):
         rows = missing[start: start + size]
         items = [item_keys[i] for i in rows]

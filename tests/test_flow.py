@@ -367,7 +367,7 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
     simulate(crowd, photos=16, users=6, annotators=3, seed=3, size=(240, 320))
     pooled = []
     take = flows.WorkerPool.take
-    monkeypatch.setattr(flows, "POOL_MIN_BATCHES", 2)
+    monkeypatch.setattr(flows, "POOL_MIN_PHOTOS", 8)
     monkeypatch.setattr(flows.WorkerPool, "take", lambda self, n: pooled.append(take(self, n)) or pooled[-1])
     trees = {}
     for runner in ("local", "threads", "auto", "processes", "dask"):

@@ -5,16 +5,17 @@ import pandas as pd
 
 from pipeline.config import QAConfig
 from pipeline.spec import load_spec
-from pipeline.stages.qa import REGISTRY, QAInputs, run_checks, thumb_chroma
+from pipeline.stages.ingest import chroma
+from pipeline.stages.qa import REGISTRY, QAInputs, run_checks
 
 SPEC = load_spec("easyportrait")
-COLOUR = np.tile(np.array([200, 120, 60], np.uint8), 64).tobytes().hex()
-GREY = np.full(192, 90, np.uint8).tobytes().hex()
+COLOUR = chroma(np.tile(np.array([200, 120, 60], np.uint8), 64))
+GREY = chroma(np.full(192, 90, np.uint8))
 
 
 def _photo(pid: str, **over) -> dict:
     row = {"photo_id": pid, "user_id": f"u_{pid}", "split": "train", "width": 720, "height": 960,
-           "brightness": 0.5, "sharpness": 200.0, "faces": 1, "face_w": 300, "thumb": COLOUR, "n_used": 5,
+           "brightness": 0.5, "sharpness": 200.0, "faces": 1, "face_w": 300, "chroma": COLOUR, "n_used": 5,
            "source": "vote", **{f"px_{c.name}": 500 for c in SPEC.classes}}
     return row | over
 
@@ -23,7 +24,7 @@ def _inputs() -> QAInputs:
     photos = pd.DataFrame([
         _photo("clean"), _photo("blurry", sharpness=3.0), _photo("dark", brightness=0.05),
         _photo("glare", brightness=0.95), _photo("faceless", faces=0, face_w=0), _photo("far", face_w=40),
-        _photo("grey", thumb=GREY), _photo("tiny", width=320, height=240), _photo("few", n_used=2),
+        _photo("grey", chroma=GREY), _photo("tiny", width=320, height=240), _photo("few", n_used=2),
         _photo("empty", **{f"px_{c.name}": 0 for c in SPEC.classes[1:]}), _photo("specks", px_teeth=2),
         _photo("leak_a", user_id="u_same", split="train"), _photo("leak_b", user_id="u_same", split="test"),
         _photo("held", user_id="u_same", split=""),  # held back: photo checks yes, dataset checks no
@@ -80,7 +81,7 @@ def test_thresholds_come_from_the_config():
 
 
 def test_greyscale_spread():
-    assert thumb_chroma(GREY) == 0.0 and thumb_chroma(COLOUR) > 50
+    assert GREY == 0.0 and COLOUR > 50
 
 
 def test_the_merged_mask_overrules_a_face_detector_that_missed():

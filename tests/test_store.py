@@ -27,11 +27,20 @@ def test_save_part_makes_items_known_only_once_complete(tmp_path):
 
 def test_plan_reuses_known_items_and_batches_the_rest(tmp_path):
     store.save_part("old", ["a", "c"], tmp_path / "old.pkl")
-    plan = inc.plan(["a", "b", "c", "d", "e"], "ingest", tmp_path, 2)
+    plan = inc.plan(["a", "b", "c", "d", "e"], "ingest", tmp_path, inc.Batching(2))
     assert plan.reused == {str(tmp_path / "old.pkl"): [0, 2]}
     assert [bt.rows for bt in plan.todo] == [[1, 3], [4]] and plan.computed == 3 and plan.reused_items == 2
-    assert plan.todo[0].key == inc.plan(["b", "d"], "ingest", tmp_path, 2).todo[0].key  # keyed by content
+    again = inc.plan(["b", "d"], "ingest", tmp_path, inc.Batching(2))
+    assert plan.todo[0].key == again.todo[0].key  # keyed by content
     assert plan.parts(["new1", "new2"]) == {str(tmp_path / "old.pkl"): [0, 2], "new1": [1, 3], "new2": [4]}
+
+
+def test_batches_shrink_to_spread_a_small_stage_over_the_workers(tmp_path):
+    keys = [f"k{i}" for i in range(10)]
+    assert [len(bt.rows) for bt in inc.plan(keys, "ingest", tmp_path, inc.Batching(128, 4)).todo] == [3, 3, 3, 1]
+    assert [len(bt.rows) for bt in inc.plan(keys, "ingest", tmp_path, inc.Batching(4, 2)).todo] == [4, 4, 2]
+    assert [len(bt.rows) for bt in inc.plan(keys * 100, "ingest", tmp_path, inc.Batching(128, 4)).todo][:2] == [128] * 2
+    assert inc.plan([], "ingest", tmp_path, inc.Batching(128, 4)).todo == []
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pipeline.tables import REJECTION_COLUMNS, frame, rejection
 pillow_heif.register_heif_opener()
 
 SIGNAL_COLUMNS = ["format", "mode", "width", "height", "orientation", "bytes", "sha256", "pixel_hash", "phash",
-                  "phash_mirror", "thumb", "brightness", "sharpness"]
+                  "phash_mirror", "thumb", "brightness", "sharpness", "chroma"]
 FACE_COLUMNS = ["faces", "face_x", "face_y", "face_w", "face_h"]
 """The face detector's count and largest box. It runs only where the merged mask has no face (``find_faces``):
 QA takes a face's width from the mask first, so elsewhere its answer would never be read."""
@@ -157,15 +157,23 @@ def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
     small, _ = shrink(grey, ANALYSIS_SIDE)
     ph, mirror = phash_pair(small)
     sampled = np.ascontiguousarray(pixels[::4, ::4]) if min(h, w) >= 4 * THUMB_SIDE else pixels
+    thumb = cv2.resize(sampled, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
     return {
         "format": fmt, "mode": mode, "width": w, "height": h, "orientation": orientation, "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "pixel_hash": pixel_hash(pixels),
         "phash": to_hex(ph), "phash_mirror": to_hex(mirror),
-        "thumb": cv2.resize(sampled, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA).tobytes().hex(),
+        "thumb": thumb.tobytes().hex(),
         "brightness": round(cv2.sumElems(grey)[0] / grey.size / 255.0, 4),
         "sharpness": round(float(cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_16S))[1][0, 0]) ** 2, 2),
+        "chroma": chroma(thumb),
     }
+
+
+def chroma(thumb: np.ndarray) -> float:
+    """Mean |R-G| + |G-B| of a colour thumbnail's pixels: near 0 for a greyscale photo."""
+    rgb = thumb.reshape(-1, 3).astype(np.float32)
+    return float(np.abs(np.diff(rgb, axis=1)).sum(axis=1).mean())
 
 
 def face_signals(data: bytes, cfg: IngestConfig) -> dict[str, int]:

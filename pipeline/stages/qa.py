@@ -127,14 +127,8 @@ def face_width(photos: pd.DataFrame) -> pd.Series:
 
 @check("greyscale", "photo", "info")
 def _greyscale(q: QAInputs, c: Check) -> list[Finding]:
-    chroma = q.photos["thumb"].map(thumb_chroma)
+    chroma = q.photos["chroma"]
     return _flag(c, q.photos, chroma, chroma < q.cfg.grey_below, q.cfg.grey_below, "colour spread")
-
-
-def thumb_chroma(thumb_hex: str) -> float:
-    """Mean |R-G| + |G-B| of a colour thumbnail: near 0 for a greyscale photo."""
-    rgb = np.frombuffer(bytes.fromhex(thumb_hex), np.uint8).reshape(-1, 3).astype(np.float32)
-    return float(np.abs(np.diff(rgb, axis=1)).sum(axis=1).mean())
 
 
 @check("empty_mask", "photo", "error")
