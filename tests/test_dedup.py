@@ -217,3 +217,13 @@ def test_a_crowd_copy_of_a_dataset_sample_follows_the_cross_source_policy(varian
     assert "crop_a" not in found.index and "crop_b" not in found.index
     as_crowd = find_duplicates(photos.assign(origin_kind="crowd"), DedupConfig()).set_index("photo_id")
     assert as_crowd.at["crop_b", "action"] == "drop"  # the same pair, by one crowd user: a duplicate
+
+
+def test_union_find_is_sparse_so_each_cluster_costs_its_own_size():
+    """find_duplicates builds two union-finds per cluster: one sized to the whole table made dedup quadratic."""
+    uf = dedup.UnionFind()
+    uf.union(10**9, 7)
+    uf.union(7, 10**6)
+    assert uf.find(10**9) == uf.find(10**6) == 7 and uf.find(3) == 3
+    assert len(uf.parent) == 2  # only the joined members are stored
+    assert uf.groups([10**6, 3, 7, 10**9]) == [[10**6, 7, 10**9], [3]]

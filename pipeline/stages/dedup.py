@@ -32,15 +32,16 @@ def with_origin(photos: pd.DataFrame) -> pd.DataFrame:
 
 
 class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving; the root of a set is its smallest member."""
+    """Disjoint sets of ints with path halving; the root of a set is its smallest member. Sparse: an int never
+    joined is its own set and costs nothing, so a union-find per small cluster of a big table is cheap."""
 
-    def __init__(self, n: int):
-        self.parent = list(range(n))
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
 
     def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
+        parent = self.parent
+        while (p := parent.get(i, i)) != i:
+            parent[i] = i = parent.get(p, p)
         return i
 
     def union(self, i: int, j: int) -> None:
@@ -184,7 +185,7 @@ def thumb_correlation(thumbs: pd.Series, i: np.ndarray, j: np.ndarray, mirrored:
     return out
 
 
-def relation(a: pd.Series, b: pd.Series, mirror: bool) -> tuple[str, int]:
+def relation(a: dict[str, Any], b: dict[str, Any], mirror: bool) -> tuple[str, int]:
     """How photo a relates to photo b: exact (bytes), pixel (decoded pixels), near or mirror, and the distance."""
     if a["sha256"] == b["sha256"]:
         return "exact", 0
@@ -207,38 +208,50 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
     old = old[~isin(old["photo_id"], new["photo_id"])].assign(source="index")
     table = pd.concat([rank(new), rank(old)], ignore_index=True) if len(old) else rank(new)
     n_new = len(new)
-    uf = UnionFind(len(table))
+    uf = UnionFind()
     for col in ("sha256", "pixel_hash"):
         for idx in table.groupby(col, sort=False).indices.values():
             for j in idx[1:]:
                 uf.union(int(idx[0]), int(j))
     edges = hash_edges(table, n_new, cfg)
-    for i, j in zip(edges["i"], edges["j"], strict=True):
-        uf.union(int(i), int(j))
+    pairs = edges[["i", "j"]].to_numpy(np.int64)
+    for i, j in pairs.tolist():
+        uf.union(i, j)
+    roots = np.array([uf.find(i) for i in pairs[:, 0].tolist()], np.int64)
+    by_root = pd.Series(np.arange(len(pairs))).groupby(roots).indices if len(pairs) else {}
     best = rank(table.reset_index(names="_row"))["_row"].tolist()
+    columns = {c: table[c].tolist() for c in RELATION_COLUMNS}
     rows: list[dict[str, Any]] = []
     for members in uf.groups(best):
         if len(members) > 1:
-            rows += decide(table, members, edges, cfg)
+            inside = pairs[by_root.get(uf.find(members[0]), [])].tolist()
+            rows += decide(columns, members, inside, cfg)
     out = frame(rows, DUPLICATE_COLUMNS)
     return out.sort_values(["cluster", "photo_id"], ignore_index=True)
 
 
-def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: DedupConfig) -> list[dict[str, Any]]:
-    """Decisions for one cluster whose members are given best-first."""
-    users, origin, kinds = table["user_id"], table["origin"], table["origin_kind"]
-    inside = edges[isin(edges["i"], members) & isin(edges["j"], members)]
-    same_user = UnionFind(len(table))
-    exact = UnionFind(len(table))
+RELATION_COLUMNS = ["photo_id", "user_id", "origin", "origin_kind", "source", "sha256", "pixel_hash", "phash",
+                    "phash_mirror"]
+
+
+def decide(table: dict[str, list[Any]], members: list[int], inside: list[list[int]], cfg: DedupConfig
+           ) -> list[dict[str, Any]]:
+    """Decisions for one cluster whose members (row positions of ``table``'s ``RELATION_COLUMNS``) are given
+    best-first; ``inside`` holds the cluster's near-duplicate edges."""
+    users, origin, kinds, ids, source = (table[c] for c in ("user_id", "origin", "origin_kind", "photo_id", "source"))
+    same_user = UnionFind()
+    exact = UnionFind()
     for col in ("sha256", "pixel_hash"):
-        for idx in table.loc[members].groupby(col, sort=False).indices.values():
-            for j in idx[1:]:
-                exact.union(members[idx[0]], members[j])
-                if users[members[idx[0]]] == users[members[j]]:
-                    same_user.union(members[idx[0]], members[j])
-    for i, j in zip(inside["i"], inside["j"], strict=True):
+        first: dict[str, int] = {}
+        for m in members:
+            f = first.setdefault(table[col][m], m)
+            if f != m:
+                exact.union(f, m)
+                if users[f] == users[m]:
+                    same_user.union(f, m)
+    for i, j in inside:
         if users[i] == users[j]:
-            same_user.union(int(i), int(j))
+            same_user.union(i, j)
     decision: dict[int, tuple[str, int, str]] = {}
     for group in same_user.groups(members):
         for m in group[1:]:
@@ -269,18 +282,21 @@ def decide(table: pd.DataFrame, members: list[int], edges: pd.DataFrame, cfg: De
             decision[m] = ("flag", m, "near copy of another user's photo, kept for review")
     if cfg.cross_user_policy == "group" and any(decision[m][0] == "group" for m in survivors if m != head):
         decision[head] = ("group", head, "best copy; near copies by other users share its split")
-    cluster = table.at[head, "photo_id"]
+    cluster = ids[head]
+
+    def row(m: int) -> dict[str, Any]:
+        return {c: table[c][m] for c in ("sha256", "pixel_hash", "phash", "phash_mirror")}
+
     rows = []
     for m in members:
         action, ref, reason = decision[m]
-        if table.at[m, "source"] == "index" and action == "drop":
+        if source[m] == "index" and action == "drop":
             action, ref, reason = "keep", m, "published by an earlier build"
-        kind, distance = relation(table.loc[m], table.loc[ref], cfg.mirror) if ref != m else ("", 0)
+        kind, distance = relation(row(m), row(ref), cfg.mirror) if ref != m else ("", 0)
         if action in ("group", "flag") and m != head:
-            kind, distance = relation(table.loc[m], table.loc[head], cfg.mirror)
-        rows.append({"cluster": cluster, "photo_id": table.at[m, "photo_id"], "user_id": users[m],
-                     "source": table.at[m, "source"], "action": action,
-                     "kept_photo_id": table.at[ref, "photo_id"], "kind": kind, "distance": distance,
+            kind, distance = relation(row(m), row(head), cfg.mirror)
+        rows.append({"cluster": cluster, "photo_id": ids[m], "user_id": users[m], "source": source[m],
+                     "action": action, "kept_photo_id": ids[ref], "kind": kind, "distance": distance,
                      "reason": reason})
     return rows
 

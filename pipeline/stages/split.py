@@ -65,7 +65,7 @@ def user_groups(users: list[str], links: list[tuple[str, str]]) -> dict[str, str
     """User -> group id, joining users linked (e.g. by a cross-user duplicate); a group is named by its first user."""
     order = sorted(set(users) | {u for pair in links for u in pair})
     index = {u: i for i, u in enumerate(order)}
-    uf = UnionFind(len(order))
+    uf = UnionFind()
     for a, b in links:
         uf.union(index[a], index[b])
     return {u: order[uf.find(i)] for u, i in index.items()}
