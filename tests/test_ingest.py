@@ -10,11 +10,12 @@ import pytest
 import xxhash
 from PIL import Image, ImageOps
 
-from pipeline.build import faceless, with_faces
+from pipeline.build import faceless, kept_photos, with_faces
 from pipeline.config import IngestConfig
 from pipeline.io.manifest import read_manifest
 from pipeline.stages.ingest import (
     Unusable,
+    chroma,
     decode,
     detect_faces,
     face_signals,
@@ -127,6 +128,17 @@ def test_signals_are_recorded(tmp_path):
     assert 0 <= sig["brightness"] <= 1 and sig["sharpness"] > 0
     blurred = Image.open(tmp_path / "a.jpg").resize((40, 30)).resize((320, 240))
     assert photo_signals(_encode(blurred, "JPEG"), CFG)["sharpness"] < sig["sharpness"] / 2
+
+
+def test_chroma_tells_greyscale_from_colour_so_later_tables_can_drop_the_thumbnail(tmp_path):
+    colour = photo_signals(write_jpeg(tmp_path / "a.jpg", 3, size=(320, 240)).read_bytes(), CFG)
+    grey = photo_signals(_encode(Image.open(tmp_path / "a.jpg").convert("L"), "JPEG"), CFG)
+    assert grey["chroma"] < 4 < colour["chroma"]
+    thumb = np.frombuffer(bytes.fromhex(colour["thumb"]), np.uint8)
+    assert colour["chroma"] == chroma(thumb)
+    photos = pd.DataFrame([{"photo_id": "p1", **colour}, {"photo_id": "p2", **grey}])
+    kept = kept_photos(photos, pd.DataFrame(columns=["photo_id", "action"]))
+    assert "thumb" not in kept and kept["chroma"].tolist() == [colour["chroma"], grey["chroma"]]
 
 
 def test_face_detector_finds_selfie_sized_faces_in_a_real_photo():
