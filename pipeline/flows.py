@@ -564,7 +564,8 @@ def pooled_plan(keys: list[str], stage: str, folder: Path, cfg: Config) -> tuple
     runner = None if pool is None else pool.take(plan.computed)
     if runner is None:
         return plan, None
-    return inc.plan(keys, stage, folder, b.batching(cfg, "processes")), runner
+    pooled = b.batching(cfg, "processes")
+    return (plan if pooled == b.batching(cfg) else inc.plan(keys, stage, folder, pooled)), runner
 
 
 def report_progress(stage: str, done: int, total: int) -> None:

@@ -197,6 +197,11 @@ def relation(a: dict[str, Any], b: dict[str, Any], mirror: bool) -> tuple[str, i
     return ("mirror", dm) if dm < d else ("near", d)
 
 
+RELATION_COLUMNS = ["photo_id", "user_id", "origin", "origin_kind", "source", "sha256", "pixel_hash", "phash",
+                    "phash_mirror"]
+"""What ``decide`` reads of each photo."""
+
+
 def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every duplicate cluster with a decision per member; photos in no cluster are absent.
 
@@ -228,10 +233,6 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
             rows += decide(columns, members, inside, cfg)
     out = frame(rows, DUPLICATE_COLUMNS)
     return out.sort_values(["cluster", "photo_id"], ignore_index=True)
-
-
-RELATION_COLUMNS = ["photo_id", "user_id", "origin", "origin_kind", "source", "sha256", "pixel_hash", "phash",
-                    "phash_mirror"]
 
 
 def decide(table: dict[str, list[Any]], members: list[int], inside: list[list[int]], cfg: DedupConfig
