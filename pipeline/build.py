@@ -559,6 +559,7 @@ def preflight(cfg: Config) -> Spec:
     from pipeline.io.sources import detect_format
     from pipeline.stages.export import pseudonym_key
     from pipeline.stages.merge import class_agreement, class_quorum
+    from pipeline.store import FileDigests
 
     spec = resolve_spec(cfg)
     try:
@@ -570,9 +571,13 @@ def preflight(cfg: Config) -> Spec:
     if unknown:
         raise CrowdsegError(f"inputs.label_map: {unknown[0]!r} is not a class of spec {spec.name!r}",
                             file=cfg.source)
-    read_manifest(cfg.path(cfg.inputs.photos))
-    for _ in read_lines(cfg.path(cfg.inputs.annotations)):  # readable UTF-8, checked a line at a time
-        pass
+    seen = FileDigests(Layout(cfg.path(cfg.output.out)).work / "digests.parquet")
+    photos, annotations = cfg.path(cfg.inputs.photos), cfg.path(cfg.inputs.annotations)
+    if not seen.unchanged(str(photos.resolve())):  # an input the last build read as it is now passed these checks
+        read_manifest(photos)
+    if not seen.unchanged(str(annotations.resolve())):
+        for _ in read_lines(annotations):  # readable UTF-8, checked a line at a time
+            pass
     for i, src in enumerate(cfg.inputs.sources):
         if not cfg.path(src.path).exists():
             raise CrowdsegError(f"inputs.sources[{i}].path: no such file or folder: {src.path}", file=cfg.source)

@@ -161,6 +161,12 @@ class FileDigests:
                     self.known[(p, *s)] = h
         return [self.known.get((p, *s), "") if s else "" for p, s in zip(paths, stats, strict=True)]
 
+    def unchanged(self, path: str) -> bool:
+        """Whether ``path`` is a file remembered with its current size, mtime and inode: a build that ended well
+        read it as it is now."""
+        st = _stat(path)
+        return st is not None and (path, *st) in self.known
+
     def save(self, keep: Iterable[str]) -> None:
         """Remember the digests of the files in ``keep`` (the others are forgotten)."""
         wanted = set(keep)

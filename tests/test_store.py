@@ -11,7 +11,10 @@ import xxhash
 
 from pipeline import incremental as inc
 from pipeline import store
-from pipeline.config import Config
+from pipeline.build import Layout, preflight
+from pipeline.config import Config, load_config
+from pipeline.io import manifest
+from pipeline.simulate import simulate
 from pipeline.spec import load_spec
 
 
@@ -68,6 +71,25 @@ def test_file_digests_are_remembered_by_stat_and_redone_on_change(tmp_path):
     f.write_bytes(b"two")
     os.utime(f, ns=(1, 1))
     assert store.FileDigests(tmp_path / "d.parquet").digests([str(f)]) != first[:1]
+
+
+def test_preflight_checks_again_only_the_inputs_changed_since_a_build_read_them(tmp_path, monkeypatch):
+    crowd = tmp_path / "crowd"
+    simulate(crowd, photos=3, users=2, annotators=2, seed=5, size=(120, 160))
+    cfg = load_config(crowd / "config.toml", {"output.out": str(tmp_path / "out")})
+    lines = cfg.path(cfg.inputs.annotations)
+    scanned = []
+    monkeypatch.setattr(manifest, "read_lines", lambda path: scanned.append(path) or iter(()))
+    preflight(cfg)
+    inputs = [str(p) for p in inc.input_files(cfg)]
+    files = store.FileDigests(Layout(cfg.path(cfg.output.out)).work / "digests.parquet")
+    files.digests(inputs)
+    files.save(inputs)  # as a build that ended well
+    preflight(cfg)
+    assert files.unchanged(str(lines.resolve())) and scanned == [lines]
+    os.utime(lines, ns=(1, 1))
+    preflight(cfg)
+    assert scanned == [lines, lines]
 
 
 def test_prune_keeps_what_a_build_used_and_drops_leftovers(tmp_path):
