@@ -3,8 +3,10 @@ of its stages."""
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,7 +81,19 @@ def _started() -> str:
 
     server = SubprocessASGIServer()
     server.start()
+    if server.server_process is not None:
+        stop_when_orphaned(server.server_process.pid)
     return server.api_url
+
+
+def stop_when_orphaned(pid: int) -> None:
+    """Terminate process ``pid`` (the embedded server) if this process dies without stopping it: a build killed by
+    SIGKILL or the OOM killer would otherwise leave its server running, ~230 MB each. A small watcher polls this
+    process once a second; a normal exit stops the server (Prefect's atexit hook) and kills the watcher first."""
+    watcher = subprocess.Popen(
+        ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {pid} 2>/dev/null"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    atexit.register(watcher.kill)  # runs before the server's stop, registered earlier: hooks run last-in first-out
 
 
 class Stopwatch:

@@ -152,11 +152,28 @@ def test_a_build_killed_mid_stage_resumes_to_the_same_bytes(crowd, reference, tm
         assert time.monotonic() < deadline, f"the build never reached {stage}"
         time.sleep(0.05)
     assert proc.poll() is None, f"the build ended before reaching {stage}"
+    children = _children(proc.pid)  # its Prefect server and the watcher that stops it
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    while any(map(_running, children)):  # not left running: the watcher polls once a second
+        assert time.monotonic() < deadline + 10, f"processes of the killed build still run: {children}"
+        time.sleep(0.1)
     assert not (out / "dataset").exists()
     cfg = load_config(config, {"output.out": str(out)})
     result = run_build(cfg, preflight(cfg))
     assert sum(v["reused"] for v in result["work"].values()) > 0, result["work"]
     _same_tree(reference / "dataset", out / "dataset")
     assert not list((out / "work" / "cache").rglob(".*.tmp"))
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid``, whichever of its threads started them (Linux /proc)."""
+    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
