@@ -167,8 +167,15 @@ def test_a_build_killed_mid_stage_resumes_to_the_same_bytes(crowd, reference, tm
 
 
 def _children(pid: int) -> list[int]:
-    """The child processes of ``pid``, whichever of its threads started them (Linux /proc)."""
-    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+    """The child processes of ``pid``, whichever of its threads started them (Linux /proc; a thread that ends while
+    they are listed has none left)."""
+    found = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in f.read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 def _running(pid: int) -> bool:
