@@ -360,6 +360,12 @@ def apply_thresholds(m: MergeResult, spec: Spec, cfg: MergeConfig) -> MergeResul
     return replace(m, photos=photos, classes=classes)
 
 
+def all_pinned(pinned: dict[tuple[str, int], float], annotators: set[str], classes: list[int]) -> bool:
+    """Whether ``merge.pin_skills`` gives every annotator's weight for every class: then no skill is estimated, and
+    the scoring passes, whose estimates the pinned weights would all override, are skipped."""
+    return all((a, c) in pinned for a in annotators for c in classes)
+
+
 def pinned_weights(cfg: Config) -> dict[tuple[str, int], float]:
     """The vote weights ``merge.pin_skills`` names (annotator_id, class_id, weight), or none."""
     from pipeline.errors import CrowdsegError

@@ -215,12 +215,11 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
                                     export.ExportOptions.from_config(cfg))
     digests = export.file_digests(root)
     get_run_logger().info("exported %d photos (%d files)", len(exported), len(digests))
-    coco = Path(part).with_suffix(".coco")  # each image's COCO annotations, read back one at a time when published
-    coco.mkdir(exist_ok=True)
-    for e in exported:
-        store.write_atomic(coco / f"{e.name}.txt", export.coco_lines(e.annotations).encode())
+    coco, spans = export.coco_snippets(exported)  # read back one image at a time when published
+    store.write_atomic(Path(part).with_suffix(".coco"), coco)
     by_name = {e.name: (replace(e, annotations=()),
-                        {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name})
+                        {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name},
+                        spans[e.name])
                for e in exported}
     result = {p: by_name[export.image_name(p, pseudonym)] for p in published["photo_id"]}
     return str(store.save_part(result, items, Path(part)))
@@ -249,16 +248,17 @@ def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings:
                         strict=True))
     exported: list[export.Exported] = []
     digests: dict[str, str] = {}
-    coco: dict[str, Path] = {}
+    coco: dict[str, tuple[str, int, int]] = {}
     for part, share in zip(sorted(parts), inc.gather(parts, published["photo_id"].tolist()), strict=True):
-        for e, _ in share.values():
+        for e, _, (offset, length) in share.values():
             exported.append(replace(e, split=split_of[e.name]))
-            coco[e.name] = Path(part).with_suffix(".coco") / f"{e.name}.txt"
-        digests |= export.place(Path(part).with_suffix(""), root, {rel: d for _, files in share.values()
+            coco[e.name] = (str(Path(part).with_suffix(".coco")), offset, length)
+        digests |= export.place(Path(part).with_suffix(""), root, {rel: d for _, files, _ in share.values()
                                                                    for rel, d in files.items()}, split_of)
     write_csv(export.meta_table(published, pseudonym), root / "meta.csv")
-    for s in splits:
-        export.write_coco(root, s, spec, exported, lambda e: coco[e.name].read_text(encoding="utf-8"))
+    with store.Spans() as snippets:
+        for s in splits:
+            export.write_coco(root, s, spec, exported, lambda e: snippets.read(*coco[e.name]).decode())
     export.write_view_classes(root, spec)
     facts = card.CardFacts(
         spec=spec, splits=splits, exported=exported, options=export.ExportOptions.from_config(cfg),
@@ -473,7 +473,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         return keys, inc.gather(parts, ids, merge.MergeResult.summed if final else skill.score_sums)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
-    for _ in range(cfg.merge.em_iterations if len(voted) else 0):
+    crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
+    estimate = len(voted) and not b.all_pinned(pinned, crowd, spec.draw_ids)
+    for _ in range(cfg.merge.em_iterations if estimate else 0):
         _, scores = merge_pass(score_batch, False, weights)
         weights = estimate_skills(skill.add_sums(scores), cfg).weights()
         weights |= pinned

@@ -37,6 +37,7 @@ def code_version(module: str) -> str:
     return digest.hexdigest()[:16]
 
 
+@cache
 def _source(module: str) -> str:
     path = PACKAGE.parent / Path(*module.split("."))
     return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
@@ -47,16 +48,23 @@ def _closure(module: str) -> set[str]:
     seen, todo = set(), [module]
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in ast.walk(ast.parse(_source(name))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
-                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names
-                                         if _exists(f"{node.module}.{a.name}")]
-            elif isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.startswith("pipeline")]
+        if name not in seen:
+            seen.add(name)
+            todo += _imports(name)
     return seen
+
+
+@cache
+def _imports(module: str) -> list[str]:
+    """The ``pipeline`` modules that ``module`` imports anywhere in its source."""
+    found = []
+    for node in ast.walk(ast.parse(_source(module))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            found += [node.module] + [f"{node.module}.{a.name}" for a in node.names
+                                      if _exists(f"{node.module}.{a.name}")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("pipeline")]
+    return found
 
 
 def _exists(module: str) -> bool:
@@ -133,6 +141,30 @@ def known_items(folder: Path) -> dict[str, str]:
         if part.exists():
             out.update(dict.fromkeys(json.loads(keys.read_bytes()), str(part)))
     return out
+
+
+class Spans:
+    """Reads byte ranges of files, each file opened once (a context manager closes them)."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> Spans:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of ``path`` from ``offset``."""
+        if path not in self.fds:
+            self.fds[path] = os.open(path, os.O_RDONLY)
+        data = os.pread(self.fds[path], length, offset)
+        if len(data) != length:
+            raise OSError(f"{path}: {length} bytes expected at {offset}, found {len(data)}")
+        return data
 
 
 class FileDigests:

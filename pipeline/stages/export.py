@@ -365,6 +365,19 @@ def coco_lines(annotations: Sequence[dict[str, Any]]) -> str:
     return "".join(lines)
 
 
+def coco_snippets(exported: Sequence[Exported]) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """Every image's ``coco_lines`` one after another, UTF-8, and where each lies in them: (offset, length) by name.
+
+    An export batch writes them to one file, which publishing reads image by image."""
+    chunks, spans, offset = [], {}, 0
+    for e in exported:
+        chunk = coco_lines(e.annotations).encode()
+        chunks.append(chunk)
+        spans[e.name] = (offset, len(chunk))
+        offset += len(chunk)
+    return b"".join(chunks), spans
+
+
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 

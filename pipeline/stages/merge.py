@@ -36,6 +36,7 @@ from pipeline.stages.polygons import (
     composite,
     lookup,
     paint_ranks,
+    sound_polygons,
     value_counts,
 )
 from pipeline.stages.skill import SCORE_COLUMNS, score_sums
@@ -308,8 +309,10 @@ class Ballot:
 
 
 def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
-               weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True) -> Fusion:
-    """Merge one photo. With ``final`` False only the skill scores are computed (an EM pass)."""
+               weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True,
+               agreement_map: bool = True) -> Fusion:
+    """Merge one photo. With ``final`` False only the skill scores are computed (an EM pass); with
+    ``agreement_map`` False the Fusion's agreement map is None (its ``unanimous`` share is still measured)."""
     classes = spec.draw_ids
     quorum, needed = class_quorum(spec, cfg.quorum), class_agreement(spec, cfg.class_agreement)
     pairs = _flip_pairs(tuple(spec.flip_lut))
@@ -359,7 +362,8 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
         return Fusion(None, None, "", "", [], list(rows.values()), scores, [])
     used = [k for k in counted if not rows[crowd[k].assignment]["excluded"]]
     layers = {a.assignment: a.layers for a in assignments} | {a.assignment: a.layers for a in crowd}
-    return _vote(photo_id, crowd, used, gold, rows, scores, spec, cfg, needed, ballot, height, width, layers)
+    return _vote(photo_id, crowd, used, gold, rows, scores, spec, cfg, needed, ballot, height, width, layers,
+                 agreement_map)
 
 
 @cache
@@ -369,8 +373,8 @@ def _flip_pairs(flip_lut: tuple[int, ...]) -> list[tuple[int, int]]:
 
 def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: list[AssignmentLayers],
           rows: dict[str, dict[str, Any]], scores: list[dict[str, Any]], spec: Spec, cfg: MergeConfig,
-          needed: dict[int, float], ballot: Ballot, height: int, width: int, layers: dict[str, dict[int, Layer]]
-          ) -> Fusion:
+          needed: dict[int, float], ballot: Ballot, height: int, width: int, layers: dict[str, dict[int, Layer]],
+          agreement_map: bool) -> Fusion:
     """The final vote of the ``used`` crowd assignments (indices into ``crowd``), its agreement and its tables."""
     classes = spec.draw_ids
     reasons: list[str] = []
@@ -384,7 +388,7 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
         if len(used) < cfg.min_annotators:
             reasons.append(f"too_few_annotators:{len(used)}")
     mask = composite(regions, classes, height, width)
-    shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes)
+    shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, agreement_map)
     class_rows, disputed = [], []
     for c in classes:
         tally = ballot.tallies[c]
@@ -416,13 +420,13 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
                   [crowd[k].assignment for k in used])
 
 
-def _agreement(mask: np.ndarray, used: list[dict[int, Layer]], classes: list[int]) -> tuple[np.ndarray, float]:
-    """Per pixel, the uint8 share (0-255) of the used assignments whose own composite gives it the merged class,
-    and the share of pixels where they all do (NaN without assignments)."""
-    agreement = np.full(mask.shape, 255, np.uint8)  # outside every drawn layer, all agree on background
+def _agreement(mask: np.ndarray, used: list[dict[int, Layer]], classes: list[int], as_map: bool = True
+               ) -> tuple[np.ndarray | None, float]:
+    """Per pixel, the uint8 share (0-255) of the used assignments whose own composite gives it the merged class
+    (None unless ``as_map``), and the share of pixels where they all do (NaN without assignments)."""
     every = [la for layers in used for la in layers.values()]
     if not every:
-        return agreement, 1.0 if used else math.nan
+        return np.full(mask.shape, 255, np.uint8) if as_map else None, 1.0 if used else math.nan
     y0, x0 = min(la.y0 for la in every), min(la.x0 for la in every)
     y1, x1 = max(la.y1 for la in every), max(la.x1 for la in every)
     merged = mask[y0:y1, x0:x1]
@@ -435,9 +439,12 @@ def _agreement(mask: np.ndarray, used: list[dict[int, Layer]], classes: list[int
     for layers in used:
         own.fill(0)
         np.add(agree, np.equal(paint_ranks(layers, classes, own, y0, x0), merged), out=agree)
+    unanimous = mask.size - merged.size + int(np.count_nonzero(agree == len(used)))  # share 1.0 only where all agree
+    if not as_map:
+        return None, unanimous / mask.size
+    agreement = np.full(mask.shape, 255, np.uint8)  # outside every drawn layer, all agree on background
     share = np.arange(len(used) + 1, dtype=np.float32) / len(used)
     agreement[y0:y1, x0:x1] = lookup(np.round(share * 255).astype(np.uint8), agree)
-    unanimous = mask.size - merged.size + int(np.count_nonzero(agree == len(used)))  # share 1.0 only where all agree
     return agreement, unanimous / mask.size
 
 
@@ -482,11 +489,17 @@ class MergeResult:
 def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[dict[str, Any]]], min_area: float
                     ) -> tuple[list[AssignmentLayers], list[dict[str, Any]], list[dict[str, Any]]]:
     """Every assignment of one photo as layers, with shape rejections and repairs."""
-    layers, rejected, repairs = [], [], []
     columns = ("assignment", "annotator_id", "golden", "seen_width", "seen_height", "file", "row")
-    for key, annotator, golden, seen_width, seen_height, file, row in zip(*(todo[c] for c in columns), strict=True):
-        scale = (photo.width / seen_width, photo.height / seen_height) if seen_width and seen_height else (1.0, 1.0)
-        lay, bad, fixed = assignment_layers(shapes_by.get(key, []), photo.height, photo.width, min_area, scale)
+    todo_rows = list(zip(*(todo[c] for c in columns), strict=True))
+    scales = [(photo.width / seen_width, photo.height / seen_height) if seen_width and seen_height else (1.0, 1.0)
+              for _, _, _, seen_width, seen_height, _, _ in todo_rows]
+    mine = [shapes_by.get(key, []) for key, *_ in todo_rows]
+    sound = iter(sound_polygons([s for shapes in mine for s in shapes], photo.width, photo.height, min_area,
+                                [sc for shapes, sc in zip(mine, scales, strict=True) for _ in shapes]))
+    layers, rejected, repairs = [], [], []
+    for (key, annotator, golden, _, _, file, row), shapes, scale in zip(todo_rows, mine, scales, strict=True):
+        lay, bad, fixed = assignment_layers(shapes, photo.height, photo.width, min_area, scale,
+                                            [next(sound) for _ in shapes])
         layers.append(AssignmentLayers(key, annotator, bool(golden), lay))
         rejected += [rejection("merge", "shape", b["reason"], b["message"], file=file, row=row,
                                photo_id=photo.photo_id, annotator_id=annotator) for b in bad]
@@ -510,7 +523,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     for p in photos.itertuples(index=False):
         todo = assign_by.get(p.photo_id, assignments.iloc[:0]).sort_values("assignment")
         layers, bad, fixed = rasterise_photo(p, todo, shapes_by, cfg.min_shape_area_px)
-        result = fuse_photo(p.photo_id, layers, spec, cfg, weights, p.height, p.width, final=out_dir is not None)
+        result = fuse_photo(p.photo_id, layers, spec, cfg, weights, p.height, p.width, final=out_dir is not None,
+                            agreement_map=agreement_maps)
         score_rows += result.scores
         if out_dir is None:
             continue
@@ -521,7 +535,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         class_rows += result.classes
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append(photo_row(
-            p.photo_id, result.mask, result.agreement if agreement_maps else None, out_dir, spec, status=result.status,
+            p.photo_id, result.mask, result.agreement, out_dir, spec, status=result.status,
             reasons=";".join(result.reasons), source=result.source, n_assignments=int((~todo["golden"]).sum()),
             n_used=len(result.used), n_golden=int(todo["golden"].sum()),
             n_swapped=sum(r["swapped"] for r in result.assignments),

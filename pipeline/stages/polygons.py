@@ -229,14 +229,19 @@ def value_counts(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min_area: float,
-                      scale: tuple[float, float] = (1.0, 1.0)
+                      scale: tuple[float, float] = (1.0, 1.0), sound: list[Poly | None] | None = None
                       ) -> tuple[dict[int, Layer], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rasterise one assignment's shapes per class; also the shapes rejected and the repairs made."""
+    """Rasterise one assignment's shapes per class; also the shapes rejected and the repairs made.
+
+    ``sound`` is ``sound_polygons`` of these shapes when the caller has it already (it checks many shapes at once).
+    """
     by_class: dict[int, list[Poly]] = {}
     rejected, repairs = [], []
-    for s, ring in zip(shapes, sound_rings(shapes, width, height, min_area, scale), strict=True):
-        if ring is not None:
-            by_class.setdefault(int(s["class_id"]), []).append((ring, []))
+    if sound is None:
+        sound = sound_polygons(shapes, width, height, min_area, [scale] * len(shapes))
+    for s, poly in zip(shapes, sound, strict=True):
+        if poly is not None:
+            by_class.setdefault(int(s["class_id"]), []).append(poly)
             continue
         try:
             polys, fixed = clean_shape(s["points"], s["holes"], width, height, min_area, scale)
@@ -249,32 +254,42 @@ def assignment_layers(shapes: list[dict[str, Any]], height: int, width: int, min
     return layers, rejected, repairs
 
 
-def sound_rings(shapes: list[dict[str, Any]], width: int, height: int, min_area: float,
-                scale: tuple[float, float] = (1.0, 1.0)) -> list[Ring | None]:
-    """Per shape, its scaled outer ring when ``clean_shape`` would return it unrepaired; else None.
+def sound_polygons(shapes: list[dict[str, Any]], width: int, height: int, min_area: float,
+                   scales: list[tuple[float, float]]) -> list[Poly | None]:
+    """Per shape, its rings scaled by its ``scales`` entry when ``clean_shape`` would return them unrepaired; else
+    None.
 
-    That is most shapes: no holes, 3 to MAX_VERTICES finite points, a valid polygon strictly inside the photo with
-    at least ``min_area`` px. They are checked together in shapely's vectorised functions, without a Python
+    That is most shapes: rings of 3 to MAX_VERTICES finite points making a valid polygon strictly inside the photo
+    with at least ``min_area`` px. They are checked together in shapely's vectorised functions, without a Python
     geometry object per shape; the others go through ``clean_shape``.
     """
-    out: list[Ring | None] = [None] * len(shapes)
-    rings, where = [], []
-    for n, s in enumerate(shapes):
-        ext = s["points"]
-        if (not len(s["holes"]) and isinstance(ext, np.ndarray) and ext.dtype == np.float64 and ext.ndim == 2
-                and ext.shape[1] == 2 and 3 <= len(ext) <= MAX_VERTICES and np.isfinite(ext).all()):
-            rings.append(ext if scale == (1.0, 1.0) else _scaled(ext, scale))
+    out: list[Poly | None] = [None] * len(shapes)
+    polys: list[Poly] = []
+    where = []
+    for n, (s, scale) in enumerate(zip(shapes, scales, strict=True)):
+        rings = [s["points"], *s["holes"]]
+        if all(_plain(r) for r in rings):
+            rings = rings if scale == (1.0, 1.0) else [_scaled(r, scale) for r in rings]
+            polys.append((rings[0], rings[1:]))
             where.append(n)
-    if not rings:
+    if not polys:
         return out
+    rings = [r for ext, holes in polys for r in (ext, *holes)]
     ring_of = np.repeat(np.arange(len(rings)), [len(r) for r in rings])
-    polys = shapely.polygons(shapely.linearrings(np.concatenate(rings), indices=ring_of))
-    bounds = shapely.bounds(polys)
-    sound = (shapely.is_valid(polys) & (bounds[:, 0] > -0.5) & (bounds[:, 1] > -0.5) & (bounds[:, 2] < width - 0.5)
-             & (bounds[:, 3] < height - 0.5) & (shapely.area(polys) >= min_area))
+    poly_of = np.repeat(np.arange(len(polys)), [1 + len(holes) for _, holes in polys])
+    geoms = shapely.polygons(shapely.linearrings(np.concatenate(rings), indices=ring_of), indices=poly_of)
+    bounds = shapely.bounds(geoms)
+    sound = (shapely.is_valid(geoms) & (bounds[:, 0] > -0.5) & (bounds[:, 1] > -0.5) & (bounds[:, 2] < width - 0.5)
+             & (bounds[:, 3] < height - 0.5) & (shapely.area(geoms) >= min_area))
     for k in np.flatnonzero(sound).tolist():
-        out[where[k]] = rings[k]
+        out[where[k]] = polys[k]
     return out
+
+
+def _plain(ring: Any) -> bool:
+    """Whether a ring is a float64 (N, 2) array of 3 to MAX_VERTICES finite points."""
+    return (isinstance(ring, np.ndarray) and ring.dtype == np.float64 and ring.ndim == 2 and ring.shape[1] == 2
+            and 3 <= len(ring) <= MAX_VERTICES and bool(np.isfinite(ring).all()))
 
 
 def _where(s: dict[str, Any]) -> dict[str, Any]:
