@@ -11,7 +11,7 @@ import xxhash
 
 from pipeline import incremental as inc
 from pipeline import store
-from pipeline.build import Layout, preflight
+from pipeline.build import Layout, all_pinned, preflight
 from pipeline.config import Config, load_config
 from pipeline.io import manifest
 from pipeline.simulate import simulate
@@ -130,6 +130,13 @@ def test_merge_keys_follow_a_photos_own_inputs_and_weights(tables):
     quorum = Config.model_validate({"merge": {"quorum": {"skin": 0.9}}})
     assert inc.merge_keys(photos, assignments, {}, {}, spec, quorum, True) != base
     assert inc.merge_keys(photos, assignments, {}, {}, spec, cfg, False) != base
+
+
+def test_scoring_is_needed_unless_every_weight_is_pinned():
+    pinned = {(a, c): 0.5 for a in ("a", "b") for c in (1, 2)}
+    assert all_pinned(pinned, {"a", "b"}, [1, 2]) and all_pinned(pinned, set(), [1, 2])
+    assert not all_pinned(pinned, {"a", "c"}, [1, 2])  # a new annotator
+    assert not all_pinned(pinned, {"a"}, [1, 2, 3])  # a class the table lacks
 
 
 def test_ingest_keys_ignore_where_a_row_sits_but_not_what_it_says():
