@@ -9,7 +9,6 @@ in their imported order, so its digest (part of the merge keys) is taken as it i
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.io.shapes import SHAPE_COLUMNS
+from pipeline.store import Spans
 from pipeline.tables import frame
 
 DIGESTED = (3, 4, 5, 6, 8)  # class_id, label, points, holes, index: what an assignment's digest covers
@@ -70,11 +70,7 @@ class ShapeStore:
         """The shape rows of ``assignments`` (none for one without shapes), in imported order per assignment."""
         spans = sorted(self.index[a] for a in set(assignments) if a in self.index)
         rows: list[tuple[Any, ...]] = []
-        if spans:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                for offset, length in spans:
-                    rows += pickle.loads(os.pread(fd, length, offset))
-            finally:
-                os.close(fd)
+        with Spans() as records:
+            for offset, length in spans:
+                rows += pickle.loads(records.read(self.path, offset, length))
         return frame(rows, SHAPE_COLUMNS)
