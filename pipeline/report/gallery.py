@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from pipeline.io.png import read_mask
 from pipeline.spec import Spec
 from pipeline.stages.ingest import to_rgb
 
@@ -82,12 +83,6 @@ def oriented_thumbnail(path: str | Path, side: int) -> Image.Image:
         rgb = to_rgb(ImageOps.exif_transpose(im))
     rgb.thumbnail((side, side))
     return rgb
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """A class-index PNG as a uint8 array."""
-    with Image.open(path) as im:
-        return np.asarray(im if im.mode in ("L", "P") else im.convert("L"))
 
 
 def overlay_lut(spec: Spec) -> tuple[np.ndarray, np.ndarray]:

@@ -223,7 +223,7 @@ def publish_mask(mask_path: str | Path, agreement_path: str | Path, min_share: f
     ``min_share`` (0: off), and return it. Unchanged, the work PNG (``write_mask``'s bytes) is copied, not encoded."""
     mask = read_mask(mask_path)
     if min_share > 0:
-        mask[read_mask(agreement_path) < round(min_share * 255)] = ignore_index
+        mask = np.where(read_mask(agreement_path) < round(min_share * 255), np.uint8(ignore_index), mask)
         write_mask(mask, target)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)

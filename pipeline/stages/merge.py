@@ -153,6 +153,13 @@ class Tally:
         covered = self.pixels * passing
         return iou(int(self.overlaps[k, k]), int(covered.sum()), int(covered[self.drawn[:, k]].sum()))
 
+    def ious(self, passing: np.ndarray) -> list[float]:
+        """``iou(k, passing)`` of every layer ``k``, from one product."""
+        covered = self.pixels * passing
+        inter = (covered @ self.drawn).tolist()
+        total = int(covered.sum())
+        return [iou(int(self.overlaps[k, k]), total, int(v)) for k, v in enumerate(inter)]
+
     def pair_iou(self, i: int, j: int) -> float:
         """IoU of layers ``i`` and ``j``."""
         return iou(int(self.overlaps[i, i]), int(self.overlaps[j, j]), int(self.overlaps[i, j]))
@@ -390,9 +397,10 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
     mask = composite(regions, classes, height, width)
     shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, agreement_map)
     class_rows, disputed = [], []
+    tallied_ious = {c: ballot.tallies[c].ious(passing[c]) for c in classes}
     for c in classes:
         tally = ballot.tallies[c]
-        ious = [tally.iou(k, passing[c]) for k in used]
+        ious = [tallied_ious[c][k] for k in used]
         ws = [ballot.weights[c][k] for k in used]
         finite = [(v, w) for v, w in zip(ious, ws, strict=True) if not math.isnan(v)]
         agreement = sum(v * w for v, w in finite) / sum(w for _, w in finite) if finite else math.nan
@@ -413,7 +421,7 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
     for r in rows.values():
         k = tallied.get(r["assignment"])
         ious = {c: layer_iou(layers[r["assignment"]].get(c), regions[c]) if k is None
-                else ballot.tallies[c].iou(k, passing[c]) for c in classes}
+                else tallied_ious[c][k] for c in classes}
         r.update(used=r["assignment"] in used_keys, mean_iou=mean_iou(list(ious.values()), 1.0),
                  **{f"iou_{spec.classes[c].name}": v for c, v in ious.items()})
     return Fusion(mask, shares, source, status, reasons, list(rows.values()), scores, class_rows, unanimous,

@@ -191,15 +191,15 @@ def paint_ranks(layers: dict[int, Layer | None], draw_ids: list[int], out: np.nd
     """Paint into ``out``, a zeroed window at (y0, x0) holding every layer, the 1-based draw position of each pixel's
     topmost layer (its class in ``composite``)."""
     blank = True
-    for c, rank in {c: rank for rank, c in enumerate(draw_ids, start=1)}.items():
+    for rank, c in enumerate(draw_ids, start=1):  # rising ranks: a later layer's pixel is the maximum
         lay = layers.get(c)
         if lay is None:
             continue
         view = out[lay.y0 - y0: lay.y1 - y0, lay.x0 - x0: lay.x1 - x0]
-        if blank:  # nothing painted yet: the maximum is the layer itself
+        if blank:  # nothing painted yet: the layer itself
             np.multiply(lay.mask, np.uint8(rank), out=view)
         else:
-            np.maximum(view, lay.mask * np.uint8(rank), out=view)
+            np.copyto(view, np.uint8(rank), where=lay.mask.view(bool))
         blank = False
     return out
 
