@@ -1,3 +1,5 @@
+import os
+import platform
 import subprocess
 import sys
 import tomllib
@@ -88,3 +90,19 @@ def test_exit_status_is_1_for_user_errors_and_2_for_internal_ones(monkeypatch, c
     err = capsys.readouterr().err
     assert e.value.code == status and says in err
     assert ("Traceback" in err) == (status == 2)  # a user error is one line, an internal one shows its traceback
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's")
+def test_the_command_hands_its_allocator_settings_to_its_workers_unless_the_user_set_them():
+    from pipeline.cli import MALLOC_LIMIT
+
+    probe = ("import os; from pipeline.cli import tune_malloc; tune_malloc(); "
+             "print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def settings(**extra: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, **extra},
+                              check=True).stdout.split()
+
+    assert settings() == [str(MALLOC_LIMIT)] * 2
+    assert settings(MALLOC_TRIM_THRESHOLD_="1") == ["None", "1"]

@@ -140,6 +140,24 @@ class Tally:
             return np.zeros(len(share), bool)
         return (share >= quorum * total * (1 - 1e-6)) & (share > 0)
 
+    def loo_ious(self, weights: list[float], quorum: float, voters: list[int]) -> list[float]:
+        """Per layer ``k``, ``iou(k, passes(weights, quorum, voters, k))``: its IoU with the vote of the other
+        voters (of all of them for a layer that is not a voter), with the voters' shares summed once."""
+        share = np.zeros(len(self.drawn), np.float32)
+        for k in voters:
+            share += np.float32(weights[k]) * self.drawn[:, k]
+        everyone = sum([weights[k] for k in voters])
+        out = []
+        for k in range(self.drawn.shape[1]):
+            if k in voters:
+                others, total = share - np.float32(weights[k]) * self.drawn[:, k], everyone - weights[k]
+            else:
+                others, total = share, everyone - 0.0
+            passing = ((others >= quorum * total * (1 - 1e-6)) & (others > 0) if total > 0
+                       else np.zeros(len(share), bool))
+            out.append(self.iou(k, passing))
+        return out
+
     def region(self, passing: np.ndarray) -> Layer | None:
         """The pixels of the passing labels, cropped to their bounding box; None when there are none."""
         if not passing.any():
@@ -310,9 +328,9 @@ class Ballot:
         return cls({c: Tally.of([a.layers.get(c) for a in crowd]) for c in classes},
                    {c: [_w(weights, a.annotator_id, c) for a in crowd] for c in classes}, quorum)
 
-    def passes(self, c: int, voters: list[int], skip: int = -1) -> np.ndarray:
-        """Per label of class ``c``, whether it wins the vote of ``voters`` (crowd indices; ``skip`` left out)."""
-        return self.tallies[c].passes(self.weights[c], self.quorum[c], voters, skip)
+    def passes(self, c: int, voters: list[int]) -> np.ndarray:
+        """Per label of class ``c``, whether it wins the vote of ``voters`` (crowd indices)."""
+        return self.tallies[c].passes(self.weights[c], self.quorum[c], voters)
 
 
 def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
@@ -340,16 +358,14 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
     ballot = Ballot.of(crowd, classes, quorum, weights)
     counted = [k for k, a in enumerate(crowd) if not rows[a.assignment]["excluded"]]
 
-    def reference_iou(k: int, c: int) -> float:
-        """IoU with the reference: the golden answer, or the vote of the others still counted (of all who count,
-        for an assignment left out)."""
-        if gold_ref is not None:
-            return layer_iou(crowd[k].layers.get(c), gold_ref[c])
-        return ballot.tallies[c].iou(k, ballot.passes(c, counted, k if k in counted else -1))
-
+    # IoU with the reference: the golden answer, or the vote of the others still counted (of all who count, for an
+    # assignment left out)
+    reference = ({c: [layer_iou(a.layers.get(c), gold_ref[c]) for a in crowd] for c in classes}
+                 if gold_ref is not None else
+                 {c: ballot.tallies[c].loo_ious(ballot.weights[c], ballot.quorum[c], counted) for c in classes})
     scores = []
     for k, a in enumerate(crowd):
-        ious = [reference_iou(k, c) for c in classes]
+        ious = [reference[c][k] for c in classes]
         rows[a.assignment]["agreement"] = mean_iou(ious)
         scores += [{"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
                     "class_id": c, "iou": v, "vs_gold": gold_ref is not None} for c, v in zip(classes, ious,
@@ -494,18 +510,26 @@ class MergeResult:
         return replace(self, scores=score_sums(self.scores))
 
 
-def rasterise_photo(photo: Any, todo: pd.DataFrame, shapes_by: dict[str, list[dict[str, Any]]], min_area: float
-                    ) -> tuple[list[AssignmentLayers], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every assignment of one photo as layers, with shape rejections and repairs."""
-    columns = ("assignment", "annotator_id", "golden", "seen_width", "seen_height", "file", "row")
-    todo_rows = list(zip(*(todo[c] for c in columns), strict=True))
+TODO_COLUMNS = ("assignment", "annotator_id", "golden", "seen_width", "seen_height", "file", "row")
+
+
+def todo_rows(assignments: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """The ``TODO_COLUMNS`` of each assignment, as plain tuples."""
+    return list(zip(*(assignments[c].tolist() for c in TODO_COLUMNS), strict=True))
+
+
+def rasterise_photo(photo: Any, todo: pd.DataFrame | list[tuple[Any, ...]], shapes_by: dict[str, list[dict[str, Any]]],
+                    min_area: float) -> tuple[list[AssignmentLayers], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every assignment of one photo (``todo``: its assignments, or their ``todo_rows``) as layers, with shape
+    rejections and repairs."""
+    rows = todo if isinstance(todo, list) else todo_rows(todo)
     scales = [(photo.width / seen_width, photo.height / seen_height) if seen_width and seen_height else (1.0, 1.0)
-              for _, _, _, seen_width, seen_height, _, _ in todo_rows]
-    mine = [shapes_by.get(key, []) for key, *_ in todo_rows]
+              for _, _, _, seen_width, seen_height, _, _ in rows]
+    mine = [shapes_by.get(key, []) for key, *_ in rows]
     sound = iter(sound_polygons([s for shapes in mine for s in shapes], photo.width, photo.height, min_area,
                                 [sc for shapes, sc in zip(mine, scales, strict=True) for _ in shapes]))
     layers, rejected, repairs = [], [], []
-    for (key, annotator, golden, _, _, file, row), shapes, scale in zip(todo_rows, mine, scales, strict=True):
+    for (key, annotator, golden, _, _, file, row), shapes, scale in zip(rows, mine, scales, strict=True):
         lay, bad, fixed = assignment_layers(shapes, photo.height, photo.width, min_area, scale,
                                             [next(sound) for _ in shapes])
         layers.append(AssignmentLayers(key, annotator, bool(golden), lay))
@@ -526,10 +550,12 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     shapes_by: dict[str, list[dict[str, Any]]] = {}
     for s in shapes.to_dict("records"):
         shapes_by.setdefault(s["assignment"], []).append(s)
-    assign_by = {k: g for k, g in assignments.groupby("photo_id", sort=False)}
+    todo_by: dict[str, list[tuple[Any, ...]]] = {}
+    for pid, row in zip(assignments["photo_id"].tolist(), todo_rows(assignments), strict=True):
+        todo_by.setdefault(pid, []).append(row)
     photo_rows, assign_rows, score_rows, class_rows, rejected, repairs = [], [], [], [], [], []
     for p in photos.itertuples(index=False):
-        todo = assign_by.get(p.photo_id, assignments.iloc[:0]).sort_values("assignment")
+        todo = sorted(todo_by.get(p.photo_id, []), key=lambda r: r[0])  # by assignment key
         layers, bad, fixed = rasterise_photo(p, todo, shapes_by, cfg.min_shape_area_px)
         result = fuse_photo(p.photo_id, layers, spec, cfg, weights, p.height, p.width, final=out_dir is not None,
                             agreement_map=agreement_maps)
@@ -544,8 +570,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append(photo_row(
             p.photo_id, result.mask, result.agreement, out_dir, spec, status=result.status,
-            reasons=";".join(result.reasons), source=result.source, n_assignments=int((~todo["golden"]).sum()),
-            n_used=len(result.used), n_golden=int(todo["golden"].sum()),
+            reasons=";".join(result.reasons), source=result.source, n_assignments=sum(not r[2] for r in todo),
+            n_used=len(result.used), n_golden=sum(bool(r[2]) for r in todo),
             n_swapped=sum(r["swapped"] for r in result.assignments),
             mean_iou=float(np.mean([r["mean_iou"] for r in crowd])) if crowd else math.nan,
             median_iou=float(np.median([r["mean_iou"] for r in crowd])) if crowd else math.nan,
