@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,14 @@ CACHED = {"cache_key_fn": _key, "persist_result": True}
 
 
 @task(name="read-inputs", **CACHED)
-def read_inputs(cfg: Config, spec: Spec, items: list[str], key: str, part: str) -> str:
-    """The manifest, assignments and rejections; shapes go to a file beside the result (``ShapeStore``).
+def read_inputs(cfg: Config, spec: Spec, manifest: pd.DataFrame, rejected: pd.DataFrame, items: list[str], key: str,
+                part: str) -> str:
+    """The manifest (as the flow read it, with its ``rejected`` rows), assignments and rejections; shapes go to a
+    file beside the result (``ShapeStore``).
 
     When the native annotations file only grew since an earlier result, that result's lines are taken as they
     were parsed and only the new lines are read.
     """
-    manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
     out, native, nkey = Path(part), cfg.path(cfg.inputs.annotations), inc.native_key(cfg, spec)
     earlier = inc.earlier_prefix(out.parent, native, nkey)
     head, shapes, digests, start = inc.reuse_prefix(earlier, out.with_suffix(".shapes"))
@@ -331,22 +332,40 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
 
 def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
               clock: Stopwatch, used: set[str], runner: TaskRunner | None = None) -> dict[str, list[int]]:
-    """Run a stage's batches still to compute, one task each (keyed by content, returning its result's path) on the
-    flow's task runner or on ``runner``; returns every result file the stage reads with the row positions it holds,
-    and adds them to ``used``."""
+    """Run a stage's batches still to compute (``start``) and wait for them (``Started.parts``)."""
+    return start(t, plan, per_batch, *shared, stage=stage, runner=runner).parts(clock, used)
+
+
+@dataclass
+class Started:
+    """A stage whose batches still to compute were submitted."""
+
+    plan: inc.Plan
+    futures: list[PrefectFuture[str]]
+    stage: str
+
+    def parts(self, clock: Stopwatch, used: set[str]) -> dict[str, list[int]]:
+        """Wait for the batches; every result file the stage reads with the row positions it holds, also added to
+        ``used``."""
+        for done, _ in enumerate(as_completed(self.futures), 1):
+            report_progress(self.stage, done, len(self.futures))
+        clock.count(self.stage, self.plan.computed, self.plan.reused_items)
+        parts = self.plan.parts([f.result() for f in self.futures])
+        used.update(parts)
+        return parts
+
+
+def start(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
+          runner: TaskRunner | None = None) -> Started:
+    """Submit a stage's batches still to compute, one task each (keyed by content, returning its result's path), to
+    the flow's task runner or to ``runner``."""
     def submit(args: tuple[Any, ...], bt: inc.Batch) -> PrefectFuture[str]:
         args = quoted(args, runner)
         if runner is None:
             return t.submit(*args, items=bt.items, key=bt.key, part=bt.part)
         return runner.submit(t, get_call_parameters(t.fn, args, {"items": bt.items, "key": bt.key, "part": bt.part}))
 
-    futures = [submit((*args, *shared), bt) for bt, args in zip(plan.todo, per_batch, strict=True)]
-    for done, _ in enumerate(as_completed(futures), 1):
-        report_progress(stage, done, len(futures))
-    clock.count(stage, plan.computed, plan.reused_items)
-    parts = plan.parts([f.result() for f in futures])
-    used.update(parts)
-    return parts
+    return Started(plan, [submit((*args, *shared), bt) for bt, args in zip(plan.todo, per_batch, strict=True)], stage)
 
 
 def quoted(args: tuple[Any, ...], runner: TaskRunner | None) -> tuple[Any, ...]:
@@ -417,16 +436,14 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     used: set[str] = set()  # result files this build reads; the others are pruned at its end
 
     ikey = inc.inputs_key(cfg, spec, files.digests(str(p) for p in inc.input_files(cfg)))
-    manifest, assignments, rejected, shape_digests, drawn, lines = run_one(
-        read_inputs, ikey, layout.cache / "inputs", cfg, spec, stage="read inputs", clock=clock, used=used)
-    if clock.work["read inputs"]["computed"]:  # lines parsed now, lines taken from an earlier result
-        clock.count("annotation lines", lines["parsed"], lines["reused"])
-    else:
-        clock.count("annotation lines", 0, lines["parsed"] + lines["reused"])
-    lap(clock, "read inputs")
+    manifest, rejected = read_manifest(cfg.path(cfg.inputs.photos))
+    # the annotations are parsed while the photos are ingested: on the worker pool, a process of its own (on the
+    # flow's threads the two would share one interpreter lock)
+    read_plan = inc.plan([ikey], "read inputs", layout.cache / "inputs", inc.Batching(1))
+    reading = start(read_inputs, read_plan, [(cfg, spec, manifest, rejected)] * len(read_plan.todo),
+                    stage="read inputs", runner=worker_pool(len(manifest)) if read_plan.todo else None)
     samples, sample_rejected, sample_files = read_samples(cfg, spec, files, layout, clock, used)
     manifest, samples_rejected = b.with_samples(manifest, samples)
-    rejected = concat([rejected, sample_rejected, samples_rejected], REJECTION_COLUMNS)
     if cfg.inputs.datasets:
         lap(clock, "datasets")
     ingest_keys = inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg)
@@ -440,6 +457,14 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 "file")
     del ingested  # the batches' tables, now copied into photos: a build holds each big table once
     lap(clock, "ingest")
+    (part,) = reading.parts(clock, used)
+    _, assignments, rejected, shape_digests, drawn, lines = store.load(part)
+    rejected = concat([rejected, sample_rejected, samples_rejected], REJECTION_COLUMNS)
+    if clock.work["read inputs"]["computed"]:  # lines parsed now, lines taken from an earlier result
+        clock.count("annotation lines", lines["parsed"], lines["reused"])
+    else:
+        clock.count("annotation lines", 0, lines["parsed"] + lines["reused"])
+    lap(clock, "read inputs")  # what the read took beyond ingest
     duplicates = concat([], DUPLICATE_COLUMNS)
     if len(photos):
         index_digest = files.digests([str(cfg.path(cfg.dedup.index))])[0] if cfg.dedup.index else ""
@@ -557,13 +582,19 @@ PROGRESS: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("crowd
 POOL: ContextVar[WorkerPool] = ContextVar("crowdseg_worker_pool")
 
 
-def pooled_plan(keys: list[str], stage: str, folder: Path, cfg: Config) -> tuple[inc.Plan, TaskRunner | None]:
-    """A stage's plan, and the runner its batches go to: runner ``auto``'s process pool when it is big (in batches
-    sized for processes), else None (the flow's runner). Out of the flow's code, which
-    Prefect pickles for process workers and which must then refer to no context variable."""
-    plan = inc.plan(keys, stage, folder, b.batching(cfg))
+def worker_pool(photos: int) -> TaskRunner | None:
+    """Runner ``auto``'s process pool for a stage with this many photos to compute, or None (the flow's runner).
+    Out of the flow's code, which Prefect pickles for process workers and which must then refer to no context
+    variable."""
     pool = POOL.get(None)
-    runner = None if pool is None else pool.take(plan.computed)
+    return None if pool is None else pool.take(photos)
+
+
+def pooled_plan(keys: list[str], stage: str, folder: Path, cfg: Config) -> tuple[inc.Plan, TaskRunner | None]:
+    """A stage's plan, and the runner its batches go to: ``worker_pool`` when the stage is big (in batches sized
+    for processes), else None (the flow's runner)."""
+    plan = inc.plan(keys, stage, folder, b.batching(cfg))
+    runner = worker_pool(plan.computed)
     if runner is None:
         return plan, None
     pooled = b.batching(cfg, "processes")

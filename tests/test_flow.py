@@ -361,8 +361,8 @@ def test_the_built_report_opens_cleanly_in_chromium(defective, browser):
 
 
 def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path, monkeypatch):
-    """The same build one task at a time, on threads, on threads with the merge passes on processes (auto), on a
-    process pool and on a local Dask cluster: byte-identical dataset trees."""
+    """The same build one task at a time, on threads, on threads with the annotation read, the merge passes and
+    the export on processes (auto), on a process pool and on a local Dask cluster: byte-identical dataset trees."""
     crowd = tmp_path / "crowd"
     simulate(crowd, photos=16, users=6, annotators=3, seed=3, size=(240, 320))
     pooled = []
@@ -376,7 +376,7 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
                                                   "build.batch_size": 4, "build.workers": 2})
         run_build(cfg, preflight(cfg))
         trees[runner] = out / "dataset"
-    assert sum(p is not None for p in pooled) == 3  # auto's two merge passes and export went to processes
+    assert sum(p is not None for p in pooled) == 4  # auto's read, two merge passes and export went to processes
     files = _tree(trees["threads"])
     assert len(files) > 20
     for runner in ("local", "auto", "processes", "dask"):
