@@ -80,14 +80,19 @@ def build(
 
 
 def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.build import preflight
-    from pipeline.config import load_config
-    from pipeline.run import check_lock, start_prefect_server
+    from pipeline.run import check_lock, start_prefect_server, stop_prefect_server
 
-    cfg = load_config(config, overrides)
-    spec = preflight(cfg)
-    check_lock(cfg.path(cfg.output.out))  # errors before any server starts, so they stay one line
-    start_prefect_server()  # comes up while the flow's modules load
+    start_prefect_server()  # its process comes up while the inputs are checked and the flow's modules load
+    try:
+        from pipeline.build import preflight
+        from pipeline.config import load_config
+
+        cfg = load_config(config, overrides)
+        spec = preflight(cfg)
+        check_lock(cfg.path(cfg.output.out))
+    except CrowdsegError:
+        stop_prefect_server()  # before the error's one line
+        raise
     from pipeline.flows import run_build
 
     console = Console(stderr=True)

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import importlib.util
 import os
+import random
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -50,46 +55,117 @@ def check_lock(out: Path) -> None:
         pass
 
 
-_SERVER: Future[str | None] | None = None
+SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+SERVER_PORTS = range(8000, 9000)
+PORT_IN_USE = 3  # uvicorn's exit status when its port is taken
+
+
+@dataclass
+class EmbeddedServer:
+    """The embedded temporary Prefect server's process (uvicorn serving Prefect's API app, as Prefect's own
+    ``SubprocessASGIServer`` starts it), started without importing Prefect's server modules into this process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @classmethod
+    def spawn(cls) -> EmbeddedServer:
+        """Start the process on a free port; it answers a few seconds later (``url``)."""
+        port = _free_port(SERVER_PORTS)
+        app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+             "error", "--lifespan", "on"], env=os.environ | SERVER_ENV, stdin=subprocess.DEVNULL)
+        server = cls(process, port)
+        atexit.register(server.stop)
+        stop_when_orphaned(process.pid)
+        return server
+
+    def url(self, timeout: float) -> str | None:
+        """The API URL once the server answers; None if its port was taken meanwhile (start another)."""
+        api = f"http://127.0.0.1:{self.port}/api"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                if self.process.returncode == PORT_IN_USE:
+                    return None
+                raise CrowdsegError(f"the embedded Prefect server exited with status {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return api
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise CrowdsegError(f"the embedded Prefect server did not answer within {timeout:.0f} s (raise "
+                            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or set PREFECT_API_URL)")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _free_port(ports: range) -> int:
+    for port in random.sample(ports, 20):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise CrowdsegError(f"no free port for the embedded Prefect server in {ports.start}-{ports.stop - 1}")
+
+
+_SERVER: EmbeddedServer | None = None
 
 
 def start_prefect_server() -> None:
-    """Bring up the embedded Prefect server in a background thread, unless PREFECT_API_URL names a server.
+    """Start the embedded Prefect server's process now, unless PREFECT_API_URL names a server.
 
-    The CLI calls this once the inputs and the output folder's lock are checked, so that the server's start (~3 s,
-    mostly in its own process) overlaps the import of the flow's modules; ``prefect_server`` then waits for it."""
+    The CLI calls this first thing, so that the server's start (~3 s of its own process) overlaps reading the
+    config, checking the inputs and importing the flow's modules; ``prefect_server`` then waits for it."""
     global _SERVER
-    if _SERVER is None:
-        pool = ThreadPoolExecutor(1, thread_name_prefix="prefect-server")
-        _SERVER = pool.submit(_configured_or_started)
-        pool.shutdown(wait=False)
+    if _SERVER is None and not os.environ.get("PREFECT_API_URL"):
+        _SERVER = EmbeddedServer.spawn()
 
 
-def prefect_server() -> str:
-    """The embedded temporary server's API URL, once it answers (started here unless already on its way)."""
-    return (_SERVER.result() if _SERVER is not None else None) or _started()
+def stop_prefect_server() -> None:
+    """Stop a server ``start_prefect_server`` started (the CLI's errors before the flow)."""
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.stop()
+        _SERVER = None
 
 
-def _configured_or_started() -> str | None:
-    from prefect.settings import PREFECT_API_URL
+def prefect_server() -> str | None:
+    """The API URL of the embedded server once it answers (started here unless already on its way), or None when
+    Prefect's settings name a server."""
+    global _SERVER
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-    return None if PREFECT_API_URL.value() else _started()
-
-
-def _started() -> str:
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    if server.server_process is not None:
-        stop_when_orphaned(server.server_process.pid)
-    return server.api_url
+    if PREFECT_API_URL.value():
+        stop_prefect_server()
+        return None
+    timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    for _ in range(5):
+        if _SERVER is None:
+            _SERVER = EmbeddedServer.spawn()
+        url = _SERVER.url(timeout)
+        if url is not None:
+            return url
+        _SERVER = None  # its port was taken between the check and uvicorn's bind: another one
+    raise CrowdsegError("the embedded Prefect server found no free port")
 
 
 def stop_when_orphaned(pid: int) -> None:
     """Terminate process ``pid`` (the embedded server) if this process dies without stopping it: a build killed by
     SIGKILL or the OOM killer would otherwise leave its server running, ~230 MB each. A small watcher polls this
-    process once a second; a normal exit stops the server (Prefect's atexit hook) and kills the watcher first."""
+    process once a second; a normal exit stops the server (``EmbeddedServer.stop``) and kills the watcher first."""
     watcher = subprocess.Popen(
         ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {pid} 2>/dev/null"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -74,6 +74,15 @@ def test_cli_prints_defaults_and_reports_user_errors_in_one_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_build_with_a_missing_input_says_so_in_one_line(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text(f'[inputs]\nphotos = "{tmp_path}/none.csv"\nannotations = "{tmp_path}/none.jsonl"\n')
+    out = _cli("build", "--config", str(bad), "--out", str(tmp_path / "out"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"crowdseg: error: {tmp_path}/none.csv: cannot read: No such file or "
+                                               "directory"]
+
+
 @pytest.mark.parametrize("raised,status,says", [
     (CrowdsegError("bad value", file="c.toml", where=3), 1, "crowdseg: error: c.toml:3: bad value"),
     (RuntimeError("an invariant broke"), 2, "internal error: this is a bug in crowdseg"),
