@@ -39,7 +39,7 @@ from pipeline.io.sources import join_tables, read_tool_sources
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
-from pipeline.report.write import write_csv, write_json
+from pipeline.report.write import write_csv, write_json, write_tables
 from pipeline.run import Stopwatch, build_lock, prefect_server
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
@@ -312,8 +312,7 @@ def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, st
 @task(name="report", **STAGE)
 def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
                   gallery: dict[str, list[Thumb]], timings: pd.DataFrame, layout: b.Layout) -> str:
-    for name, df in tables.items():
-        write_csv(df, layout.reports / f"{name}.csv")
+    write_tables(tables, layout.reports, layout.work / "report-tables.json")
     b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
                   layout.reports / "reannotation.jsonl")
     for name in b.JSON_TABLES:

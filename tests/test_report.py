@@ -272,3 +272,28 @@ def test_write_csv_neutralises_tables_with_a_repeated_index(tmp_path):
 
     write_csv(pd.DataFrame({"a": ["=x", "ok"], "b": ["=1", 2]}, index=[0, 0]), tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text(encoding="utf-8") == "a,b\n'=x,'=1\nok,2\n"
+
+
+def test_report_tables_are_written_again_only_when_their_content_or_file_changed(tmp_path, monkeypatch):
+    from pipeline.report import write
+
+    ledger, out = tmp_path / "work" / "tables.json", tmp_path / "r"
+    written: list[str] = []
+    real = write.write_csv
+    monkeypatch.setattr(write, "write_csv", lambda df, path: written.append(path.stem) or real(df, path))
+    tables = {"a": pd.DataFrame({"x": [1, 2], "y": [0.5, np.nan]}), "b": pd.DataFrame({"t": ["=1+1", "ok"]})}
+
+    def rewrite(tables: dict[str, pd.DataFrame]) -> list[str]:
+        written.clear()
+        write.write_tables(tables, out, ledger)
+        for name, df in tables.items():  # the folder holds each table as write_csv writes it
+            real(df, tmp_path / "expected.csv")
+            assert (out / f"{name}.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+        return sorted(written)
+
+    assert rewrite(tables) == ["a", "b"]
+    assert rewrite(tables) == []  # the same tables
+    (out / "b.csv").write_text("edited by hand\n")
+    changed = {"a": tables["a"].assign(y=[0.5, 0.25]), "b": tables["b"]}
+    assert rewrite(changed) == ["a", "b"]  # a new value; a file changed since
+    assert rewrite({"a": changed["a"].astype({"x": float})}) == ["a"]  # equal numbers of another dtype

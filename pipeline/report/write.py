@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipeline.store import code_version, write_atomic
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -37,6 +41,46 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
             out = out.assign(**{col: text})
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(path, index=False, lineterminator="\n", float_format="%.6g")
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path, ledger: Path) -> None:
+    """``write_csv`` each table to ``folder/<name>.csv``, except where that file already holds the same table.
+
+    ``ledger`` keeps, per file written, a fingerprint of its table (columns, dtypes, every value, and this module's
+    code) with the file's size and modification time; a file changed since, or a different table, is written
+    again. A rebuild that changes only the splits leaves the large per-assignment tables as they were (~1.4 s of
+    CSV formatting at 20k photos)."""
+    try:
+        seen = json.loads(ledger.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        seen = {}
+    salt = code_version("pipeline.report.write")
+    now = {}
+    for name, df in tables.items():
+        path = folder / f"{name}.csv"
+        digest = fingerprint(df, salt)
+        if not _holds(path, seen.get(name), digest):
+            write_csv(df, path)
+        st = path.stat()
+        now[name] = [digest, st.st_size, st.st_mtime_ns]
+    write_atomic(ledger, json.dumps(now, sort_keys=True).encode())
+
+
+def fingerprint(df: pd.DataFrame, salt: str = "") -> str:
+    """A digest of a table's columns, dtypes and values, in order."""
+    digest = hashlib.sha256(json.dumps([salt, list(map(str, df.columns)), list(map(str, df.dtypes))]).encode())
+    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _holds(path: Path, entry: list[Any] | None, digest: str) -> bool:
+    if entry is None or entry[0] != digest:
+        return False
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return [st.st_size, st.st_mtime_ns] == entry[1:]
 
 
 def write_json(obj: Any, path: Path) -> None:
