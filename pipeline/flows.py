@@ -367,6 +367,30 @@ def start(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: An
     return Started(plan, [submit((*args, *shared), bt) for bt, args in zip(plan.todo, per_batch, strict=True)], stage)
 
 
+DIGEST_CHUNK = 2048
+"""Photos whose files are digested at a time by ``start_ingest`` before their batches are submitted."""
+
+
+def start_ingest(manifest: pd.DataFrame, files: store.FileDigests, cfg: Config, folder: Path,
+                 batching: inc.Batching) -> tuple[list[str], Started]:
+    """Each manifest row's ingest key, and the ingest batches of the photos still to compute, submitted.
+
+    A key holds the photo file's digest, so a cold build reads every photo twice: for its digest, and to decode it.
+    The digests are taken ``DIGEST_CHUNK`` photos at a time, each chunk's batches submitted before the next chunk is
+    read, so that reading files for their digests overlaps ingesting the photos read before."""
+    known = store.known_items(folder)
+    keys: list[str] = []
+    chunks: list[Started] = []
+    for at in range(0, len(manifest), DIGEST_CHUNK):
+        chunk = manifest.iloc[at: at + DIGEST_CHUNK]
+        keys += inc.ingest_keys(chunk, files.digests(chunk["path"]), cfg)
+        plan = inc.plan(keys[at:], "ingest", folder, batching, at, known)
+        chunks.append(start(ingest_batch, plan, [(manifest.iloc[bt.rows],) for bt in plan.todo], cfg,
+                            stage="ingest"))
+    plan = inc.Plan.joined([c.plan for c in chunks])
+    return keys, Started(plan, [f for c in chunks for f in c.futures], "ingest")
+
+
 def call(t: Task, *args: Any) -> Any:
     """Run task ``t`` in the flow's thread, its arguments marked as holding no futures: Prefect would otherwise walk
     every entry of the build's configs, tables and dicts of 20k photos, twice (~1 s of a rebuild at 20k)."""
@@ -451,11 +475,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     manifest, samples_rejected = b.with_samples(manifest, samples)
     if cfg.inputs.datasets:
         lap(clock, "datasets")
-    ingest_keys = inc.ingest_keys(manifest, files.digests(manifest["path"]), cfg)
-    ingest_plan = inc.plan(ingest_keys, "ingest", layout.cache / "ingest", batching)
-    parts = run_stage(ingest_batch, ingest_plan, [(manifest.iloc[bt.rows],) for bt in ingest_plan.todo], cfg,
-                      stage="ingest", clock=clock, used=used)
-    ingested = inc.gather(parts, manifest["photo_id"].tolist())
+    ingest_keys, ingesting = start_ingest(manifest, files, cfg, layout.cache / "ingest", batching)
+    ingested = inc.gather(ingesting.parts(clock, used), manifest["photo_id"].tolist())
     photos = b.restamp(b.by_photo([ingest.ingest(manifest.iloc[:0], cfg.ingest)[0], *(p for p, _ in ingested)]),
                        manifest)
     ingest_rejected = b.restamp(b.by_photo([concat([], REJECTION_COLUMNS), *(r for _, r in ingested)]), manifest,

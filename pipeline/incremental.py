@@ -67,6 +67,15 @@ class Plan:
             out.setdefault(part, []).extend(bt.rows)
         return out
 
+    @classmethod
+    def joined(cls, plans: list[Plan]) -> Plan:
+        """One plan of several planned over consecutive chunks of a stage's items."""
+        reused: dict[str, list[int]] = {}
+        for p in plans:
+            for part, rows in p.reused.items():
+                reused.setdefault(part, []).extend(rows)
+        return cls(reused, [bt for p in plans for bt in p.todo])
+
     @property
     def computed(self) -> int:
         return sum(len(bt.rows) for bt in self.todo)
@@ -76,12 +85,16 @@ class Plan:
         return sum(len(r) for r in self.reused.values())
 
 
-def plan(item_keys: list[str], stage: str, folder: Path, batching: Batching) -> Plan:
-    """Reuse every item whose key an earlier (even interrupted) build saved in ``folder``; batch the rest."""
-    known = known_items(folder)
+def plan(item_keys: list[str], stage: str, folder: Path, batching: Batching, first: int = 0,
+         known: dict[str, str] | None = None) -> Plan:
+    """Reuse every item whose key an earlier (even interrupted) build saved in ``folder``; batch the rest.
+
+    ``first`` is the row position of the first key (a stage planned a chunk at a time); ``known`` is
+    ``known_items(folder)`` when the caller read it already."""
+    known = known_items(folder) if known is None else known
     reused: dict[str, list[int]] = {}
     missing = []
-    for i, k in enumerate(item_keys):
+    for i, k in enumerate(item_keys, start=first):
         if k in known:
             reused.setdefault(known[k], []).append(i)
         else:
@@ -90,7 +103,7 @@ def plan(item_keys: list[str], stage: str, folder: Path, batching: Batching) -> 
     size = batching.length(len(missing))
     for start in range(0, len(missing), size):
         rows = missing[start: start + size]
-        items = [item_keys[i] for i in rows]
+        items = [item_keys[i - first] for i in rows]
         key = key_of(stage, items)
         todo.append(Batch(rows, items, key, str(folder / f"{key}.pkl")))
     return Plan(reused, todo)

@@ -108,6 +108,7 @@ class EmbeddedServer:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
 
 
 def _free_port(ports: range) -> int:

@@ -368,6 +368,7 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
     pooled = []
     take = flows.WorkerPool.take
     monkeypatch.setattr(flows, "POOL_MIN_PHOTOS", 8)
+    monkeypatch.setattr(flows, "DIGEST_CHUNK", 5)  # ingest planned and submitted in chunks
     monkeypatch.setattr(flows.WorkerPool, "take", lambda self, n: pooled.append(take(self, n)) or pooled[-1])
     trees = {}
     for runner in ("local", "threads", "auto", "processes", "dask"):

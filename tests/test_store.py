@@ -38,6 +38,18 @@ def test_plan_reuses_known_items_and_batches_the_rest(tmp_path):
     assert plan.parts(["new1", "new2"]) == {str(tmp_path / "old.pkl"): [0, 2], "new1": [1, 3], "new2": [4]}
 
 
+def test_a_stage_planned_chunk_by_chunk_covers_each_item_once_at_its_row(tmp_path):
+    store.save_part("old", ["k1", "k7"], tmp_path / "old.pkl")
+    keys, known = [f"k{i}" for i in range(10)], store.known_items(tmp_path)
+    plan = inc.Plan.joined([inc.plan(keys[at: at + 4], "ingest", tmp_path, inc.Batching(2), at, known)
+                            for at in range(0, 10, 4)])
+    assert plan.reused == {str(tmp_path / "old.pkl"): [1, 7]}
+    assert [bt.rows for bt in plan.todo] == [[0, 2], [3], [4, 5], [6], [8, 9]]
+    assert all(bt.items == [keys[i] for i in bt.rows] for bt in plan.todo)
+    whole = inc.plan(keys, "ingest", tmp_path, inc.Batching(2))  # the same items, batched otherwise
+    assert sorted(i for bt in plan.todo for i in bt.rows) == sorted(i for bt in whole.todo for i in bt.rows)
+
+
 def test_batches_shrink_to_spread_a_small_stage_over_the_workers(tmp_path):
     keys = [f"k{i}" for i in range(10)]
     assert [len(bt.rows) for bt in inc.plan(keys, "ingest", tmp_path, inc.Batching(128, 4)).todo] == [3, 3, 3, 1]
