@@ -383,8 +383,9 @@ def start_ingest(manifest: pd.DataFrame, files: store.FileDigests, cfg: Config, 
     chunks: list[Started] = []
     for at in range(0, len(manifest), DIGEST_CHUNK):
         chunk = manifest.iloc[at: at + DIGEST_CHUNK]
-        keys += inc.ingest_keys(chunk, files.digests(chunk["path"]), cfg)
-        plan = inc.plan(keys[at:], "ingest", folder, batching, at, known)
+        chunk_keys = inc.ingest_keys(chunk, files.digests(chunk["path"]), cfg)
+        keys += chunk_keys
+        plan = inc.plan(chunk_keys, "ingest", folder, batching, at, known)
         chunks.append(start(ingest_batch, plan, [(manifest.iloc[bt.rows],) for bt in plan.todo], cfg,
                             stage="ingest"))
     plan = inc.Plan.joined([c.plan for c in chunks])

@@ -89,11 +89,12 @@ def _unfiltered_grey(data: bytes) -> np.ndarray | None:
     if size is None:
         return None
     h, w = size
-    try:
-        raw = zlib_ng.decompress(b"".join(idat), bufsize=h * (w + 1))
+    inflate = zlib_ng.decompressobj()
+    try:  # at most the rows' size: a stream that inflates to more is not this writer's
+        raw = inflate.decompress(b"".join(idat), h * (w + 1) + 1)
     except zlib_ng.error:
         return None
-    if len(raw) != h * (w + 1):
+    if len(raw) != h * (w + 1) or not inflate.eof:
         return None
     rows = np.frombuffer(raw, np.uint8).reshape(h, w + 1)
     if rows[:, 0].any():  # filtered rows: libpng undoes the filters
