@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from prefect.utilities.callables import get_call_parameters
@@ -658,8 +658,9 @@ def quiet_prefect() -> Iterator[None]:
     here. Without a URL in their environment, each spawned worker would start a temporary server of its own
     (a process, a database and ~3 s of CPU each)."""
     updates: dict[str, Any] = {"flows.heartbeat_frequency": None}
-    if not PREFECT_API_URL.value():
-        updates["api.url"] = prefect_server()
+    url = prefect_server()
+    if url:
+        updates["api.url"] = url
     with temporary_settings(updates=updates):
         yield
 

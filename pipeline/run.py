@@ -70,8 +70,11 @@ class EmbeddedServer:
 
     @classmethod
     def spawn(cls) -> EmbeddedServer:
-        """Start the process on a free port; it answers a few seconds later (``url``)."""
+        """Start the process on a free port; it answers a few seconds later (``url``). Its URL goes into this
+        process's environment as PREFECT_API_URL, for every thread and worker process of the build: a Prefect
+        client without one would start a temporary server of its own."""
         port = _free_port(SERVER_PORTS)
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
@@ -141,25 +144,27 @@ def stop_prefect_server() -> None:
     if _SERVER is not None:
         _SERVER.stop()
         _SERVER = None
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def prefect_server() -> str | None:
     """The API URL of the embedded server once it answers (started here unless already on its way), or None when
-    Prefect's settings name a server."""
+    Prefect's settings name a server of the user's."""
     global _SERVER
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-    if PREFECT_API_URL.value():
-        stop_prefect_server()
-        return None
+    if _SERVER is None:
+        if PREFECT_API_URL.value():
+            return None
+        _SERVER = EmbeddedServer.spawn()
     timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     for _ in range(5):
-        if _SERVER is None:
-            _SERVER = EmbeddedServer.spawn()
         url = _SERVER.url(timeout)
         if url is not None:
+            refresh_global_settings_context()  # a Prefect imported before the URL was in the environment sees it
             return url
-        _SERVER = None  # its port was taken between the check and uvicorn's bind: another one
+        _SERVER = EmbeddedServer.spawn()  # its port was taken between the check and uvicorn's bind: another one
     raise CrowdsegError("the embedded Prefect server found no free port")
 
 

@@ -115,3 +115,13 @@ def test_the_command_hands_its_allocator_settings_to_its_workers_unless_the_user
 
     assert settings() == [str(MALLOC_LIMIT)] * 2
     assert settings(MALLOC_TRIM_THRESHOLD_="1") == ["None", "1"]
+
+
+def test_the_embedded_server_is_named_in_the_environment_for_every_thread_and_worker(tmp_path):
+    """Prefect clients in threads and worker processes read PREFECT_API_URL; without it each would start a
+    temporary server of its own."""
+    probe = ("import os; from pipeline.run import prefect_server, start_prefect_server; start_prefect_server(); "
+             "named = os.environ['PREFECT_API_URL']; print(named == prefect_server(), named.startswith('http'))")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "True"]
