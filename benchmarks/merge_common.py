@@ -23,7 +23,7 @@ from pipeline.io.manifest import read_manifest
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
 from pipeline.stages.ingest import ingest
-from pipeline.stages.merge import MIN_WEIGHT, class_quorum, fuse_photo, rasterise_photo, weighted_region
+from pipeline.stages.merge import MIN_WEIGHT, class_quorum, fuse_photo, rasterise_photo, todo_rows, weighted_region
 from pipeline.stages.polygons import AssignmentLayers, Layer, composite
 from pipeline.stages.skill import SCORE_COLUMNS, PooledSkill
 
@@ -48,7 +48,7 @@ class Photo:
 
     def rasterise(self) -> list[AssignmentLayers]:
         """Every assignment's layers, as the merge stage rasterises them."""
-        return rasterise_photo(self, self.todo, self.shapes, MergeConfig().min_shape_area_px)[0]
+        return rasterise_photo(self, todo_rows(self.todo), self.shapes, MergeConfig().min_shape_area_px)[0]
 
 
 def crowd(out: Path, photos: int, seed: int, size: tuple[int, int], profiles: dict[str, float],

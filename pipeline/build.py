@@ -275,14 +275,14 @@ def annotator_masks(photo: pd.Series, assignments: pd.DataFrame, shapes: pd.Data
                     spec: Spec, min_area: float) -> dict[str, np.ndarray]:
     """A flagged photo's annotators' masks as merge drew them, by caption; ``outcome`` (merge's assignment rows)
     tells how each was used."""
-    from pipeline.stages.merge import rasterise_photo
+    from pipeline.stages.merge import rasterise_photo, todo_rows
     from pipeline.stages.polygons import composite
 
     todo = assignments.sort_values("assignment")
     own = shapes.sort_values(["assignment", "index"])
     notes = outcome.set_index("assignment") if len(outcome) else None
-    layers, _, _ = rasterise_photo(photo, todo, {k: g.to_dict("records") for k, g in own.groupby("assignment")},
-                                   min_area)
+    by_assignment = {k: g.to_dict("records") for k, g in own.groupby("assignment")}
+    layers, _, _ = rasterise_photo(photo, todo_rows(todo), by_assignment, min_area)
     return {_caption(a.annotator_id, a.golden, notes, a.assignment):
             composite(a.layers, spec.draw_ids, int(photo["height"]), int(photo["width"])) for a in layers}
 

@@ -518,11 +518,10 @@ def todo_rows(assignments: pd.DataFrame) -> list[tuple[Any, ...]]:
     return list(zip(*(assignments[c].tolist() for c in TODO_COLUMNS), strict=True))
 
 
-def rasterise_photo(photo: Any, todo: pd.DataFrame | list[tuple[Any, ...]], shapes_by: dict[str, list[dict[str, Any]]],
+def rasterise_photo(photo: Any, rows: list[tuple[Any, ...]], shapes_by: dict[str, list[dict[str, Any]]],
                     min_area: float) -> tuple[list[AssignmentLayers], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every assignment of one photo (``todo``: its assignments, or their ``todo_rows``) as layers, with shape
+    """Every assignment of one photo (``rows``: the ``todo_rows`` of its assignments) as layers, with shape
     rejections and repairs."""
-    rows = todo if isinstance(todo, list) else todo_rows(todo)
     scales = [(photo.width / seen_width, photo.height / seen_height) if seen_width and seen_height else (1.0, 1.0)
               for _, _, _, seen_width, seen_height, _, _ in rows]
     mine = [shapes_by.get(key, []) for key, *_ in rows]
