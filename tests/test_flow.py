@@ -384,3 +384,24 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
         assert _tree(trees[runner]) == files
         _, mismatch, errors = filecmp.cmpfiles(trees["threads"], trees[runner], files, shallow=False)
         assert not mismatch and not errors, (runner, mismatch)
+
+
+def test_process_workers_get_their_arguments_unwalked(monkeypatch):
+    """A process task's arguments reach the worker's task engine still marked, so that neither of its walks (task
+    inputs, then resolution) visits every entry of a weight table, for every batch; the task gets the table itself."""
+    import cloudpickle
+    from prefect.task_runners import ProcessPoolTaskRunner
+    from prefect.utilities import engine
+
+    weights = {(f"a{i}", c): 0.5 for i in range(50) for c in range(1, 10)}
+    (arg,) = flows.quoted((weights,), ProcessPoolTaskRunner(max_workers=1))
+    sent = engine.resolve_inputs_sync({"weights": arg})  # the runner, before it pickles the call
+    got = cloudpickle.loads(cloudpickle.dumps(sent))["weights"]
+    visits = []
+    counting = engine.get_state_for_result
+    monkeypatch.setattr(engine, "get_state_for_result", lambda obj: visits.append(obj) or counting(obj))
+    assert engine.collect_task_run_inputs_sync(got) == set()
+    resolving = engine.resolve_to_final_result
+    monkeypatch.setattr(engine, "resolve_to_final_result", lambda e, c: visits.append(e) or resolving(e, c))
+    assert engine.resolve_inputs_sync({"weights": got})["weights"] == weights
+    assert len(visits) <= 2  # the mark and the table, not 450 keys and values
