@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import IngestConfig
 from pipeline.stages.phash import phash_pair, to_hex
-from pipeline.tables import REJECTION_COLUMNS, frame, rejection
+from pipeline.tables import REJECTION_COLUMNS, frame, records, rejection
 
 pillow_heif.register_heif_opener()
 
@@ -216,7 +216,7 @@ def ingest(photos: pd.DataFrame, cfg: IngestConfig) -> tuple[pd.DataFrame, pd.Da
     """Add the signal columns to a batch of manifest rows; unreadable or unfit photos go to rejections."""
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    for rec in photos.to_dict("records"):
+    for rec in records(photos):
         try:
             data = read_photo(rec["path"], Path(rec["manifest"]).parent)
             kept.append(rec | photo_signals(data, cfg))

@@ -40,7 +40,7 @@ from pipeline.stages.polygons import (
     value_counts,
 )
 from pipeline.stages.skill import SCORE_COLUMNS, score_sums
-from pipeline.tables import REJECTION_COLUMNS, frame, isin, keyed_hash, rejection
+from pipeline.tables import REJECTION_COLUMNS, frame, isin, keyed_hash, records, rejection
 
 MIN_WEIGHT = 0.01  # keeps a photo votable when every annotator's skill estimate is near zero
 SPAM_AGREEMENT = 0.2  # agreement below this is indistinguishable from random shapes
@@ -547,7 +547,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     when ``agreement_maps``, agreement maps to ``out_dir/<photo key>.agreement.png`` (else agreement_path is "").
     """
     shapes_by: dict[str, list[dict[str, Any]]] = {}
-    for s in shapes.to_dict("records"):
+    for s in records(shapes):
         shapes_by.setdefault(s["assignment"], []).append(s)
     todo_by: dict[str, list[tuple[Any, ...]]] = {}
     for pid, row in zip(assignments["photo_id"].tolist(), todo_rows(assignments), strict=True):
