@@ -344,11 +344,13 @@ def write_coco(root: Path, split: str, spec: Spec, exported: Sequence[Exported],
         f.write('{"annotations":[')
         n = 0
         for image_id, e in enumerate(mine, 1):
+            chunk = []
             for line in lines(e).splitlines():
                 before, _, after = line.partition("\t")
                 n += 1
-                ids = f'"id":{n},"image_id":{image_id}'
-                f.write(("," if n > 1 else "") + "{" + ",".join(p for p in (before, ids, after) if p) + "}")
+                chunk.append("{" + ",".join(p for p in (before, f'"id":{n},"image_id":{image_id}', after) if p) + "}")
+            if chunk:  # one write per image
+                f.write(("," if n > len(chunk) else "") + ",".join(chunk))
         f.write("]," + ",".join(f"{_canonical(k)}:{_canonical(head[k])}" for k in sorted(head)) + "}\n")
     return path
 
@@ -406,8 +408,9 @@ def meta_table(published: pd.DataFrame, key: bytes) -> pd.DataFrame:
 
 def tree_files(root: Path) -> list[str]:
     """Every file under ``root``, as sorted relative POSIX paths (``os.walk``: no stat per file)."""
-    return sorted(os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/")
-                  for folder, _, files in os.walk(root) for f in files)
+    top = os.path.join(root, "")
+    return sorted(f"{folder.removeprefix(top).replace(os.sep, '/')}/{f}".lstrip("/")
+                  for folder, _, files in os.walk(top) for f in files)
 
 
 def file_digests(root: Path) -> dict[str, str]:
