@@ -427,17 +427,18 @@ def place(exported: Path, staging: Path, files: Mapping[str, str], split_of: Map
     (``<dir>/<split>/<name>.<ext>`` under ``staging``), as hard links where the file system allows; returns the
     placed files' digests by their path in ``staging``."""
     placed, made = {}, set()
+    src_root, dst_root = os.fspath(exported), os.fspath(staging)  # plain strings: ~100k files per publish
     for rel, digest in files.items():
         folder, _, file = rel.rpartition("/")
-        target = f"{folder}/{split_of[file.split('.')[0]]}/{file}"
-        dst = staging / target
-        if dst.parent not in made:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dst.parent)
+        split_folder = f"{folder}/{split_of[file.split('.')[0]]}"
+        if split_folder not in made:
+            os.makedirs(f"{dst_root}/{split_folder}", exist_ok=True)
+            made.add(split_folder)
+        target = f"{split_folder}/{file}"
         try:
-            os.link(exported / rel, dst)
+            os.link(f"{src_root}/{rel}", f"{dst_root}/{target}")
         except OSError:
-            shutil.copyfile(exported / rel, dst)
+            shutil.copyfile(f"{src_root}/{rel}", f"{dst_root}/{target}")
         placed[target] = digest
     return placed
 
