@@ -79,9 +79,10 @@ def resolve_spec(cfg: Config) -> Spec:
 
 
 RUNNER_BATCH = {"auto": 128, "local": 128, "threads": 128, "processes": 128, "dask": 256}
-"""Most photos per task when ``build.batch_size`` is 0. Prefect's bookkeeping costs ~25 ms of CPU per task on
-threads and ~100 ms on processes or Dask (benchmarks/README.md), so tasks are large; a small stage's are smaller, so
-that each worker still gets ``BATCHES_PER_WORKER`` of them."""
+"""Most photos per task when ``build.batch_size`` is 0. Prefect's bookkeeping costs ~30 ms of CPU per task in a
+build on threads and processes (``benchmarks/task_cost.py``: 2,000 photos in batches of 64, 128 and 256 used 92, 88
+and 90 CPU-s) and ~100 ms on Dask, so tasks are large; a small stage's are smaller, so that each worker still gets
+``BATCHES_PER_WORKER`` of them."""
 BATCHES_PER_WORKER = 4
 
 

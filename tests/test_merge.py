@@ -31,7 +31,7 @@ from pipeline.stages.polygons import (
     rasterise,
     value_counts,
 )
-from pipeline.stages.skill import PooledSkill, add_sums, score_sums
+from pipeline.stages.skill import IOU_ONE, PooledSkill, add_sums, score_sums
 from tests.conftest import realdata
 
 SPEC = load_spec("easyportrait")
@@ -331,6 +331,27 @@ def test_skills_from_batch_sums_do_not_depend_on_batching():
         batches = [score_sums(scores.iloc[i:i + size]) for i in range(0, n, size)]
         pd.testing.assert_frame_equal(PooledSkill(2, 3).fit_sums(add_sums(batches[::-1])).skills_, whole)
     assert whole["photos"].sum() == scores["iou"].notna().sum()
+
+
+def test_score_sums_are_a_groupby_sum_in_fixed_point():
+    rng = np.random.default_rng(5)
+    n = 3000
+    scores = pd.DataFrame({"photo_id": [f"p{i // 40}" for i in range(n)],
+                           "assignment": [f"a{i // 8}" for i in range(n)],
+                           "annotator_id": pd.array(rng.choice(["zed", "ann", "bo", "é1", "w10", "w2"], n),
+                                                    dtype="string"),
+                           "class_id": rng.integers(1, 9, n), "iou": np.where(rng.random(n) < 0.1, np.nan,
+                                                                               rng.random(n)),
+                           "vs_gold": rng.random(n) < 0.2})
+    s = scores.dropna(subset=["iou"])
+    fixed = np.rint(s["iou"].to_numpy() * IOU_ONE).astype(np.int64)
+    gold = s["vs_gold"].to_numpy()
+    expected = (pd.DataFrame({"annotator_id": s["annotator_id"], "class_id": s["class_id"].astype(np.int64),
+                              "photos": 1, "gold_photos": gold.astype(np.int64), "iou_crowd": np.where(gold, 0, fixed),
+                              "iou_gold": np.where(gold, fixed, 0)})
+                .groupby(["annotator_id", "class_id"], as_index=False, sort=True).sum())
+    pd.testing.assert_frame_equal(score_sums(scores), expected)
+    assert score_sums(scores.iloc[:0]).empty and list(score_sums(scores.iloc[:0])) == list(expected)
 
 
 def test_photo_row_writes_no_agreement_map_unless_asked(tmp_path):

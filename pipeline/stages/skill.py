@@ -26,13 +26,27 @@ IOU_ONE = 1 << 32
 def score_sums(scores: pd.DataFrame) -> pd.DataFrame:
     """Per (annotator, class) of score rows with an IoU: photos, gold photos and the IoU sums of crowd and gold
     scores in fixed point. Sums of several tables add up row-wise (``add_sums``)."""
-    s = scores.dropna(subset=["iou"])
+    s = scores[scores["iou"].notna()]
+    if s.empty:
+        return add_sums([])
     gold = s["vs_gold"].astype(bool).to_numpy()
     fixed = np.rint(s["iou"].to_numpy(np.float64) * IOU_ONE).astype(np.int64)
-    parts = pd.DataFrame({"annotator_id": s["annotator_id"].to_numpy(), "class_id": s["class_id"].to_numpy(np.int64),
-                          "photos": 1, "gold_photos": gold.astype(np.int64),
-                          "iou_crowd": np.where(gold, 0, fixed), "iou_gold": np.where(gold, fixed, 0)})
-    return add_sums([parts])
+    # grouped in numpy (pandas' groupby cost ~5 ms per batch, a second of every 20k rebuild): rows sorted by
+    # (annotator, class) as one integer, then summed run by run
+    codes, names = pd.factorize(s["annotator_id"], sort=True)
+    classes = s["class_id"].to_numpy(np.int64)
+    span = int(classes.max()) + 1
+    key = codes.astype(np.int64) * span + classes
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values[order], starts)
+
+    return pd.DataFrame({"annotator_id": names.take(key[starts] // span).array, "class_id": key[starts] % span,
+                         "photos": np.diff(np.append(starts, len(key))), "gold_photos": total(gold.astype(np.int64)),
+                         "iou_crowd": total(np.where(gold, 0, fixed)), "iou_gold": total(np.where(gold, fixed, 0))})
 
 
 def add_sums(sums: list[pd.DataFrame]) -> pd.DataFrame:
