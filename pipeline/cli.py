@@ -77,6 +77,20 @@ def build(
     if spec is not None:
         overrides["inputs.spec"] = str(Path(spec).resolve()) if spec.endswith((".yaml", ".yml")) else spec
     _build(config, overrides)
+    exit_now(EXIT_OK)
+
+
+def exit_now(status: int) -> None:
+    """End a finished build's process at once: stop the embedded server, flush the standard streams and skip the
+    interpreter's teardown and exit hooks. Those freed the build's heap object by object (hundreds of MB of tables
+    at 20k photos) and ran Prefect's hooks: ~0.9 s of a 2,000-photo rebuild (7.8 -> 6.9 s). Every output is
+    written and closed by then, and the flow's worker pools are shut."""
+    from pipeline.run import stop_prefect_server
+
+    stop_prefect_server()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _build(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ class EmbeddedServer:
 
     process: subprocess.Popen[bytes]
     port: int
+    watcher: subprocess.Popen[bytes]  # stops the server if this process dies without stopping it
 
     @classmethod
     def spawn(cls) -> EmbeddedServer:
@@ -80,9 +81,8 @@ class EmbeddedServer:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level",
              "error", "--lifespan", "on"], env=os.environ | SERVER_ENV, stdin=subprocess.DEVNULL)
-        server = cls(process, port)
+        server = cls(process, port, stop_when_orphaned(process.pid))
         atexit.register(server.stop)
-        stop_when_orphaned(process.pid)
         return server
 
     def url(self, timeout: float) -> str | None:
@@ -105,6 +105,7 @@ class EmbeddedServer:
                             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or set PREFECT_API_URL)")
 
     def stop(self) -> None:
+        self.watcher.kill()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -168,14 +169,13 @@ def prefect_server() -> str | None:
     raise CrowdsegError("the embedded Prefect server found no free port")
 
 
-def stop_when_orphaned(pid: int) -> None:
-    """Terminate process ``pid`` (the embedded server) if this process dies without stopping it: a build killed by
-    SIGKILL or the OOM killer would otherwise leave its server running, ~230 MB each. A small watcher polls this
-    process once a second; a normal exit stops the server (``EmbeddedServer.stop``) and kills the watcher first."""
-    watcher = subprocess.Popen(
+def stop_when_orphaned(pid: int) -> subprocess.Popen[bytes]:
+    """A watcher that terminates process ``pid`` (the embedded server) if this process dies without stopping it: a
+    build killed by SIGKILL or the OOM killer would otherwise leave its server running, ~230 MB each. It polls this
+    process once a second; ``EmbeddedServer.stop`` kills it before it stops the server."""
+    return subprocess.Popen(
         ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {pid} 2>/dev/null"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    atexit.register(watcher.kill)  # runs before the server's stop, registered earlier: hooks run last-in first-out
 
 
 class Stopwatch:
