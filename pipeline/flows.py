@@ -407,10 +407,10 @@ def quoted(args: tuple[Any, ...], runner: TaskRunner | None) -> tuple[Any, ...]:
     the arguments twice (for the task's inputs, and to resolve them; a weight table of 400 annotators costs ~70 ms,
     for every batch): there they carry a second mark, ``Sealed``, which the worker's engine takes off unwalked."""
     context = FlowRunContext.get()
-    flow_runner = runner or (context.task_runner if context else None)
-    if isinstance(flow_runner, ProcessPoolTaskRunner):
+    target = runner or (context.task_runner if context else None)
+    if isinstance(target, ProcessPoolTaskRunner):
         return tuple(quote(Sealed(a)) for a in args)
-    if isinstance(flow_runner, ThreadPoolTaskRunner):
+    if isinstance(target, ThreadPoolTaskRunner):
         return tuple(quote(a) for a in args)
     return args
 
