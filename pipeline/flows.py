@@ -229,9 +229,10 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
 @task(name="publish", **STAGE)
 def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.DataFrame, ledger: dict[str, int],
             split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout, pseudonym: bytes,
-            throwaway: bool) -> pd.DataFrame:
-    """Write the dataset tree in staging, then swap it in. An OS error on the way (a full disk, a permission) is a
-    one-line error, and the previous dataset stays as it was: staging is never published half-written."""
+            throwaway: bool) -> tuple[pd.DataFrame, Path | None]:
+    """Write the dataset tree in staging, then swap it in; the class summary, and where the previous tree lies to be
+    deleted (``export.publish``). An OS error on the way (a full disk, a permission) is a one-line error, and the
+    previous dataset stays as it was: staging is never published half-written."""
     try:
         return publish_tree(published, parts, findings, ledger, split_report, spec, cfg, layout, pseudonym,
                             throwaway)
@@ -243,7 +244,7 @@ def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.D
 
 def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.DataFrame,
                  ledger: dict[str, int], split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout,
-                 pseudonym: bytes, throwaway: bool) -> pd.DataFrame:
+                 pseudonym: bytes, throwaway: bool) -> tuple[pd.DataFrame, Path | None]:
     root, splits = layout.staging, list(cfg.split.ratios)
     split_of = dict(zip([export.image_name(p, pseudonym) for p in published["photo_id"]], published["split"],
                         strict=True))
@@ -271,8 +272,7 @@ def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings:
         split_report=split_report)
     (root / "README.md").write_text(card.dataset_card(facts), encoding="utf-8")
     card.sha256sums(root, digests)
-    export.publish(root, layout.dataset)
-    return b.class_summary(published, spec)
+    return b.class_summary(published, spec), export.publish(root, layout.dataset)
 
 
 @task(name="thumbnails", **STAGE)
@@ -593,8 +593,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                          cfg, pseudonym, stage="export", clock=clock, used=used, runner=pool)
     findings = findings.result()
     lap(clock, "qa and export")
-    classes = call(publish, published, exported, findings, ledger, split_report.as_dict(), spec, cfg, layout,
-                   pseudonym, throwaway)
+    classes, previous = call(publish, published, exported, findings, ledger, split_report.as_dict(), spec, cfg,
+                             layout, pseudonym, throwaway)
+    removing = store.remove_soon(previous)  # while thumbnails and the report are made
     lap(clock, "publish")
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
     flagged = b.batches(pd.DataFrame({"photo_id": shown}), batching)
@@ -614,6 +615,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     store.prune([*layout.cache.iterdir(), layout.prefect], {Path(p).stem for p in used})
     store.prune([layout.thumbs], {thumb_file(layout.thumbs, k, spec).stem for k in shown_keys.values()})
     files.save([*map(str, inc.input_files(cfg)), *manifest["path"], *manifest["mask"], *sample_files])
+    if removing is not None:
+        removing.join()
     lap(clock, "report")
     write_csv(clock.table(), layout.reports / "timings.csv")
     return {"report": report, "dataset": str(layout.dataset), "timings": clock.laps, "work": clock.work, **ledger}

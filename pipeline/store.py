@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -242,3 +243,14 @@ def prune(folders: Iterable[Path], keep: set[str]) -> int:
                     entry.unlink()
                 gone += 1
     return gone
+
+
+def remove_soon(folder: Path | None) -> threading.Thread | None:
+    """Start deleting ``folder`` (if any) in a thread of its own, which file deletions let run beside Python work;
+    join it before the folder must be gone."""
+    if folder is None:
+        return None
+    thread = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
+                              name="crowdseg-remove")
+    thread.start()
+    return thread

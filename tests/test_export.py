@@ -380,3 +380,33 @@ def test_coco_rles_equal_pycocotools_encoding_each_class_mask():
                                  "bbox": [int(v) for v in mask_utils.toBbox(rle)],
                                  "segmentation": {"size": list(mask.shape), "counts": rle["counts"].decode()}})
         assert export.coco_annotations(mask, spec) == expected, mask
+
+
+def test_place_links_each_file_into_its_split(tmp_path):
+    src = tmp_path / "exported"
+    files = {f"{kind}/{name}.{ext}": f"digest-{kind}-{name}" for kind, ext in (("images", "jpg"), ("annotations",
+                                                                                "png")) for name in "abcde"}
+    for rel in files:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    split_of = {"a": "train", "b": "val", "c": "test", "d": "train", "e": "train"}
+    placed = export.place(src, tmp_path / "staging", files, split_of)
+    assert placed == {f"{rel.split('/')[0]}/{split_of[rel[-5]]}/{rel.split('/')[1]}": d for rel, d in files.items()}
+    for rel, target in zip(files, placed, strict=True):
+        assert (tmp_path / "staging" / target).read_text() == rel
+        assert (tmp_path / "staging" / target).stat().st_ino == (src / rel).stat().st_ino  # linked, not copied
+    assert export.tree_files(tmp_path / "staging") == sorted(placed)
+
+
+def test_publish_swaps_the_tree_in_and_hands_back_the_old_one(tmp_path):
+    final, staging = tmp_path / "dataset", tmp_path / "dataset.staging"
+    staging.mkdir()
+    (staging / "v1").write_text("1")
+    assert export.publish(staging, final) is None  # nothing was published before
+    staging.mkdir()
+    (staging / "v2").write_text("2")
+    old = export.publish(staging, final)
+    assert [p.name for p in final.iterdir()] == ["v2"] and not staging.exists()
+    assert old == tmp_path / "dataset.old" and [p.name for p in old.iterdir()] == ["v1"]
+    staging.mkdir()  # a build that stopped before deleting the old tree: the next one deletes it first
+    assert export.publish(staging, final) == old and not (old / "v1").exists()

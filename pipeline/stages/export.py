@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,32 +423,48 @@ def file_digests(root: Path) -> dict[str, str]:
     return out
 
 
+LINK_THREADS = 2  # hard links release the GIL: two threads make them in half the time; more add nothing
+
+
 def place(exported: Path, staging: Path, files: Mapping[str, str], split_of: Mapping[str, str]) -> dict[str, str]:
     """Put files exported with no split (``<dir>/<name>.<ext>`` under ``exported``) into their split
     (``<dir>/<split>/<name>.<ext>`` under ``staging``), as hard links where the file system allows; returns the
     placed files' digests by their path in ``staging``."""
-    placed, made = {}, set()
+    placed = {}
     src_root, dst_root = os.fspath(exported), os.fspath(staging)  # plain strings: ~100k files per publish
     for rel, digest in files.items():
         folder, _, file = rel.rpartition("/")
-        split_folder = f"{folder}/{split_of[file.split('.')[0]]}"
-        if split_folder not in made:
-            os.makedirs(f"{dst_root}/{split_folder}", exist_ok=True)
-            made.add(split_folder)
-        target = f"{split_folder}/{file}"
-        try:
-            os.link(f"{src_root}/{rel}", f"{dst_root}/{target}")
-        except OSError:
-            shutil.copyfile(f"{src_root}/{rel}", f"{dst_root}/{target}")
-        placed[target] = digest
+        placed[f"{folder}/{split_of[file.split('.')[0]]}/{file}"] = digest
+    for folder in {target.rpartition("/")[0] for target in placed}:
+        os.makedirs(f"{dst_root}/{folder}", exist_ok=True)
+    pairs = [(f"{src_root}/{rel}", f"{dst_root}/{target}") for rel, target in zip(files, placed, strict=True)]
+    with ThreadPoolExecutor(LINK_THREADS) as pool:
+        list(pool.map(_link_all, [pairs[k::LINK_THREADS] for k in range(LINK_THREADS)]))
     return placed
 
 
-def publish(staging: Path, final: Path) -> None:
-    """Replace ``final`` with ``staging`` so that readers see the old tree or the new one, never a mix."""
+def _link_all(pairs: list[tuple[str, str]]) -> None:
+    for src, dst in pairs:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
+def publish(staging: Path, final: Path) -> Path | None:
+    """Replace ``final`` with ``staging`` so that readers see the old tree or the new one, never a mix.
+
+    Returns where the old tree now lies (``<final>.old``), for the caller to delete, or None when there was none:
+    deleting ~100k files takes longer than the swap, and nobody waits on it."""
     old = final.with_name(final.name + ".old")
-    if old.exists():
+    if old.exists():  # left by a build that stopped before deleting it
         shutil.rmtree(old)
+    if not final.exists():
+        staging.rename(final)
+        return None
+    final.rename(old)
+    staging.rename(final)
+    return old
     if final.exists():
         final.rename(old)
     staging.rename(final)
