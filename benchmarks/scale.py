@@ -281,10 +281,10 @@ def _floor_job(job: tuple[str, list[str], str]) -> tuple[int, str, float, float,
     import cv2
     import numpy as np
 
-    from pipeline.cli import tune_malloc
+    from pipeline.cli import tune_process
     from pipeline.io.png import write_mask
 
-    tune_malloc()  # the allocator settings of a build's processes
+    tune_process()  # the settings of a build's processes
     cv2.setNumThreads(1)
     kind, paths, tmp = job
     timed = cpu = 0.0

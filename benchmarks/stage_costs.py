@@ -25,7 +25,7 @@ import pandas as pd
 from common import table
 
 from pipeline import build as b
-from pipeline.cli import tune_malloc
+from pipeline.cli import tune_process
 from pipeline.config import load_config
 from pipeline.io.manifest import read_manifest
 from pipeline.io.png import encode_mask
@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/work/bench-data"), help="where the crowd is simulated")
     ap.add_argument("--profile", default="", help="ingest, read, score, merge or export: print its cProfile")
     args = ap.parse_args()
-    tune_malloc()  # as the crowdseg command does
+    tune_process()  # as the crowdseg command does
     folder = crowd(args.data, args.photos)
     cfg = load_config(folder / "config.toml")
     spec = b.resolve_spec(cfg)

@@ -195,11 +195,17 @@ def schemas(out: Annotated[Path | None, typer.Option(help="folder (default: the 
         typer.echo(str(p))
 
 
-PREFECT_DEFAULTS = {
+ENV_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    "OPENCV_FOR_THREADS_NUM": "1",
 }
+"""The command's environment, where it sets none of these; its worker processes inherit it.
+
+OpenCV runs single-threaded (it reads ``OPENCV_FOR_THREADS_NUM`` when it first runs in parallel): a build already
+runs a task per core, and OpenCV's own threads on top of them only took turns on the same cores. With them a final
+merge pass used ~35% more CPU per photo (10.2 against 7.3 ms in ``benchmarks/stage_costs.py``), ingest ~15%."""
 
 
 MALLOC_LIMIT = 32 << 20
@@ -208,6 +214,13 @@ MALLOC_LIMIT = 32 << 20
 A build allocates and frees arrays of a few MB per photo (a decoded FullHD photo is 6 MB). Under glibc's sliding
 defaults many came from fresh zero pages, whose page faults cost ~15% of ingest's CPU (9.7 -> 8.4 ms per photo in
 ``benchmarks/stage_costs.py``). The command and its worker processes keep at most this much freed memory each."""
+
+
+def tune_process() -> None:
+    """``ENV_DEFAULTS`` and ``tune_malloc``: the settings of the command's process and of its workers."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    tune_malloc()
 
 
 def tune_malloc() -> None:
@@ -229,9 +242,7 @@ EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2
 def main() -> None:
     """Entry point: user errors print one line, ``crowdseg: error: file:row: reason``, and exit 1; internal errors
     print their traceback, say they are a bug, and exit 2."""
-    for key, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    tune_malloc()
+    tune_process()
     try:
         status = app(standalone_mode=False)
     except CrowdsegError as e:

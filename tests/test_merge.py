@@ -13,7 +13,9 @@ from pipeline.config import MergeConfig
 from pipeline.spec import load_spec
 from pipeline.stages import polygons
 from pipeline.stages.merge import (
+    Ballot,
     Tally,
+    _agreement,
     class_quorum,
     fuse_photo,
     layer_iou,
@@ -360,3 +362,45 @@ def test_photo_row_writes_no_agreement_map_unless_asked(tmp_path):
     assert row["agreement_path"] == "" and [p.name for p in tmp_path.iterdir()] == [f"{work_key('p')}.png"]
     row = photo_row("p", mask, np.full((4, 4), 255, np.uint8), tmp_path, SPEC, status="accepted")
     assert Path(row["agreement_path"]).exists()
+
+
+def test_split_pixels_count_where_the_used_composites_differ_from_the_vote():
+    """The tallies' count of pixels that are not unanimous equals painting every used assignment's composite and
+    comparing it with the voted mask, pixel by pixel (``_agreement``), for random crowds, weights and quorums."""
+    rng = np.random.default_rng(5)
+    classes = SPEC.draw_ids
+    for _ in range(150):
+        h, w = rng.integers(4, 30, 2)
+        crowd = []
+        for k in range(rng.integers(1, 7)):
+            layers = {}
+            for c in rng.choice(classes, rng.integers(0, 5), replace=False).tolist():
+                y0, x0 = rng.integers(0, h), rng.integers(0, w)
+                m = (rng.random((rng.integers(1, h - y0 + 1), rng.integers(1, w - x0 + 1))) < 0.7).astype(np.uint8)
+                if m.any():
+                    layers[c] = Layer(int(y0), int(x0), m)
+            crowd.append(AssignmentLayers(f"a{k}", f"w{k}", False, layers))
+        weights = {(f"w{k}", c): float(rng.random()) for k in range(len(crowd)) for c in classes}
+        quorum = {c: float(rng.choice([0.3, 0.5, 1.0])) for c in classes}
+        ballot = Ballot.of(crowd, classes, quorum, weights)
+        used = sorted(rng.choice(len(crowd), rng.integers(1, len(crowd) + 1), replace=False).tolist())
+        passing = {c: ballot.passes(c, used) for c in classes}
+        mask = composite({c: ballot.tallies[c].region(passing[c]) for c in classes}, classes, int(h), int(w))
+        _, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, as_map=False)
+        assert (h * w - ballot.split_pixels(used, passing, classes)) / (h * w) == unanimous
+
+
+def test_leave_one_out_ious_equal_each_layer_against_the_vote_without_it():
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        n = int(rng.integers(1, 8))
+        layers = [None if rng.random() < 0.15 else
+                  Layer(int(rng.integers(0, 4)), int(rng.integers(0, 4)),
+                        (rng.random((int(rng.integers(1, 9)), int(rng.integers(1, 9)))) < 0.6).astype(np.uint8))
+                  for _ in range(n)]
+        tally = Tally.of(layers)
+        weights = [float(w) for w in (rng.choice([0.5, 1.0], n) if rng.random() < 0.5 else rng.random(n))]
+        quorum = float(rng.choice([0.2, 0.5, 2 / 3, 1.0]))
+        voters = sorted(rng.choice(n, int(rng.integers(0, n + 1)), replace=False).tolist())
+        expected = [tally.iou(k, tally.passes(weights, quorum, voters, k if k in voters else -1)) for k in range(n)]
+        assert tally.loo_ious(weights, quorum, voters) == pytest.approx(expected, nan_ok=True, rel=0, abs=0)

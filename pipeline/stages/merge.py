@@ -142,21 +142,20 @@ class Tally:
 
     def loo_ious(self, weights: list[float], quorum: float, voters: list[int]) -> list[float]:
         """Per layer ``k``, ``iou(k, passes(weights, quorum, voters, k))``: its IoU with the vote of the other
-        voters (of all of them for a layer that is not a voter), with the voters' shares summed once."""
+        voters (of all of them for a layer that is not a voter), every layer's vote at once (labels x layers)."""
         share = np.zeros(len(self.drawn), np.float32)
-        for k in voters:
+        for k in voters:  # summed in voter order, as ``passes`` does
             share += np.float32(weights[k]) * self.drawn[:, k]
-        everyone = sum([weights[k] for k in voters])
-        out = []
-        for k in range(self.drawn.shape[1]):
-            if k in voters:
-                others, total = share - np.float32(weights[k]) * self.drawn[:, k], everyone - weights[k]
-            else:
-                others, total = share, everyone - 0.0
-            passing = ((others >= quorum * total * (1 - 1e-6)) & (others > 0) if total > 0
-                       else np.zeros(len(share), bool))
-            out.append(self.iou(k, passing))
-        return out
+        voting = np.zeros(self.drawn.shape[1], bool)
+        voting[voters] = True
+        own = np.where(voting, weights, 0.0)
+        others = share[:, None] - own.astype(np.float32) * self.drawn
+        total = sum([weights[k] for k in voters]) - own  # float64, as the weights' Python sums
+        # compared in float32, as ``passes`` compares a float32 share with a Python float
+        passing = (others >= (quorum * total * (1 - 1e-6)).astype(np.float32)) & (others > 0) & (total > 0)
+        covered = self.pixels[:, None] * passing
+        voted, inter = covered.sum(axis=0).tolist(), (covered * self.drawn).sum(axis=0).tolist()
+        return [iou(int(self.overlaps[k, k]), n, v) for k, (n, v) in enumerate(zip(voted, inter, strict=True))]
 
     def region(self, passing: np.ndarray) -> Layer | None:
         """The pixels of the passing labels, cropped to their bounding box; None when there are none."""
@@ -332,6 +331,30 @@ class Ballot:
         """Per label of class ``c``, whether it wins the vote of ``voters`` (crowd indices)."""
         return self.tallies[c].passes(self.weights[c], self.quorum[c], voters)
 
+    def split_pixels(self, voters: list[int], passing: dict[int, np.ndarray], classes: list[int]) -> int:
+        """Pixels where the ``voters``' own composites are not all the vote's (``passing``: per class, the labels
+        that win the vote of these voters; ``classes``: draw order).
+
+        A pixel is unanimous when no voter drew anything there, or when every voter drew the topmost class any of
+        them drew there and it wins; elsewhere voters who drew it and voters who did not differ on the pixel's
+        class. So the topmost class drawn at a pixel decides it: classes are painted bottom to top, each with its
+        verdict per label, and the pixels left split are counted.
+        """
+        tallies = [(self.tallies[c], passing[c]) for c in classes if self.tallies[c].labels.size]
+        if not tallies or not voters:
+            return 0
+        y0, x0 = min(t.y0 for t, _ in tallies), min(t.x0 for t, _ in tallies)
+        y1, x1 = max(t.y0 + t.labels.shape[0] for t, _ in tallies), max(t.x0 + t.labels.shape[1] for t, _ in tallies)
+        verdict = np.zeros((y1 - y0, x1 - x0), np.uint8)  # 0 nobody drew, 1 unanimous, 2 split
+        for tally, wins in tallies:
+            drawn = tally.drawn[:, voters]
+            some = drawn.any(axis=1)
+            if some.any():
+                mine = lookup(some.astype(np.uint8) + (some & ~(drawn.all(axis=1) & wins)), tally.labels)
+                cv2.copyTo(mine, mine, verdict[tally.y0 - y0: tally.y0 - y0 + mine.shape[0],
+                                               tally.x0 - x0: tally.x0 - x0 + mine.shape[1]])  # in place
+        return int(np.count_nonzero(verdict == 2))
+
 
 def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
                weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True,
@@ -411,7 +434,10 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
         if len(used) < cfg.min_annotators:
             reasons.append(f"too_few_annotators:{len(used)}")
     mask = composite(regions, classes, height, width)
-    shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, agreement_map)
+    if source == "vote" and not agreement_map and used:  # the share alone: from the tallies, without pixels
+        shares, unanimous = None, (height * width - ballot.split_pixels(used, passing, classes)) / (height * width)
+    else:
+        shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, agreement_map)
     class_rows, disputed = [], []
     tallied_ious = {c: ballot.tallies[c].ious(passing[c]) for c in classes}
     for c in classes:

@@ -198,8 +198,8 @@ def paint_ranks(layers: dict[int, Layer | None], draw_ids: list[int], out: np.nd
         view = out[lay.y0 - y0: lay.y1 - y0, lay.x0 - x0: lay.x1 - x0]
         if blank:  # nothing painted yet: the layer itself
             np.multiply(lay.mask, np.uint8(rank), out=view)
-        else:
-            np.copyto(view, np.uint8(rank), where=lay.mask.view(bool))
+        else:  # a masked copy (np.copyto's where=) costs several times more
+            np.maximum(view, lay.mask * np.uint8(rank), out=view)
         blank = False
     return out
 
