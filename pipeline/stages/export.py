@@ -465,8 +465,3 @@ def publish(staging: Path, final: Path) -> Path | None:
     final.rename(old)
     staging.rename(final)
     return old
-    if final.exists():
-        final.rename(old)
-    staging.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
