@@ -484,6 +484,11 @@ def tile(template: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
                                    for a, t in zip(assignments["annotator_id"], target, strict=True)]
     assignments["assignment"] = assignments["photo_id"] + "-" + assignments["annotator_id"]
     assignments["row"] = np.arange(1, len(assignments) + 1)
+    # where read-inputs would have put each assignment's shapes in the shape store, and their digest
+    length = rng.integers(2_000, 16_000, len(assignments))
+    assignments["shape_offset"] = np.cumsum(length) - length
+    assignments["shape_length"] = length
+    assignments["shape_digest"] = pd.Series([rng.bytes(8).hex() for _ in range(len(assignments))], dtype="str")
     return {"manifest": manifest, "photos": photos, "assignments": assignments, "names": names, "pool": pool}
 
 
@@ -509,17 +514,16 @@ def new_annotator(old: str, photo: int, names: dict[str, int], pool: int) -> str
     return old if old not in names else f"b{(names[old] + 7 * photo) % pool:05d}"
 
 
-def tile_merge(template: dict[str, Any], kept: Any, names: dict[str, int], pool: int) -> Any:
-    """The merge result of the kept photos (each photo's rows copied from its template photo's, with the ids the
-    tiled assignments have; score rows summed batch by batch, as a build does), and the number of score rows."""
+def tile_merge(template: dict[str, Any], batch: Any, names: dict[str, int], pool: int) -> Any:
+    """The final merge pass's result for one batch of kept photos, as a build saves it (each photo's rows copied
+    from its template photo's, with the ids the tiled assignments have)."""
     import numpy as np
 
     from pipeline.stages.merge import MergeResult
-    from pipeline.stages.skill import add_sums, score_sums
 
     m = template["merge"]
     tids = template["photos"]["photo_id"].to_numpy()
-    targets = kept["photo_id"].to_numpy()
+    targets = batch["photo_id"].to_numpy()
     number = np.array([int(p[1:]) for p in targets])
     sources = tids[number % len(tids)]
 
@@ -537,51 +541,82 @@ def tile_merge(template: dict[str, Any], kept: Any, names: dict[str, int], pool:
                 out["assignment"] = out["photo_id"] + "-" + out["annotator_id"]
         return out
 
-    def summed(scores: Any, batch: int = 256) -> tuple[Any, int]:
-        """Score sums as a build keeps them (each batch's rows reduced as read), and how many rows were scored."""
-        sums, rows = [], 0
-        for at in range(0, len(targets), batch):
-            part, _ = repeat_rows(scores, "photo_id", sources[at:at + batch], targets[at:at + batch])
-            part["annotator_id"] = [new_annotator(a, int(t[1:]), names, pool)
-                                    for a, t in zip(part["annotator_id"], part["photo_id"], strict=True)]
-            sums.append(score_sums(part))
-            rows += len(part)
-        return add_sums(sums), rows
-
-    scores, scored = summed(m.scores)
-    tables = {name: tiled(getattr(m, name)) for name in ("photos", "assignments", "classes", "rejections", "repairs")}
-    return MergeResult(**tables, scores=scores), scored
+    tables = {name: tiled(getattr(m, name)) for name in ("photos", "assignments", "classes", "rejections", "repairs",
+                                                           "scores")}
+    return MergeResult(**tables)
 
 
-def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
-    """The table-level stages of a build on ``n`` tiled photos; seconds and peak RSS per step (this process)."""
+def save_tiles(n: int, template_path: Path, seed: int, folder: Path) -> dict[str, Any]:
+    """Tile the template to ``n`` photos and save in ``folder`` what a build's flow loads from its cache: the
+    read-inputs result (manifest and assignments), the ingest batches and the final merge pass's batches, in
+    batches of the build's size. Run in a process of its own, so that the tiling's memory is not measured."""
+    from pipeline import build as b
+    from pipeline import store
+    from pipeline.config import load_config
+    from pipeline.stages import dedup
+    from pipeline.tables import REJECTION_COLUMNS, frame
+
+    with template_path.open("rb") as f:
+        template = pickle.load(f)
+    cfg = load_config(template["config"])
+    size = b.batching(cfg).size
+    tiled = tile(template, n, seed)
+    photos = tiled["photos"]
+    shutil.rmtree(folder, ignore_errors=True)
+    none = frame([], REJECTION_COLUMNS)
+    store.save((tiled["manifest"], tiled["assignments"], none), folder / "inputs.pkl")
+    for i, at in enumerate(range(0, n, size)):
+        store.save((photos.iloc[at:at + size], none), folder / "ingest" / f"{i:06d}.pkl")
+    kept = b.kept_photos(photos, dedup.find_duplicates(photos, cfg.dedup))
+    parts, scored = {}, 0
+    for i, at in enumerate(range(0, len(kept), size)):
+        batch = kept.iloc[at:at + size]
+        part = tile_merge(template, batch, tiled["names"], tiled["pool"])
+        parts[str(store.save(part, folder / "merge" / f"{i:06d}.pkl"))] = list(range(at, at + len(batch)))
+        scored += len(part.scores)
+    plan = {"config": template["config"], "ids": kept["photo_id"].tolist(), "parts": parts, "scored": scored}
+    (folder / "plan.json").write_text(json.dumps(plan))
+    return {"photos": n, "merge_parts": len(parts)}
+
+
+def table_stages(folder: Path) -> dict[str, Any]:
+    """The table-level stages of a build on the tiles ``save_tiles`` left in ``folder``, loaded and held as the flow
+    loads and holds them; seconds and peak RSS per step (this process)."""
+    from pipeline.cli import tune_process
+
+    tune_process()  # the build's settings, before pyarrow is loaded: its memory pool is chosen then
     import pandas as pd
 
     from pipeline import build as b
+    from pipeline import incremental as inc
+    from pipeline import store
     from pipeline.config import load_config
-    from pipeline.report.write import write_csv, write_json
+    from pipeline.flows import write_report_files
+    from pipeline.report.write import write_csv
+    from pipeline.run import release_memory
     from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
     from pipeline.tables import REJECTION_COLUMNS, concat
 
     steps: list[dict[str, Any]] = []
     resettable = reset_hwm()
 
-    def step(name: str, start: float) -> None:
+    def step(name: str, start: float, lap: bool = True) -> None:
+        """A step's time and peak; ``lap``: a stage of the flow ends with it, and frees its memory as the flow does."""
         steps.append({"step": name, "seconds": round(time.perf_counter() - start, 2), "peak_mb": round(vm_hwm_mb())})
+        if lap:
+            release_memory()
         reset_hwm()
 
     t = time.perf_counter()
-    with template_path.open("rb") as f:
-        template = pickle.load(f)
-    cfg = load_config(template["config"])
+    plan = json.loads((folder / "plan.json").read_text())
+    cfg = load_config(plan["config"])
     spec = b.resolve_spec(cfg)
-    tiled = tile(template, n, seed)
-    manifest, photos, assignments = tiled.pop("manifest"), tiled.pop("photos"), tiled.pop("assignments")
-    step("make inputs (tiling)", t)
+    manifest, assignments, rejected = store.load(folder / "inputs.pkl")
+    photos = b.by_photo([p for p, _ in map(store.load, sorted((folder / "ingest").iterdir()))])
+    step("load inputs (read-inputs result, ingest batches)", t)
 
     t = time.perf_counter()
-    out = template_path.parent / f"tables-{n}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = folder / "out"
     out.mkdir()
     duplicates = dedup.find_duplicates(photos, cfg.dedup)
     dedup.index_table(photos, duplicates, None).to_parquet(out / "index.parquet", index=False)
@@ -590,17 +625,18 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     t = time.perf_counter()  # as a build, from here on: no whole photo or assignment table, kept and to_merge
     kept = b.kept_photos(photos, duplicates)
     del photos
-    rejected = concat([], REJECTION_COLUMNS)
     to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
                                                  dedup.dropped_ids(duplicates))
     to_merge, repeated = merge.one_per_annotator(to_merge)
     submitted = len(assignments)
     del assignments
-    step("route assignments (route_orphans, one_per_annotator)", t)
+    step("route assignments (route_orphans, one_per_annotator)", t, lap=False)
 
     t = time.perf_counter()
-    m, scored = tile_merge(template, kept, tiled["names"], tiled["pool"])
-    step("make merge result (tiling)", t)
+    parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
+    m = b.apply_thresholds(b.combine(parts, spec), spec, cfg.merge)
+    del parts
+    step("merge result (gather, combine, apply_thresholds)", t)
 
     t = time.perf_counter()
     skills = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit_sums(m.scores).skills_
@@ -614,9 +650,8 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     strata_table, strata = b.split_strata(kept, merged, spec, cfg.split)
     splits, split_report = split.assign_splits(strata_table, cfg.split.ratios, cfg.split.seed, links, strata, None)
-    if hasattr(b, "with_faces"):  # the detector's columns: zeros, as for photos whose mask has a face
-        kept = b.with_faces(kept, pd.DataFrame(columns=["photo_id"]).assign(
-            **{c: [] for c in ("faces", "face_x", "face_y", "face_w", "face_h")}))
+    kept = b.with_faces(kept, pd.DataFrame(columns=["photo_id"]).assign(  # the detector's columns: zeros, as for
+        **{c: [] for c in ("faces", "face_x", "face_y", "face_w", "face_h")}))  # photos whose mask has a face
     reviewed = b.published_table(kept, m.photos, splits)
     published = b.in_dataset(reviewed)
     step("split (split_strata, assign_splits)", t)
@@ -626,7 +661,7 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     ledger = accounting.balance(len(manifest), submitted, published,
                                 int(m.assignments["photo_id"].isin(published["photo_id"]).sum()), rejections,
                                 duplicates)
-    step("accounting (annotator_table, balance)", t)
+    step("accounting (annotator_table, balance)", t, lap=False)
 
     t = time.perf_counter()
     findings = qa.run_checks(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,
@@ -637,28 +672,33 @@ def table_stages(n: int, template_path: Path, seed: int) -> dict[str, Any]:
     classes = b.class_summary(published, spec)
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, KEY.encode())
-    for name, df in tables.items():
-        write_csv(df, out / f"{name}.csv")
+    summary = b.summary(spec, cfg, ledger, published, findings, decisions, "scale", split_report.as_dict())
     write_csv(splits, out / "splits.csv")
-    write_json(b.summary(spec, cfg, ledger, published, findings, decisions, "scale", split_report.as_dict()),
-               out / "qa.json")
-    step("report tables (report_tables, CSV, qa.json)", t)
+    write_report_files(summary, tables, dict(zip(manifest["photo_id"], manifest["path"], strict=True)), {}, None,
+                       out, folder / "report-tables.json")
+    step("report (report_tables, write_report_files: CSV, JSON, qa.html)", t)
     size = sum(p.stat().st_size for p in out.iterdir())
     shutil.rmtree(out, ignore_errors=True)
-    return {"photos": n, "kept": len(kept), "published": len(published), "assignments": submitted,
-            "class_rows": len(m.classes), "score_rows": scored, "clusters": int(duplicates["cluster"].nunique()),
+    return {"photos": len(manifest), "kept": len(kept), "published": len(published), "assignments": submitted,
+            "class_rows": len(m.classes), "score_rows": plan["scored"],
+            "clusters": int(duplicates["cluster"].nunique()),
             "steps": steps, "peak_mb": max(s["peak_mb"] for s in steps), "per_step_peaks": resettable,
             "report_mb": size / 2**20}
 
 
 def run_tables(n: int, template: Path, seed: int, code: Path) -> dict[str, Any]:
     print(f"table-level stages at {n:,} photos ...", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, __file__, "--table-stages", str(n), "--template", str(template),
-                           "--seed", str(seed)], env=child_env(code, None), capture_output=True, text=True)
-    if proc.returncode != 0:  # a negative code is the signal that ended it (-9: the kernel's OOM killer, often)
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]
-        return {"photos": n, "error": f"exit code {proc.returncode}" + (f": {tail}" if tail else "")}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    tiles = template.parent / f"tiles-{n}"
+    try:
+        for args in (["--save-tiles", str(n), "--template", str(template), "--seed", str(seed)], []):
+            proc = subprocess.run([sys.executable, __file__, *args, "--table-stages", str(tiles)],
+                                  env=child_env(code, None), capture_output=True, text=True)
+            if proc.returncode != 0:  # a negative code is the signal that ended it (-9: the OOM killer, often)
+                tail = " | ".join(proc.stderr.strip().splitlines()[-3:])[-400:]
+                return {"photos": n, "error": f"exit code {proc.returncode}" + (f": {tail}" if tail else "")}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(tiles, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -685,13 +725,17 @@ def main() -> None:
     ap.add_argument("--tables", default="", help="photo counts of the table-level runs (default: 20k,200k)")
     ap.add_argument("--skip-builds", action="store_true", help="only the table-level runs")
     ap.add_argument("--skip-tables", action="store_true", help="only the builds")
-    ap.add_argument("--table-stages", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--table-stages", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--save-tiles", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--template", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--make-template", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--crowd", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.save_tiles is not None:
+        print(json.dumps(save_tiles(args.save_tiles, args.template, args.seed, args.table_stages)))
+        return
     if args.table_stages is not None:
-        print(json.dumps(table_stages(args.table_stages, args.template, args.seed)))
+        print(json.dumps(table_stages(args.table_stages)))
         return
     if args.make_template is not None:
         make_template(args.crowd, args.make_template)

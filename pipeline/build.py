@@ -15,7 +15,7 @@ from pipeline.incremental import Batching
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 from pipeline.stages.skill import add_sums
-from pipeline.tables import isin, keyed_hash
+from pipeline.tables import is_sorted, isin, keyed_hash
 
 
 @dataclass(frozen=True)
@@ -323,18 +323,25 @@ def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, rows: list[list[
 
 def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
     """One MergeResult from the batches' ``summed`` results, rows by photo (with every declared column, even when
-    empty), and the score sums added up."""
+    empty), and the score sums added up.
+
+    Empties ``parts``: each table's pieces are let go once joined, so the batches and the whole result are held
+    together about once, not three times (pieces, joined, sorted). Batches are joined in photo order, so that the
+    joined tables are usually in order already."""
     empty = MergeResult.of(spec, [], [], [], [], [], [])
-    names = ("photos", "assignments", "classes", "rejections", "repairs")
-    tables = {n: by_photo([getattr(empty, n)] + [getattr(p, n) for p in parts]) for n in names}
-    return MergeResult(**tables, scores=add_sums([p.scores for p in parts]))
+    parts.sort(key=lambda p: p.photos["photo_id"].iloc[0] if len(p.photos) else "")
+    names = ("photos", "assignments", "classes", "rejections", "repairs", "scores")
+    pieces = {n: [getattr(empty, n)] + [getattr(p, n) for p in parts] for n in names}
+    parts.clear()
+    scores = add_sums(pieces.pop("scores"))
+    return MergeResult(**{n: by_photo(pieces.pop(n)) for n in names[:-1]}, scores=scores)
 
 
 def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:
     """Tables of one schema as one, ordered by photo id (a photo's rows keep their order), whichever batches and
     builds they came from."""
     table = pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)
-    return table.sort_values("photo_id", kind="stable", ignore_index=True)
+    return table if is_sorted(table["photo_id"]) else table.sort_values("photo_id", kind="stable", ignore_index=True)
 
 
 def apply_thresholds(m: MergeResult, spec: Spec, cfg: MergeConfig) -> MergeResult:
@@ -396,7 +403,8 @@ SWAPPER_RATE = 0.3  # share of an annotator's photos with left and right swapped
 def annotator_table(m: MergeResult, skills: pd.DataFrame, rejections: pd.DataFrame, spec: Spec,
                     min_agreement: float, ban: list[str]) -> pd.DataFrame:
     """Per annotator: photos, agreement, pooled per-class skill, swaps, spam score, repairs, rejections, status."""
-    crowd = m.assignments[~m.assignments["golden"].astype(bool)]
+    crowd = m.assignments.loc[~m.assignments["golden"].astype(bool),
+                              ["annotator_id", "photo_id", "agreement", "mean_iou", "swapped", "excluded"]]
     if crowd.empty:
         return pd.DataFrame(columns=["annotator_id", "photos", "agreement", "mean_iou", "swaps", "excluded",
                                      "spam_score", "shapes_repaired", "shapes_rejected", "status"])

@@ -200,8 +200,13 @@ ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
     "OPENCV_FOR_THREADS_NUM": "1",
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
 }
 """The command's environment, where it sets none of these; its worker processes inherit it.
+
+Arrow (pandas' string columns) allocates through glibc's malloc rather than its bundled mimalloc, which keeps the
+pages it frees: with it, a 200k-photo build's table stages held ~300 MB more once their temporaries were gone
+(``benchmarks/scale.py``'s table-level runs), and ``run.release_memory`` reaches glibc's heap only.
 
 OpenCV runs single-threaded (it reads ``OPENCV_FOR_THREADS_NUM`` when it first runs in parallel): a build already
 runs a task per core, and OpenCV's own threads on top of them only took turns on the same cores. With them a final

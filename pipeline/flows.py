@@ -34,13 +34,13 @@ from pipeline.io.annotations import read_annotations
 from pipeline.io.datasets import SAMPLE_COLUMNS, read_dataset
 from pipeline.io.manifest import read_manifest
 from pipeline.io.shapes import SHAPE_COLUMNS
-from pipeline.io.shapestore import ShapeStore
+from pipeline.io.shapestore import ShapeStore, located
 from pipeline.io.sources import join_tables, read_tool_sources
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.write import write_csv, write_json, write_tables
-from pipeline.run import Stopwatch, build_lock, prefect_server
+from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
 from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, frame, isin, keyed_hash
@@ -68,14 +68,14 @@ def read_inputs(cfg: Config, spec: Spec, manifest: pd.DataFrame, rejected: pd.Da
     """
     out, native, nkey = Path(part), cfg.path(cfg.inputs.annotations), inc.native_key(cfg, spec)
     earlier = inc.earlier_prefix(out.parent, native, nkey)
-    head, shapes, digests, start = inc.reuse_prefix(earlier, out.with_suffix(".shapes"))
+    head, shapes, records, start = inc.reuse_prefix(earlier, out.with_suffix(".shapes"))
 
     def sink(rows: list[tuple[Any, ...]]) -> None:
-        digests.update(shapes.write(rows))
+        records.update(shapes.write(rows))
 
     own = join_tables([head, read_annotations(native, spec, cfg.inputs.label_map, sink, start)])
     others = read_tool_sources(cfg, spec, manifest, sink)
-    own_a, own_r, assignments = own[0], own[2], join_tables([own, others])[0]
+    own_a, own_r, assignments = own[0], own[2], located(join_tables([own, others])[0], records)
     now = inc.line_prefix(native, nkey)
     store.write_atomic(out.with_suffix(".prefix.json"), json.dumps(asdict(now)).encode())
     lines = {"native_assignments": len(own_a), "native_rejections": (len(rejected), len(rejected) + len(own_r)),
@@ -84,7 +84,7 @@ def read_inputs(cfg: Config, spec: Spec, manifest: pd.DataFrame, rejected: pd.Da
                           "parsed, %d reused", len(manifest), len(rejected), len(assignments),
                           len(own_r) + len(others[2]), lines["parsed"], lines["reused"])
     return str(store.save_part((manifest, assignments, concat([rejected, own_r, others[2]], REJECTION_COLUMNS),
-                                digests, shapes, lines), items, out))
+                                shapes, lines), items, out))
 
 
 @task(name="ingest-batch", **CACHED)
@@ -114,7 +114,7 @@ def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, pa
 @task(name="score-batch", **CACHED)
 def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec, cfg: Config,
                 weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
-    shapes = drawn.read(assignments["assignment"])
+    shapes = drawn.read(assignments)
     scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
     get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
     return str(store.save_part(scores, items, Path(part)))
@@ -133,7 +133,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
-    shapes = drawn.read(assignments["assignment"])
+    shapes = drawn.read(assignments)
     result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks,
                                cfg.agreement_maps)
     get_run_logger().info("merged %d photos", len(result.photos))
@@ -251,7 +251,7 @@ def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings:
     exported: list[export.Exported] = []
     digests: dict[str, str] = {}
     coco: dict[str, tuple[str, int, int]] = {}
-    for part, share in zip(sorted(parts), inc.gather(parts, published["photo_id"].tolist()), strict=True):
+    for part, share in inc.shares(parts, published["photo_id"].tolist()):
         for e, _, (offset, length) in share.values():
             exported.append(replace(e, split=split_of[e.name]))
             coco[e.name] = (str(Path(part).with_suffix(".coco")), offset, length)
@@ -289,7 +289,7 @@ def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame
 
     @cache
     def drew() -> dict[str, pd.DataFrame]:
-        shapes = drawn.read(mine["assignment"])
+        shapes = drawn.read(mine)
         photo_of = dict(zip(mine["assignment"], mine["photo_id"], strict=True))
         return {k: g for k, g in shapes.groupby(shapes["assignment"].map(photo_of))}
 
@@ -312,21 +312,29 @@ def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, st
 @task(name="report", **STAGE)
 def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
                   gallery: dict[str, list[Thumb]], timings: pd.DataFrame, layout: b.Layout) -> str:
-    write_tables(tables, layout.reports, layout.work / "report-tables.json")
-    b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
-                  layout.reports / "reannotation.jsonl")
-    for name in b.JSON_TABLES:
-        write_json(b.records(tables[name]), layout.reports / f"{name}.json")
-    write_json(summary, layout.reports / "qa.json")
-    markdown = summary_markdown(summary, tables["findings"])
-    (layout.reports / "summary.md").write_text(markdown, encoding="utf-8")
+    markdown = write_report_files(summary, tables, paths, gallery, timings, layout.reports,
+                                  layout.work / "report-tables.json")
     create_markdown_artifact(markdown, key="crowdseg-summary", description="build summary")
     create_table_artifact(b.records(tables["findings"].head(1000)), key="crowdseg-findings",
                           description="QA findings (first 1,000)")
-    html = render_report(summary, tables, paths, gallery, timings)
-    path = layout.reports / "qa.html"
-    path.write_text(html, encoding="utf-8")
-    return str(path)
+    return str(layout.reports / "qa.html")
+
+
+def write_report_files(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
+                       gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None, reports: Path, ledger: Path
+                       ) -> str:
+    """Every file of ``reports/``: the tables (CSV; JSON too for ``JSON_TABLES``), the re-annotation queue,
+    ``qa.json``, ``summary.md`` and ``qa.html``; returns the summary's Markdown."""
+    write_tables(tables, reports, ledger)
+    b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
+                  reports / "reannotation.jsonl")
+    for name in b.JSON_TABLES:
+        write_json(b.records(tables[name]), reports / f"{name}.json")
+    write_json(summary, reports / "qa.json")
+    markdown = summary_markdown(summary, tables["findings"])
+    (reports / "summary.md").write_text(markdown, encoding="utf-8")
+    (reports / "qa.html").write_text(render_report(summary, tables, paths, gallery, timings), encoding="utf-8")
+    return markdown
 
 
 def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
@@ -452,7 +460,8 @@ class WorkerPool:
 
 
 def lap(clock: Stopwatch, stage: str) -> None:
-    """Close a stage: its time on the stopwatch, and its end to the progress bars."""
+    """Close a stage: its time on the stopwatch, its end to the progress bars, and its free memory to the system."""
+    release_memory()
     clock.lap(stage)
     report_progress(stage, 0, 0)
 
@@ -499,7 +508,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     del ingested  # the batches' tables, now copied into photos: a build holds each big table once
     lap(clock, "ingest")
     (part,) = reading.parts(clock, used)
-    _, assignments, rejected, shape_digests, drawn, lines = store.load(part)
+    _, assignments, rejected, drawn, lines = store.load(part)
     rejected = concat([rejected, sample_rejected, samples_rejected], REJECTION_COLUMNS)
     if clock.work["read inputs"]["computed"]:  # lines parsed now, lines taken from an earlier result
         clock.count("annotation lines", lines["parsed"], lines["reused"])
@@ -529,14 +538,16 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     pinned = b.pinned_weights(cfg)
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
-        """One pass over the voted photos; each batch's score rows reduced to sums as it is read."""
-        keys = inc.merge_keys(voted, to_merge, shape_digests, weights, spec, cfg, final)
+        """One pass over the voted photos; each batch's score rows reduced to sums as it is read, and the batches
+        joined a few at a time (``inc.gather``)."""
+        keys = inc.merge_keys(voted, to_merge, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        jobs = [(p, a, drawn.subset(a["assignment"])) for p, a in b.merge_jobs(voted, to_merge,
-                                                                                 [bt.rows for bt in plan.todo])]
+        jobs = [(p, a, drawn) for p, a in b.merge_jobs(voted, to_merge, [bt.rows for bt in plan.todo])]
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
-        return keys, inc.gather(parts, ids, merge.MergeResult.summed if final else skill.score_sums)
+        if final:
+            return keys, inc.gather(parts, ids, merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
+        return keys, inc.gather(parts, ids, skill.score_sums, skill.add_sums)
 
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
     crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
@@ -552,7 +563,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", batching)
         parts = run_stage(trusted_batch, plan, [(takes.iloc[bt.rows],) for bt in plan.todo], spec,
                           stage="trusted masks", clock=clock, used=used)
-        merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed)
+        merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed,
+                                   lambda rs: b.combine(rs, spec))
     key_of = dict(zip(ids, merge_keys, strict=True)) | dict(zip(takes["photo_id"], trusted_keys, strict=True))
     m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
     del merged_parts
@@ -599,10 +611,10 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     lap(clock, "publish")
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
     flagged = b.batches(pd.DataFrame({"photo_id": shown}), batching)
-    drawn = drawn.subset(to_merge.loc[isin(to_merge["photo_id"], shown), "assignment"])
     shown_keys = thumb_keys(shown, key_of)
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged],
-                                 unmapped(shown_keys), unmapped(reviewed), unmapped(to_merge),
+                                 unmapped(shown_keys), unmapped(reviewed),
+                                 unmapped(to_merge[isin(to_merge["photo_id"], shown)]),
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
     lap(clock, "thumbnails")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipeline.config import Config, DatasetConfig
 from pipeline.io.shapes import ASSIGNMENT_COLUMNS, SHAPE_COLUMNS, Tables
-from pipeline.io.shapestore import ShapeStore
+from pipeline.io.shapestore import LOCATION_COLUMNS, SPAN_COLUMNS, Record, ShapeStore, records_of
 from pipeline.spec import Spec
 from pipeline.store import code_version, key_of, known_items, load, rows_key
 from pipeline.tables import REJECTION_COLUMNS, frame, isin
@@ -121,11 +121,30 @@ def take(result: Any, ids: set[str]) -> Any:
     return replace(result, **{f.name: take(getattr(result, f.name), ids) for f in fields(result)})
 
 
-def gather(parts: dict[str, list[int]], ids: list[str], each: Callable[[Any], Any] = lambda share: share
-           ) -> list[Any]:
-    """Each result file's share of a stage's items (``ids`` by row position), loading each file once; ``each``
-    reduces a share as soon as it is loaded, so only the reduced shares are held together."""
-    return [each(take(load(part), {ids[i] for i in rows})) for part, rows in sorted(parts.items())]
+def shares(parts: dict[str, list[int]], ids: list[str]) -> Iterator[tuple[str, Any]]:
+    """Each result file with its share of a stage's items (``ids`` by row position), loading each file once, in the
+    order of the first item each holds (so shares of a cold build come in item order)."""
+    for part, rows in sorted(parts.items(), key=lambda kv: (min(kv[1], default=-1), kv[0])):
+        yield part, take(load(part), {ids[i] for i in rows})
+
+
+JOIN_EVERY = 32
+"""Shares ``gather`` joins into one at a time, when asked to."""
+
+
+def gather(parts: dict[str, list[int]], ids: list[str], each: Callable[[Any], Any] = lambda share: share,
+           join: Callable[[list[Any]], Any] | None = None) -> list[Any]:
+    """The ``shares`` of a stage's items, each reduced by ``each`` as soon as it is loaded, so only the reduced
+    shares are held together; with ``join``, every ``JOIN_EVERY`` reduced shares are joined into one as they come
+    (a merge pass of 200k photos' batches holds one table per 32 batches, not per batch)."""
+    done: list[Any] = []
+    pending: list[Any] = []
+    for _, share in shares(parts, ids):
+        pending.append(each(share))
+        if join is not None and len(pending) == JOIN_EVERY:
+            done.append(join(pending))
+            pending = []
+    return done + ([join(pending)] if join is not None and pending else pending)
 
 
 def spec_key(spec: Spec) -> str:
@@ -216,16 +235,17 @@ def earlier_prefix(folder: Path, path: Path, key: str) -> tuple[Path, Prefix] | 
 
 
 def reuse_prefix(earlier: tuple[Path, Prefix] | None, shapes_path: Path
-                 ) -> tuple[Tables, ShapeStore, dict[str, str], tuple[int, int]]:
+                 ) -> tuple[Tables, ShapeStore, dict[str, Record], tuple[int, int]]:
     """What an earlier read-inputs result parsed of the native file's lines ``earlier`` describes: its assignments
-    and rejections of those lines, a shape store at ``shapes_path`` holding their shapes (the earlier store's file,
-    hard-linked: it is append-only, so the earlier result stays valid), their digests, and where to read on from
-    (byte offset, lines). With no earlier result: nothing, an empty store, and the file's start."""
+    (without ``LOCATION_COLUMNS``) and rejections of those lines, a shape store at ``shapes_path`` holding their
+    shapes (the earlier store's file, hard-linked: it is append-only, so the earlier result stays valid), their
+    shape records, and where to read on from (byte offset, lines). With no earlier result: nothing, an empty store,
+    and the file's start."""
     empty = (frame([], ASSIGNMENT_COLUMNS), frame([], SHAPE_COLUMNS), frame([], REJECTION_COLUMNS))
     if earlier is None:
         return empty, ShapeStore.create(shapes_path), {}, (0, 0)
     part, prefix = earlier
-    _, assignments, rejected, digests, shapes, lines = load(part)
+    _, assignments, rejected, shapes, lines = load(part)
     a = assignments.iloc[: lines["native_assignments"]]
     r = rejected.iloc[slice(*lines["native_rejections"])]
     a, r = a[a["row"] <= prefix.lines], r[r["row"] <= prefix.lines]  # a last line with no newline is read again
@@ -234,9 +254,8 @@ def reuse_prefix(earlier: tuple[Path, Prefix] | None, shapes_path: Path
         os.link(shapes.path, shapes_path)
     except OSError:
         shutil.copyfile(shapes.path, shapes_path)
-    kept = list(a["assignment"])
-    store = ShapeStore(str(shapes_path), {k: shapes.index[k] for k in kept if k in shapes.index})
-    return (a, empty[1], r), store, {k: digests[k] for k in kept if k in digests}, (prefix.size, prefix.lines)
+    return ((a.drop(columns=LOCATION_COLUMNS), empty[1], r), ShapeStore(str(shapes_path)), records_of(a),
+            (prefix.size, prefix.lines))
 
 
 def ingest_keys(manifest: pd.DataFrame, digests: list[str], cfg: Config) -> list[str]:
@@ -254,9 +273,10 @@ def dedup_key(photos: pd.DataFrame, cfg: Config, index_digest: str) -> str:
                   cfg.dedup.model_dump(mode="json"), index_digest)
 
 
-def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, digests: dict[str, str],
+def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame,
                weights: dict[tuple[str, int], float], spec: Spec, cfg: Config, final: bool) -> list[str]:
-    """Per photo: its size and content, its assignments and their shapes, the vote weights of its annotators, the
+    """Per photo: its size and content, its assignments and their shapes (``assignments`` as read-inputs gives
+    them, with the shapes' digests), the vote weights of its annotators, the
     vote settings of ``[merge]``, whether agreement maps are written, and the spec."""
     settings = cfg.merge.model_dump(mode="json", exclude=MERGE_INDEPENDENT)
     salt = key_of("merge", code_version("pipeline.stages.merge"), final, settings, spec_key(spec),
@@ -266,8 +286,8 @@ def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, digests: dict[st
     for (a, c), w in sorted(weights.items()):
         mine.setdefault(a, []).append(repr((c, w)))
     people = {a: _hash(*v) for a, v in mine.items()}  # annotators with no weight weigh 1: nothing to key
-    rows = [r + digests.get(a, "") + people.get(n, "")
-            for r, a, n in zip(rows_key(own), own["assignment"], own["annotator_id"], strict=True)]
+    rows = [r + people.get(n, "") for r, n in zip(rows_key(own.drop(columns=SPAN_COLUMNS)), own["annotator_id"],
+                                                  strict=True)]
     per_photo = pd.Series(rows, index=own.index, dtype=object).groupby(own["photo_id"]).agg("".join)
     fields = rows_key(photos[["photo_id", "sha256", "width", "height"]])
     return [_hash(salt, f, per_photo.get(p, "")) for p, f in zip(photos["photo_id"], fields, strict=True)]

@@ -67,3 +67,10 @@ def isin(column: pd.Series, values: Iterable[Any]) -> pd.Series:
                           type=among.type)
     found = pc.is_in(among, value_set=wanted.cast(among.type)).to_numpy(zero_copy_only=False)
     return pd.Series(found, index=column.index, dtype=bool)
+
+
+def is_sorted(column: pd.Series) -> bool:
+    """Whether ``column`` has no missing value and never decreases; for a string column, through Arrow, without a
+    Python string per value."""
+    values = pa.array(column)
+    return values.null_count == 0 and (len(values) < 2 or pc.all(pc.greater_equal(values[1:], values[:-1])).as_py())

@@ -7,9 +7,9 @@ import pickle
 import pandas as pd
 import pytest
 
-from pipeline.io import annotations, shapes
+from pipeline.io import annotations
 from pipeline.io.annotations import read_annotations
-from pipeline.io.shapestore import ShapeStore, assignment_digests
+from pipeline.io.shapestore import LOCATION_COLUMNS, ShapeStore, assignment_digests, located, records_of
 from pipeline.spec import load_spec
 from tests.conftest import write_lines
 
@@ -37,28 +37,28 @@ def test_streamed_shapes_equal_the_in_memory_table_and_the_store_returns_only_wh
     a, whole, rejected = read_annotations(lines, SPEC)
     monkeypatch.setattr(annotations, "SPILL_ROWS", 50)  # many spills, each between two assignments
     store = ShapeStore.create(tmp_path / "x.shapes")
-    digests: dict[str, str] = {}
+    records: dict[str, tuple[int, int, str]] = {}
     writes = []
 
     def sink(rows):
         writes.append(len(rows))
-        digests.update(store.write(rows))
+        records.update(store.write(rows))
 
     a2, left, rejected2 = read_annotations(lines, SPEC, sink=sink)
     assert left.empty and a2.equals(a) and rejected2.equals(rejected)
     assert len(writes) > 10 and all(w % 2 == 0 for w in writes)  # 2 shapes per assignment: never split
-    assert digests == assignment_digests(whole.itertuples(index=False, name=None))
-    assert len(store.index) == len(a)
+    assert {k: d for k, (_, _, d) in records.items()} == assignment_digests(whole.itertuples(index=False, name=None))
+    located_a = located(a, records)
+    assert list(located_a.columns) == [*a.columns, *LOCATION_COLUMNS] and records_of(located_a) == records
 
-    wanted = a[a["photo_id"].isin(["p017", "p018", "p150"])]["assignment"]
-    small = pickle.loads(pickle.dumps(store.subset(wanted)))  # what a worker process gets
-    assert len(small.index) == len(wanted)
-    got = small.read(wanted)
-    expected = whole[whole["assignment"].isin(wanted)]
+    rows = located_a[located_a["photo_id"].isin(["p017", "p018", "p150"])]
+    got = pickle.loads(pickle.dumps(store)).read(rows)  # what a worker process gets: the path alone
+    expected = whole[whole["assignment"].isin(rows["assignment"])]
     assert sorted(as_rows(got)) == sorted(as_rows(expected))
     assert got.groupby("assignment")["index"].apply(list).to_dict() == \
         expected.groupby("assignment")["index"].apply(list).to_dict()  # imported order within an assignment
-    assert store.read(["no such assignment"]).empty
+    shapeless = located(a.iloc[:1].assign(assignment="no such assignment"), records)
+    assert shapeless[LOCATION_COLUMNS].values.tolist() == [[0, 0, ""]] and store.read(shapeless).empty
 
 
 def test_digests_follow_an_assignments_own_shapes_only():
@@ -71,7 +71,8 @@ def test_digests_follow_an_assignments_own_shapes_only():
 
 def test_a_new_store_starts_empty(tmp_path):
     first = ShapeStore.create(tmp_path / "x.shapes")
-    first.write([("x:1", "p1", "a", 1, "face_skin", [[0, 0], [1, 0], [1, 1]], [], 1, 0)])
-    again = ShapeStore.create(tmp_path / "x.shapes")
-    assert again.read(["x:1"]).empty
-    assert list(again.read(["x:1"]).columns) == shapes.SHAPE_COLUMNS
+    (offset, length, _), = first.write([("x:1", "p1", "a", 1, "face_skin", [[0, 0], [1, 0], [1, 1]], [], 1, 0)]
+                                       ).values()
+    assert (offset, length) == (0, (tmp_path / "x.shapes").stat().st_size)
+    ShapeStore.create(tmp_path / "x.shapes")
+    assert (tmp_path / "x.shapes").stat().st_size == 0

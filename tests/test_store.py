@@ -124,24 +124,27 @@ def test_code_versions_cover_a_stage_and_what_it_imports_only():
 def tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     photos = pd.DataFrame({"photo_id": ["p1", "p2"], "sha256": ["s1", "s2"], "width": [10, 10], "height": [8, 8]})
     assignments = pd.DataFrame({"assignment": ["f:1", "f:2", "f:3"], "photo_id": ["p1", "p1", "p2"],
-                                "annotator_id": ["a", "b", "a"], "row": [1, 2, 3]})
+                                "annotator_id": ["a", "b", "a"], "row": [1, 2, 3], "shape_offset": [0, 9, 20],
+                                "shape_length": [9, 11, 4], "shape_digest": ["d1", "d2", "d3"]})
     return photos, assignments
 
 
 def test_merge_keys_follow_a_photos_own_inputs_and_weights(tables):
     photos, assignments = tables
     spec, cfg = load_spec("easyportrait"), Config()
-    base = inc.merge_keys(photos, assignments, {}, {}, spec, cfg, True)
-    assert len(set(base)) == 2 and base == inc.merge_keys(photos, assignments, {}, {}, spec, cfg, True)
-    only_b = inc.merge_keys(photos, assignments, {}, {("b", 1): 0.5}, spec, cfg, True)
+    base = inc.merge_keys(photos, assignments, {}, spec, cfg, True)
+    assert len(set(base)) == 2 and base == inc.merge_keys(photos, assignments, {}, spec, cfg, True)
+    only_b = inc.merge_keys(photos, assignments, {("b", 1): 0.5}, spec, cfg, True)
     assert only_b[0] != base[0] and only_b[1] == base[1]  # b annotated p1 only
-    shapes = inc.merge_keys(photos, assignments, {"f:3": "changed"}, {}, spec, cfg, True)
+    shapes = inc.merge_keys(photos, assignments.assign(shape_digest=["d1", "d2", "changed"]), {}, spec, cfg, True)
     assert shapes[0] == base[0] and shapes[1] != base[1]
+    moved = assignments.assign(shape_offset=[100, 200, 300])  # the same shapes, placed elsewhere in a store
+    assert inc.merge_keys(photos, moved, {}, spec, cfg, True) == base
     thresholds = Config.model_validate({"merge": {"class_agreement": {"skin": 0.9}, "pin_skills": "w.csv"}})
-    assert inc.merge_keys(photos, assignments, {}, {}, spec, thresholds, True) == base
+    assert inc.merge_keys(photos, assignments, {}, spec, thresholds, True) == base
     quorum = Config.model_validate({"merge": {"quorum": {"skin": 0.9}}})
-    assert inc.merge_keys(photos, assignments, {}, {}, spec, quorum, True) != base
-    assert inc.merge_keys(photos, assignments, {}, {}, spec, cfg, False) != base
+    assert inc.merge_keys(photos, assignments, {}, spec, quorum, True) != base
+    assert inc.merge_keys(photos, assignments, {}, spec, cfg, False) != base
 
 
 def test_scoring_is_needed_unless_every_weight_is_pinned():

@@ -1,8 +1,9 @@
 """Imported shapes on disk, one record per assignment, so no process holds a whole crowd's polygons.
 
 The read-inputs stage streams shape rows (``SHAPE_COLUMNS`` tuples) into one append-only file as it parses them,
-each assignment's rows pickled together, and keeps where each record lies. A merge batch, or the report's
-thumbnails, then read exactly the records of their own assignments. An assignment's rows always arrive in one write,
+each assignment's rows pickled together, and the assignment table gets where each record lies
+(``LOCATION_COLUMNS``). A merge batch, or the report's thumbnails, then read exactly the records of their own
+assignments' rows. An assignment's rows always arrive in one write,
 in their imported order, so its digest (part of the merge keys) is taken as it is written.
 """
 
@@ -12,7 +13,7 @@ import hashlib
 import pickle
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,21 @@ def assignment_digests(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
     return {a: hashlib.sha256(pickle.dumps(g, protocol=4)).hexdigest()[:16] for a, g in sorted(grouped.items())}
 
 
-@dataclass
+SPAN_COLUMNS = ["shape_offset", "shape_length"]
+"""Where an assignment's record lies in the store's file (length 0: it has no shapes). Not content: another read of
+the same files may place a record elsewhere, so no key includes them."""
+LOCATION_COLUMNS = [*SPAN_COLUMNS, "shape_digest"]
+"""Columns the read-inputs stage adds to the assignment table: the span and the digest of the assignment's shapes."""
+
+Record = tuple[int, int, str]  # offset, length, digest
+
+
+@dataclass(frozen=True)
 class ShapeStore:
-    """The file ``path`` and, per assignment, the (offset, length) of its record there."""
+    """The append-only file ``path`` of shape records; the assignment table says where each record lies, so the
+    store itself holds no per-assignment index (a 1M-assignment crowd's would be hundreds of MB of dicts)."""
 
     path: str
-    index: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, path: Path) -> ShapeStore:
@@ -48,29 +58,44 @@ class ShapeStore:
         path.write_bytes(b"")
         return cls(str(path))
 
-    def write(self, rows: Sequence[Sequence[Any]]) -> dict[str, str]:
-        """Append shape rows (every row of each assignment at once); their assignments' digests."""
+    def write(self, rows: Sequence[Sequence[Any]]) -> dict[str, Record]:
+        """Append shape rows (every row of each assignment at once); per assignment, where its record lies and the
+        digest of its shapes."""
         grouped: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         for r in rows:
             grouped[r[0]].append(tuple(r))
+        digests = assignment_digests(rows)
+        out: dict[str, Record] = {}
         with open(self.path, "ab") as f:
             offset = f.tell()
             for assignment, mine in grouped.items():
                 record = pickle.dumps(mine, protocol=5)
                 f.write(record)
-                self.index[assignment] = (offset, len(record))
+                out[assignment] = (offset, len(record), digests[assignment])
                 offset += len(record)
-        return assignment_digests(rows)
+        return out
 
-    def subset(self, assignments: Iterable[str]) -> ShapeStore:
-        """The same file with the index of these assignments only: small enough to send to a worker process."""
-        return ShapeStore(self.path, {a: self.index[a] for a in assignments if a in self.index})
-
-    def read(self, assignments: Iterable[str]) -> pd.DataFrame:
-        """The shape rows of ``assignments`` (none for one without shapes), in imported order per assignment."""
-        spans = sorted(self.index[a] for a in set(assignments) if a in self.index)
+    def read(self, assignments: pd.DataFrame) -> pd.DataFrame:
+        """The shape rows of ``assignments`` (rows with ``LOCATION_COLUMNS``), in imported order per assignment."""
+        spans = sorted({(int(o), int(n)) for o, n in zip(assignments["shape_offset"], assignments["shape_length"],
+                                                         strict=True) if n})
         rows: list[tuple[Any, ...]] = []
         with Spans() as records:
             for offset, length in spans:
                 rows += pickle.loads(records.read(self.path, offset, length))
         return frame(rows, SHAPE_COLUMNS)
+
+
+def located(assignments: pd.DataFrame, records: dict[str, Record]) -> pd.DataFrame:
+    """``assignments`` with ``LOCATION_COLUMNS`` from ``records`` (0, 0, "" for an assignment without shapes)."""
+    found = [records.get(a, (0, 0, "")) for a in assignments["assignment"]]
+    columns = zip(*found, strict=True) if found else ([], [], [])
+    return assignments.assign(**{c: pd.Series(v, index=assignments.index, dtype=t) for c, v, t in
+                                 zip(LOCATION_COLUMNS, columns, ("int64", "int64", "str"), strict=True)})
+
+
+def records_of(assignments: pd.DataFrame) -> dict[str, Record]:
+    """The ``located`` records of assignments with shapes, back from their columns."""
+    has = assignments[assignments["shape_length"] > 0]
+    return dict(zip(has["assignment"], zip(has["shape_offset"].tolist(), has["shape_length"].tolist(),
+                                           has["shape_digest"].tolist(), strict=True), strict=True))

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.stages.review import HELD_REASONS
-from pipeline.tables import REJECTION_COLUMNS, frame, rejection
+from pipeline.tables import REJECTION_COLUMNS, frame, isin, rejection
 
 
 class AccountingError(RuntimeError):
@@ -22,25 +22,21 @@ def route_orphans(assignments: pd.DataFrame, manifest_ids: set[str], rejected_id
     ``rejected_ids`` are photos refused at ingest (a photo id rejected only as a repeated manifest row is not
     among them, since its first row stands); ``trusted_ids`` are datasets' samples, whose mask is not voted on.
     """
+    photo = assignments["photo_id"]
+    routed = ~isin(photo, manifest_ids) | isin(photo, set(rejected_ids) | set(dropped_ids) | set(trusted_ids))
     rows: list[dict[str, Any]] = []
-    keep = []
-    for a in assignments.itertuples(index=False):
+    for a in assignments[routed].itertuples(index=False):  # rows by Python only for the few routed away
         if a.photo_id in rejected_ids:
             reason, msg = "photo_rejected", "its photo was rejected at ingest"
         elif a.photo_id not in manifest_ids:
             reason, msg = "unknown_photo", f"photo_id {a.photo_id!r} is not in the photos manifest"
         elif a.photo_id in dropped_ids:
             reason, msg = "photo_deduplicated", "its photo was dropped as a duplicate"
-        elif a.photo_id in trusted_ids:
-            reason, msg = "trusted_photo", "its photo is a dataset's sample, whose own mask is used: no vote"
         else:
-            keep.append(True)
-            continue
-        keep.append(False)
+            reason, msg = "trusted_photo", "its photo is a dataset's sample, whose own mask is used: no vote"
         rows.append(rejection("import", "assignment", reason, msg, file=a.file, row=a.row, photo_id=a.photo_id,
                               annotator_id=a.annotator_id))
-    mask = pd.Series(keep, index=assignments.index, dtype=bool)
-    return assignments[mask], frame(rows, REJECTION_COLUMNS)
+    return assignments[~routed], frame(rows, REJECTION_COLUMNS)
 
 
 def balance(photos_in: int, assignments_in: int, published: pd.DataFrame, used_assignments: int,

@@ -647,15 +647,17 @@ def one_per_annotator(assignments: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     Two answers from one person must not count as two votes.
     """
     order = assignments.reset_index(drop=True)
-    crowd = order[~order["golden"].astype(bool)]
+    crowd = order.loc[~order["golden"].astype(bool), ["photo_id", "annotator_id", "file", "row"]]
     repeated = crowd.duplicated(["photo_id", "annotator_id"], keep="last")
-    later = crowd[~repeated].set_index(["photo_id", "annotator_id"])
+    again = crowd[repeated]
+    mine = crowd[isin(crowd["photo_id"], again["photo_id"])]  # the photos answered twice by someone: few
+    later = mine[~repeated[mine.index]].set_index(["photo_id", "annotator_id"])
     rows = [rejection("merge", "assignment", "duplicate_assignment",
                       f"{a.annotator_id} answered this photo again at {later.at[(a.photo_id, a.annotator_id), 'file']}"
                       f":{later.at[(a.photo_id, a.annotator_id), 'row']}; the later answer is used",
                       file=a.file, row=a.row, photo_id=a.photo_id, annotator_id=a.annotator_id)
-            for a in crowd[repeated].itertuples()]
-    return order.drop(index=crowd.index[repeated]), frame(rows, REJECTION_COLUMNS)
+            for a in again.itertuples()]
+    return order.drop(index=again.index), frame(rows, REJECTION_COLUMNS)
 
 
 def work_key(photo_id: str) -> str:

@@ -168,7 +168,7 @@ def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
 @check("class_missing", "annotation", "warning")
 def _class_missing(q: QAInputs, c: Check) -> list[Finding]:
     used = q.photos.set_index("photo_id")["n_used"]
-    rows = q.classes[isin(q.classes["photo_id"], used.index)]
+    rows = q.classes.loc[isin(q.classes["photo_id"], used.index), ["photo_id", "class", "drawn_by", "pixels"]]
     half = rows["photo_id"].map(used).astype(float) / 2
     bad = (rows["drawn_by"] > half) & (rows["pixels"] == 0)
     return [found(c, r.photo_id, int(r.drawn_by), "", f"{r['class']} was drawn by {r.drawn_by} annotators but is "
@@ -257,8 +257,9 @@ def miss_rates(q: QAInputs) -> pd.DataFrame:
     """
     px = q.photos.set_index("photo_id")
     skip = set(q.annotators.loc[q.annotators["status"].isin(["spammer", "banned"]), "annotator_id"])
-    work = q.assignments[~q.assignments["golden"].astype(bool) & isin(q.assignments["photo_id"], px.index)
-                         & ~isin(q.assignments["annotator_id"], skip)].reset_index(drop=True)
+    work = q.assignments.loc[~q.assignments["golden"].astype(bool) & isin(q.assignments["photo_id"], px.index)
+                             & ~isin(q.assignments["annotator_id"], skip),
+                             ["photo_id", "annotator_id", "drawn"]].reset_index(drop=True)
     annotators, names = pd.factorize(work["annotator_id"], sort=True)
     photo = px.index.get_indexer(work["photo_id"])
     drawn = "," + work["drawn"].fillna("").astype(str) + ","  # whole names: "eye" is not in ",left_eye,"
