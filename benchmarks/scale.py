@@ -673,14 +673,16 @@ def table_stages(folder: Path) -> dict[str, Any]:
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, KEY.encode())
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, "scale", split_report.as_dict())
+    class_rows, photos_in = len(m.classes), len(manifest)
+    del m, to_merge, kept, reviewed  # as the flow lets them go
     write_csv(splits, out / "splits.csv")
     write_report_files(summary, tables, dict(zip(manifest["photo_id"], manifest["path"], strict=True)), {}, None,
                        out, folder / "report-tables.json")
     step("report (report_tables, write_report_files: CSV, JSON, qa.html)", t)
     size = sum(p.stat().st_size for p in out.iterdir())
     shutil.rmtree(out, ignore_errors=True)
-    return {"photos": len(manifest), "kept": len(kept), "published": len(published), "assignments": submitted,
-            "class_rows": len(m.classes), "score_rows": plan["scored"],
+    return {"photos": photos_in, "kept": len(plan["ids"]), "published": len(published), "assignments": submitted,
+            "class_rows": class_rows, "score_rows": plan["scored"],
             "clusters": int(duplicates["cluster"].nunique()),
             "steps": steps, "peak_mb": max(s["peak_mb"] for s in steps), "per_step_peaks": resettable,
             "report_mb": size / 2**20}

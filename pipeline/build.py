@@ -461,11 +461,6 @@ JSON_TABLES = ("duplicates", "rejected_photos", "findings")
 """Tables also written as JSON records, for tools that do not read CSV."""
 
 
-def records(df: pd.DataFrame) -> list[dict[str, object]]:
-    """Table rows as JSON-ready dicts (missing values become null)."""
-    return [{k: (None if pd.isna(v) else v) for k, v in row.items()} for row in df.to_dict("records")]
-
-
 def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult, skills: pd.DataFrame,
                   annotators: pd.DataFrame, findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame,
                   decisions: pd.DataFrame, spec: Spec, cfg: Config, key: bytes) -> dict[str, pd.DataFrame]:

@@ -39,7 +39,7 @@ from pipeline.io.sources import join_tables, read_tool_sources
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
-from pipeline.report.write import write_csv, write_json, write_tables
+from pipeline.report.write import json_rows, write_csv, write_json, write_json_rows, write_tables
 from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
@@ -315,7 +315,7 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
     markdown = write_report_files(summary, tables, paths, gallery, timings, layout.reports,
                                   layout.work / "report-tables.json")
     create_markdown_artifact(markdown, key="crowdseg-summary", description="build summary")
-    create_table_artifact(b.records(tables["findings"].head(1000)), key="crowdseg-findings",
+    create_table_artifact(json_rows(tables["findings"].head(1000)), key="crowdseg-findings",
                           description="QA findings (first 1,000)")
     return str(layout.reports / "qa.html")
 
@@ -329,7 +329,7 @@ def write_report_files(summary: dict[str, Any], tables: dict[str, pd.DataFrame],
     b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
                   reports / "reannotation.jsonl")
     for name in b.JSON_TABLES:
-        write_json(b.records(tables[name]), reports / f"{name}.json")
+        write_json_rows(tables[name], reports / f"{name}.json")
     write_json(summary, reports / "qa.json")
     markdown = summary_markdown(summary, tables["findings"])
     (reports / "summary.md").write_text(markdown, encoding="utf-8")
@@ -537,13 +537,14 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     del assignments  # to_merge holds the rows later stages read
     pinned = b.pinned_weights(cfg)
 
-    def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float]) -> tuple[list[str], list[Any]]:
+    def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float], assignments: pd.DataFrame
+                   ) -> tuple[list[str], list[Any]]:
         """One pass over the voted photos; each batch's score rows reduced to sums as it is read, and the batches
         joined a few at a time (``inc.gather``)."""
-        keys = inc.merge_keys(voted, to_merge, weights, spec, cfg, final)
+        keys = inc.merge_keys(voted, assignments, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        jobs = [(p, a, drawn) for p, a in b.merge_jobs(voted, to_merge, [bt.rows for bt in plan.todo])]
+        jobs = [(p, a, drawn) for p, a in b.merge_jobs(voted, assignments, [bt.rows for bt in plan.todo])]
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
         if final:
             return keys, inc.gather(parts, ids, merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
@@ -553,11 +554,11 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
     estimate = len(voted) and not b.all_pinned(pinned, crowd, spec.draw_ids)
     for _ in range(cfg.merge.em_iterations if estimate else 0):
-        _, scores = merge_pass(score_batch, False, weights)
+        _, scores = merge_pass(score_batch, False, weights, to_merge)
         weights = call(estimate_skills, skill.add_sums(scores), cfg).weights()
         weights |= pinned
     weights = weights | pinned
-    merge_keys, merged_parts = merge_pass(merge_batch, True, weights)
+    merge_keys, merged_parts = merge_pass(merge_batch, True, weights, to_merge)
     trusted_keys = inc.trusted_keys(takes, files.digests(takes["mask"]), spec)
     if trusted_keys:
         plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", batching)
@@ -621,6 +622,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, build_id, split_report.as_dict())
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, pseudonym)
+    del m, to_merge, kept, reviewed  # the tables hold what the report reads: let the rest go before writing it
     paths = dict(zip(manifest["photo_id"], manifest["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
     report = call(write_reports, summary, tables, paths, gallery, clock.table(), layout)

@@ -274,6 +274,18 @@ def test_write_csv_neutralises_tables_with_a_repeated_index(tmp_path):
     assert (tmp_path / "t.csv").read_text(encoding="utf-8") == "a,b\n'=x,'=1\nok,2\n"
 
 
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+def test_json_rows_are_written_in_chunks_as_one_list_would_be(tmp_path, monkeypatch, n):
+    from pipeline.report import write
+
+    monkeypatch.setattr(write, "JSON_CHUNK", 3)  # 7 rows: chunks of 3, 3 and 1
+    df = pd.DataFrame({"id": [f"p{i}" for i in range(7)], "score": [0.5, np.nan, 1, 2.25, np.nan, 3, 4],
+                       "n": np.arange(7, dtype=np.int64), "note": ["a", None, "é", "\"q\"", "", "x", "y"]}).iloc[:n]
+    write.write_json_rows(df, tmp_path / "chunked.json")
+    write.write_json(write.json_rows(df), tmp_path / "whole.json")
+    assert (tmp_path / "chunked.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+
+
 def test_report_tables_are_written_again_only_when_their_content_or_file_changed(tmp_path, monkeypatch):
     from pipeline.report import write
 
