@@ -668,13 +668,16 @@ def table_stages(folder: Path) -> dict[str, Any]:
                                          spec, cfg.qa, cfg.split.ratios))
     step("QA checks", t)
 
+    del to_merge, kept, reviewed  # as the flow lets them go after the thumbnails
+    release_memory()
+    reset_hwm()
     t = time.perf_counter()
     classes = b.class_summary(published, spec)
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, KEY.encode())
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, "scale", split_report.as_dict())
     class_rows, photos_in = len(m.classes), len(manifest)
-    del m, to_merge, kept, reviewed  # as the flow lets them go
+    del m  # as the flow lets it go
     write_csv(splits, out / "splits.csv")
     write_report_files(summary, tables, dict(zip(manifest["photo_id"], manifest["path"], strict=True)), {}, None,
                        out, folder / "report-tables.json")

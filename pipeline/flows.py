@@ -618,11 +618,12 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                  unmapped(to_merge[isin(to_merge["photo_id"], shown)]),
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
+    del to_merge, kept, reviewed  # the report reads none of them
     lap(clock, "thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, build_id, split_report.as_dict())
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
                              spec, cfg, pseudonym)
-    del m, to_merge, kept, reviewed  # the tables hold what the report reads: let the rest go before writing it
+    del m  # the tables hold what the report reads of it
     paths = dict(zip(manifest["photo_id"], manifest["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
     report = call(write_reports, summary, tables, paths, gallery, clock.table(), layout)

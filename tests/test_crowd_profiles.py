@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline import incremental as inc
+from pipeline import store
 from pipeline.build import annotator_table, combine, merge_jobs
 from pipeline.config import IngestConfig, MergeConfig
 from pipeline.io.annotations import read_annotations
@@ -14,20 +16,26 @@ from pipeline.io.manifest import read_manifest
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
 from pipeline.stages.ingest import ingest
-from pipeline.stages.merge import merge_batch
+from pipeline.stages.merge import MergeResult, merge_batch
 from pipeline.stages.skill import PooledSkill
 
 SPEC = load_spec("easyportrait")
 PROFILES = {"careful": 0.45, "sloppy": 0.15, "lazy": 0.15, "swapper": 0.15, "spammer": 0.1}
 
 
-def merge_crowd(folder: Path, out: Path, cfg: MergeConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The merge stage as the flow runs it (EM passes, then the final vote); photos, assignments, annotators."""
+def crowd_jobs(folder: Path, size: int) -> list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """The crowd's merge batches of ``size`` photos: photos, their assignments and shapes."""
     photos, _ = ingest(read_manifest(folder / "photos.csv")[0], IngestConfig(detect_faces=False))
     assignments, shapes, _ = read_annotations(folder / "annotations.jsonl", SPEC)
-    jobs = [(batch, a, shapes[shapes["assignment"].isin(a["assignment"])])
+    return [(batch, a, shapes[shapes["assignment"].isin(a["assignment"])])
             for batch, a in merge_jobs(photos, assignments[assignments["photo_id"].isin(photos["photo_id"])],
-                                       [list(range(i, min(i + 16, len(photos)))) for i in range(0, len(photos), 16)])]
+                                       [list(range(i, min(i + size, len(photos))))
+                                        for i in range(0, len(photos), size)])]
+
+
+def merge_crowd(folder: Path, out: Path, cfg: MergeConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The merge stage as the flow runs it (EM passes, then the final vote); photos, assignments, annotators."""
+    jobs = crowd_jobs(folder, 16)
     weights: dict = {}
     for _ in range(cfg.em_iterations):
         scores = pd.concat([merge_batch(*job, SPEC, cfg, weights, None).scores for job in jobs])
@@ -74,3 +82,21 @@ def test_lazy_annotators_do_not_erase_the_parts_they_skip(crowd):
         true = np.asarray(Image.open(folder / "truth" / "masks" / f"{p.photo_id}.png")) == 8
         inter, union = inter + (pred & true).sum(), union + (pred | true).sum()
     assert union > 0 and inter / union > 0.9
+
+
+def test_merge_batches_combine_alike_however_they_are_grouped_and_ordered(crowd, tmp_path, monkeypatch):
+    """The flow joins the final pass's batches a few at a time as it reads them (``incremental.gather``), and
+    ``combine`` takes the joined groups in any order: the result is the one of combining every batch at once."""
+    results = [merge_batch(*job, SPEC, MergeConfig(), {}, tmp_path) for job in crowd_jobs(crowd[0], 5)]
+    whole = combine([r.summed() for r in results], SPEC)
+    ids = [p for r in results for p in r.photos["photo_id"]]
+    parts, at = {}, 0
+    for k, r in enumerate(results):
+        parts[str(store.save(r, tmp_path / f"{k:03d}.pkl"))] = list(range(at, at + len(r.photos)))
+        at += len(r.photos)
+    monkeypatch.setattr(inc, "JOIN_EVERY", 3)
+    joined = inc.gather(parts, ids, MergeResult.summed, lambda rs: combine(rs, SPEC))
+    assert len(results) > 6 and len(joined) == -(-len(results) // 3) and len(whole.photos) == len(ids) > 30
+    again = combine(joined[::-1], SPEC)
+    for name in ("photos", "assignments", "classes", "rejections", "repairs", "scores"):
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(whole, name))
