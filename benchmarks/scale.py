@@ -595,7 +595,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     from pipeline.report.write import write_csv
     from pipeline.run import release_memory
     from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
-    from pipeline.tables import REJECTION_COLUMNS, concat
+    from pipeline.tables import CROWD, REJECTION_COLUMNS, concat
 
     steps: list[dict[str, Any]] = []
     resettable = reset_hwm()
@@ -624,6 +624,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
 
     t = time.perf_counter()  # as a build, from here on: no whole photo or assignment table, kept and to_merge
     kept = b.kept_photos(photos, duplicates)
+    voted = kept[kept["origin_kind"] == CROWD]
     del photos
     to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
                                                  dedup.dropped_ids(duplicates))
@@ -648,8 +649,9 @@ def table_stages(folder: Path) -> dict[str, Any]:
 
     t = time.perf_counter()
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
-    strata_table, strata = b.split_strata(kept, merged, spec, cfg.split)
+    strata_table, strata = b.split_strata(voted, merged, spec, cfg.split)
     splits, split_report = split.assign_splits(strata_table, cfg.split.ratios, cfg.split.seed, links, strata, None)
+    del voted, merged, strata_table  # as the flow lets them go
     kept = b.with_faces(kept, pd.DataFrame(columns=["photo_id"]).assign(  # the detector's columns: zeros, as for
         **{c: [] for c in ("faces", "face_x", "face_y", "face_w", "face_h")}))  # photos whose mask has a face
     reviewed = b.published_table(kept, m.photos, splits)

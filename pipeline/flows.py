@@ -537,14 +537,14 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     del assignments  # to_merge holds the rows later stages read
     pinned = b.pinned_weights(cfg)
 
-    def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float], assignments: pd.DataFrame
-                   ) -> tuple[list[str], list[Any]]:
+    def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float], photos: pd.DataFrame,
+                   assignments: pd.DataFrame) -> tuple[list[str], list[Any]]:
         """One pass over the voted photos; each batch's score rows reduced to sums as it is read, and the batches
         joined a few at a time (``inc.gather``)."""
-        keys = inc.merge_keys(voted, assignments, weights, spec, cfg, final)
+        keys = inc.merge_keys(photos, assignments, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        jobs = [(p, a, drawn) for p, a in b.merge_jobs(voted, assignments, [bt.rows for bt in plan.todo])]
+        jobs = [(p, a, drawn) for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo])]
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
         if final:
             return keys, inc.gather(parts, ids, merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
@@ -554,11 +554,11 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
     estimate = len(voted) and not b.all_pinned(pinned, crowd, spec.draw_ids)
     for _ in range(cfg.merge.em_iterations if estimate else 0):
-        _, scores = merge_pass(score_batch, False, weights, to_merge)
+        _, scores = merge_pass(score_batch, False, weights, voted, to_merge)
         weights = call(estimate_skills, skill.add_sums(scores), cfg).weights()
         weights |= pinned
     weights = weights | pinned
-    merge_keys, merged_parts = merge_pass(merge_batch, True, weights, to_merge)
+    merge_keys, merged_parts = merge_pass(merge_batch, True, weights, voted, to_merge)
     trusted_keys = inc.trusted_keys(takes, files.digests(takes["mask"]), spec)
     if trusted_keys:
         plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", batching)
@@ -590,6 +590,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
     splits, split_report = call(split_photos, *b.split_strata(voted, merged, spec, cfg.split), links,
                                 b.source_splits(kept, merged, cfg, links), cfg, layout)
+    del voted, merged  # copies of kept's and merge's rows that only merge and split read
     reviewed = b.published_table(kept, m.photos, splits)
     published = b.in_dataset(reviewed)
     lap(clock, "split")

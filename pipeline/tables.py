@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,3 +75,13 @@ def is_sorted(column: pd.Series) -> bool:
     Python string per value."""
     values = pa.array(column)
     return values.null_count == 0 and (len(values) < 2 or pc.all(pc.greater_equal(values[1:], values[:-1])).as_py())
+
+
+def positions(column: pd.Series, values: pd.Index | pd.Series) -> np.ndarray:
+    """Where each of ``column``'s values is in ``values`` (-1: nowhere), through Arrow's hash table: no Python
+    string per value, as ``Index.get_indexer`` makes for a string column."""
+    among, wanted = pa.array(column), pa.array(values)
+    if pa.types.is_null(among.type):  # an empty or all-missing column
+        among = among.cast(wanted.type if not pa.types.is_null(wanted.type) else pa.large_string())
+    found = pc.index_in(among, value_set=wanted.cast(among.type))
+    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -21,3 +21,23 @@ def test_isin_matches_pandas_on_string_columns(values):
 def test_isin_falls_back_to_pandas_for_other_columns():
     assert isin(pd.Series([1, 2, 3]), {2, 3}).tolist() == [False, True, True]
     assert isin(pd.Series(["a", 1], dtype=object), ["a"]).tolist() == [True, False]
+
+
+def test_positions_find_each_value_through_arrow_like_get_indexer():
+    from pipeline.tables import positions
+
+    column = pd.Series(["b", "x", None, "a", "b"], dtype="str")
+    values = pd.Index(["a", "b", "c"], dtype="str")
+    assert positions(column, values).tolist() == [1, -1, -1, 0, 1]
+    assert positions(column.astype(object), values.astype(object)).tolist() == [1, -1, -1, 0, 1]
+    assert positions(pd.Series([], dtype=object), values).tolist() == []
+    assert positions(pd.Series([None], dtype=object), values).tolist() == [-1]
+    assert positions(column, pd.Index([], dtype=object)).tolist() == [-1] * 5
+
+
+def test_is_sorted_needs_every_value_present_and_never_decreasing():
+    from pipeline.tables import is_sorted
+
+    assert is_sorted(pd.Series(["a", "a", "b"], dtype="str")) and is_sorted(pd.Series([], dtype="str"))
+    assert not is_sorted(pd.Series(["b", "a"], dtype="str"))
+    assert not is_sorted(pd.Series(["a", "b", None], dtype="str"))  # a missing value: sort it to be sure

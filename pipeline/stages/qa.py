@@ -18,7 +18,7 @@ import pandas as pd
 from pipeline.config import QAConfig
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import FACE_WIDTH, measure_columns, violations
-from pipeline.tables import CROWD, FINDING_COLUMNS, frame, isin
+from pipeline.tables import CROWD, FINDING_COLUMNS, frame, isin, positions
 
 Finding = dict[str, Any]
 
@@ -181,10 +181,15 @@ def _anatomy(q: QAInputs, c: Check) -> list[Finding]:
     if not columns:
         return []
     out = []
-    for pid, values in zip(q.photos["photo_id"], q.photos[columns].to_dict("records"), strict=True):
-        out += [{**found(c, pid, round(v.value, 4), v.threshold, v.message), "check": f"anatomy.{v.rule}"}
-                for v in violations(values, q.spec)]
+    for at in range(0, len(q.photos), ROWS_AT_ONCE):  # a dict per photo: a chunk of them at a time
+        chunk = q.photos.iloc[at:at + ROWS_AT_ONCE]
+        for pid, values in zip(chunk["photo_id"], chunk[columns].to_dict("records"), strict=True):
+            out += [{**found(c, pid, round(v.value, 4), v.threshold, v.message), "check": f"anatomy.{v.rule}"}
+                    for v in violations(values, q.spec)]
     return out
+
+
+ROWS_AT_ONCE = 10_000
 
 
 @check("excluded_assignments", "annotation", "info")
@@ -257,16 +262,19 @@ def miss_rates(q: QAInputs) -> pd.DataFrame:
     """
     px = q.photos.set_index("photo_id")
     skip = set(q.annotators.loc[q.annotators["status"].isin(["spammer", "banned"]), "annotator_id"])
-    work = q.assignments.loc[~q.assignments["golden"].astype(bool) & isin(q.assignments["photo_id"], px.index)
-                             & ~isin(q.assignments["annotator_id"], skip),
-                             ["photo_id", "annotator_id", "drawn"]].reset_index(drop=True)
-    annotators, names = pd.factorize(work["annotator_id"], sort=True)
-    photo = px.index.get_indexer(work["photo_id"])
-    drawn = "," + work["drawn"].fillna("").astype(str) + ","  # whole names: "eye" is not in ",left_eye,"
+    a = q.assignments  # read column by column, without copying its rows
+    photo = positions(a["photo_id"], px.index)
+    keep = (~a["golden"].astype(bool).to_numpy() & (photo >= 0)) & ~isin(a["annotator_id"], skip).to_numpy()
+    photo = photo[keep]
+    annotators, names = pd.factorize(a["annotator_id"], sort=True)  # names nobody kept has get no row below
+    annotators = annotators[keep]
+    sets, combos = pd.factorize(a["drawn"])  # few distinct sets of classes: split each once
+    drawn_by_set = [set(str(c).split(",")) for c in combos] + [set()]  # code -1, a missing value: none
+    sets = sets[keep]
     parts = []
     for k in q.spec.classes[1:]:
         has = px[f"px_{k.name}"].to_numpy()[photo] > 0
-        missed = has & ~drawn.str.contains(f",{k.name},", regex=False).to_numpy(bool)
+        missed = has & ~np.array([k.name in d for d in drawn_by_set], bool)[sets]
         photos = np.bincount(annotators[has], minlength=len(names))
         mine = photos > 0
         parts.append(pd.DataFrame({"annotator_id": np.asarray(names)[mine], "class": k.name, "photos": photos[mine],
