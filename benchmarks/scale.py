@@ -554,7 +554,7 @@ def save_tiles(n: int, template_path: Path, seed: int, folder: Path) -> dict[str
     from pipeline import store
     from pipeline.config import load_config
     from pipeline.stages import dedup
-    from pipeline.tables import REJECTION_COLUMNS, frame
+    from pipeline.tables import REJECTION_COLUMNS, as_categories, frame
 
     with template_path.open("rb") as f:
         template = pickle.load(f)
@@ -564,7 +564,7 @@ def save_tiles(n: int, template_path: Path, seed: int, folder: Path) -> dict[str
     photos = tiled["photos"]
     shutil.rmtree(folder, ignore_errors=True)
     none = frame([], REJECTION_COLUMNS)
-    store.save((tiled["manifest"], tiled["assignments"], none), folder / "inputs.pkl")
+    store.save((tiled["manifest"], as_categories(tiled["assignments"], ["file"]), none), folder / "inputs.pkl")
     for i, at in enumerate(range(0, n, size)):
         store.save((photos.iloc[at:at + size], none), folder / "ingest" / f"{i:06d}.pkl")
     kept = b.kept_photos(photos, dedup.find_duplicates(photos, cfg.dedup))
@@ -635,7 +635,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
 
     t = time.perf_counter()
     parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
-    m = b.apply_thresholds(b.combine(parts, spec), spec, cfg.merge)
+    m = b.compact(b.apply_thresholds(b.combine(parts, spec), spec, cfg.merge))
     del parts
     step("merge result (gather, combine, apply_thresholds)", t)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from pipeline.incremental import Batching
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 from pipeline.stages.skill import add_sums
-from pipeline.tables import is_sorted, isin, keyed_hash
+from pipeline.tables import as_categories, is_sorted, isin, keyed_hash
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,13 @@ def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
     parts.clear()
     scores = add_sums(pieces.pop("scores"))
     return MergeResult(**{n: by_photo(pieces.pop(n)) for n in names[:-1]}, scores=scores)
+
+
+def compact(m: MergeResult) -> MergeResult:
+    """The build's merge result as it is held until the report: the few-valued text columns of its assignment and
+    class rows as categoricals (at 200k photos, ~80 MB less)."""
+    return replace(m, assignments=as_categories(m.assignments, ["drawn", "excluded"]),
+                   classes=as_categories(m.classes, ["class"]))
 
 
 def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:

@@ -43,7 +43,7 @@ from pipeline.report.write import json_rows, write_csv, write_json, write_json_r
 from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
-from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, concat, frame, isin, keyed_hash
+from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, as_categories, concat, frame, isin, keyed_hash
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -75,7 +75,8 @@ def read_inputs(cfg: Config, spec: Spec, manifest: pd.DataFrame, rejected: pd.Da
 
     own = join_tables([head, read_annotations(native, spec, cfg.inputs.label_map, sink, start)])
     others = read_tool_sources(cfg, spec, manifest, sink)
-    own_a, own_r, assignments = own[0], own[2], located(join_tables([own, others])[0], records)
+    own_a, own_r, assignments = own[0], own[2], as_categories(located(join_tables([own, others])[0], records),
+                                                              ["file"])
     now = inc.line_prefix(native, nkey)
     store.write_atomic(out.with_suffix(".prefix.json"), json.dumps(asdict(now)).encode())
     lines = {"native_assignments": len(own_a), "native_rejections": (len(rejected), len(rejected) + len(own_r)),
@@ -567,7 +568,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed,
                                    lambda rs: b.combine(rs, spec))
     key_of = dict(zip(ids, merge_keys, strict=True)) | dict(zip(takes["photo_id"], trusted_keys, strict=True))
-    m = b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge)
+    m = b.compact(b.apply_thresholds(b.combine(merged_parts, spec), spec, cfg.merge))
     del merged_parts
     b.write_weights(weights, layout.weights)
     skills = call(estimate_skills, m.scores, cfg).skills_

@@ -309,3 +309,11 @@ def test_report_tables_are_written_again_only_when_their_content_or_file_changed
     changed = {"a": tables["a"].assign(y=[0.5, 0.25]), "b": tables["b"]}
     assert rewrite(changed) == ["a", "b"]  # a new value; a file changed since
     assert rewrite({"a": changed["a"].astype({"x": float})}) == ["a"]  # equal numbers of another dtype
+
+
+def test_write_csv_defuses_formula_cells_of_categorical_columns(tmp_path):
+    from pipeline.report.write import write_csv
+
+    df = pd.DataFrame({"c": pd.Series(["=1+1", "ok", None, "=1+1"], dtype="category"), "n": [1, 2, 3, 4]})
+    write_csv(df, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text(encoding="utf-8") == "c,n\n'=1+1,1\nok,2\n,3\n'=1+1,4\n"

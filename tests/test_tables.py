@@ -41,3 +41,12 @@ def test_is_sorted_needs_every_value_present_and_never_decreasing():
     assert is_sorted(pd.Series(["a", "a", "b"], dtype="str")) and is_sorted(pd.Series([], dtype="str"))
     assert not is_sorted(pd.Series(["b", "a"], dtype="str"))
     assert not is_sorted(pd.Series(["a", "b", None], dtype="str"))  # a missing value: sort it to be sure
+
+
+def test_categorical_text_sorts_as_the_plain_text():
+    from pipeline.tables import as_categories
+
+    df = pd.DataFrame({"k": ["teeth", "lips", "skin", "lips"], "n": [1, 2, 3, 4]})
+    compact = as_categories(df, ["k"])
+    assert isinstance(compact["k"].dtype, pd.CategoricalDtype) and df["k"].dtype != compact["k"].dtype
+    assert compact.sort_values(["k", "n"])["n"].tolist() == df.sort_values(["k", "n"])["n"].tolist() == [2, 4, 3, 1]

@@ -28,7 +28,10 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     out = df
     for col in df.columns:
         values = df[col]
-        if values.dtype == object:
+        if isinstance(values.dtype, pd.CategoricalDtype):  # a risky category makes its rows risky
+            bad = [isinstance(v, str) and v.startswith(FORMULA_START) for v in values.cat.categories]
+            risky = np.flatnonzero(np.asarray(bad, bool)[values.cat.codes.to_numpy()] & (values.cat.codes >= 0))
+        elif values.dtype == object:
             text = values.to_numpy(dtype=object)
             risky = np.flatnonzero([isinstance(v, str) and v.startswith(FORMULA_START) for v in text])
         elif pd.api.types.is_string_dtype(values):
