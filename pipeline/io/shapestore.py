@@ -28,10 +28,20 @@ DIGESTED = (3, 4, 5, 6, 8)  # class_id, label, points, holes, index: what an ass
 
 def assignment_digests(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
     """Per assignment, a hash of its shape rows as imported (class, label, points, holes, order)."""
+    return {a: digest(mine) for a, mine in sorted(by_assignment(rows).items())}
+
+
+def by_assignment(rows: Iterable[Sequence[Any]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Shape rows grouped by their assignment, in order."""
     grouped: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for r in rows:
-        grouped[r[0]].append(tuple(r[i] for i in DIGESTED))
-    return {a: hashlib.sha256(pickle.dumps(g, protocol=4)).hexdigest()[:16] for a, g in sorted(grouped.items())}
+        grouped[r[0]].append(tuple(r))
+    return grouped
+
+
+def digest(rows: Sequence[Sequence[Any]]) -> str:
+    """The hash of one assignment's shape rows: their ``DIGESTED`` fields, in order."""
+    return hashlib.sha256(pickle.dumps([tuple(r[i] for i in DIGESTED) for r in rows], protocol=4)).hexdigest()[:16]
 
 
 SPAN_COLUMNS = ["shape_offset", "shape_length"]
@@ -61,17 +71,13 @@ class ShapeStore:
     def write(self, rows: Sequence[Sequence[Any]]) -> dict[str, Record]:
         """Append shape rows (every row of each assignment at once); per assignment, where its record lies and the
         digest of its shapes."""
-        grouped: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-        for r in rows:
-            grouped[r[0]].append(tuple(r))
-        digests = assignment_digests(rows)
         out: dict[str, Record] = {}
         with open(self.path, "ab") as f:
             offset = f.tell()
-            for assignment, mine in grouped.items():
+            for assignment, mine in by_assignment(rows).items():
                 record = pickle.dumps(mine, protocol=5)
                 f.write(record)
-                out[assignment] = (offset, len(record), digests[assignment])
+                out[assignment] = (offset, len(record), digest(mine))
                 offset += len(record)
         return out
 
