@@ -281,8 +281,8 @@ def _floor_job(job: tuple[str, list[str], str]) -> tuple[int, str, float, float,
     import cv2
     import numpy as np
 
-    from pipeline.cli import tune_process
     from pipeline.io.png import write_mask
+    from pipeline.tuning import tune_process
 
     tune_process()  # the settings of a build's processes
     cv2.setNumThreads(1)
@@ -582,7 +582,7 @@ def save_tiles(n: int, template_path: Path, seed: int, folder: Path) -> dict[str
 def table_stages(folder: Path) -> dict[str, Any]:
     """The table-level stages of a build on the tiles ``save_tiles`` left in ``folder``, loaded and held as the flow
     loads and holds them; seconds and peak RSS per step (this process)."""
-    from pipeline.cli import tune_process
+    from pipeline.tuning import tune_process
 
     tune_process()  # the build's settings, before pyarrow is loaded: its memory pool is chosen then
     import pandas as pd

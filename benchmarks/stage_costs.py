@@ -25,7 +25,6 @@ import pandas as pd
 from common import table
 
 from pipeline import build as b
-from pipeline.cli import tune_process
 from pipeline.config import load_config
 from pipeline.io.manifest import read_manifest
 from pipeline.io.png import encode_mask
@@ -33,6 +32,7 @@ from pipeline.io.sources import read_all_annotations
 from pipeline.simulate import simulate
 from pipeline.stages import export, ingest, merge
 from pipeline.tables import CROWD
+from pipeline.tuning import tune_process
 
 DEVICES = {"laptop_webcam": 0.25, "phone_fhd": 0.25, "phone_vga": 0.5}
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +15,7 @@ from rich.table import Table
 from typer.exceptions import TyperException
 
 from pipeline.errors import CrowdsegError
+from pipeline.tuning import tune_process
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Build image-segmentation datasets from crowdsourced photos and annotations.")
@@ -193,51 +192,6 @@ def schemas(out: Annotated[Path | None, typer.Option(help="folder (default: the 
 
     for p in write_schemas(out or SCHEMA_DIR):
         typer.echo(str(p))
-
-
-ENV_DEFAULTS = {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
-    "OPENCV_FOR_THREADS_NUM": "1",
-    "ARROW_DEFAULT_MEMORY_POOL": "system",
-}
-"""The command's environment, where it sets none of these; its worker processes inherit it.
-
-Arrow (pandas' string columns) allocates through glibc's malloc rather than its bundled mimalloc, which keeps the
-pages it frees: with it, a 200k-photo build's table stages held ~300 MB more once their temporaries were gone
-(``benchmarks/scale.py``'s table-level runs), and ``run.release_memory`` reaches glibc's heap only.
-
-OpenCV runs single-threaded (it reads ``OPENCV_FOR_THREADS_NUM`` when it first runs in parallel): a build already
-runs a task per core, and OpenCV's own threads on top of them only took turns on the same cores. With them a final
-merge pass used ~35% more CPU per photo (10.2 against 7.3 ms in ``benchmarks/stage_costs.py``), ingest ~15%."""
-
-
-MALLOC_LIMIT = 32 << 20
-"""glibc malloc keeps freed blocks up to this size for reuse (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``).
-
-A build allocates and frees arrays of a few MB per photo (a decoded FullHD photo is 6 MB). Under glibc's sliding
-defaults many came from fresh zero pages, whose page faults cost ~15% of ingest's CPU (9.7 -> 8.4 ms per photo in
-``benchmarks/stage_costs.py``). The command and its worker processes keep at most this much freed memory each."""
-
-
-def tune_process() -> None:
-    """``ENV_DEFAULTS`` and ``tune_malloc``: the settings of the command's process and of its workers."""
-    for key, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    tune_malloc()
-
-
-def tune_malloc() -> None:
-    """Apply ``MALLOC_LIMIT`` to this process (``mallopt``) and, through the environment, to the worker processes
-    it starts; nothing with a C library other than glibc, or when the environment sets either option already."""
-    names = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}  # mallopt's M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    if any(n in os.environ for n in names) or platform.libc_ver()[0] != "glibc":
-        return
-    libc = ctypes.CDLL(None)
-    for name, option in names.items():
-        if libc.mallopt(option, MALLOC_LIMIT):
-            os.environ[name] = str(MALLOC_LIMIT)
 
 
 EXIT_OK, EXIT_USER, EXIT_INTERNAL = 0, 1, 2

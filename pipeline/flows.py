@@ -44,6 +44,7 @@ from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
 from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, as_categories, concat, frame, isin, keyed_hash
+from pipeline.tuning import tune_gc
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -451,7 +452,7 @@ class WorkerPool:
         if self.cfg.build.runner != "auto" or photos < POOL_MIN_PHOTOS or workers < 2:
             return None
         if self.runner is None:
-            self.runner = ProcessPoolTaskRunner(max_workers=workers).__enter__()
+            self.runner = process_pool(workers).__enter__()
         return self.runner
 
     def close(self) -> None:
@@ -699,6 +700,12 @@ def quiet_prefect() -> Iterator[None]:
         yield
 
 
+def process_pool(workers: int) -> ProcessPoolTaskRunner:
+    """Prefect's process runner, its workers given the command's garbage collector setting (``tuning.tune_gc``;
+    they inherit the rest of ``tuning.tune_process`` through the environment)."""
+    return ProcessPoolTaskRunner(max_workers=workers, initializer=tune_gc)
+
+
 def task_runner(cfg: Config) -> TaskRunner:
     """The flow's task runner for ``build.runner`` (``auto``: threads, see WorkerPool); every runner gives
     byte-identical outputs."""
@@ -706,7 +713,7 @@ def task_runner(cfg: Config) -> TaskRunner:
     if cfg.build.runner == "local":
         return ThreadPoolTaskRunner(max_workers=1)
     if cfg.build.runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=workers)
+        return process_pool(workers)
     if cfg.build.runner == "dask":
         from prefect_dask import DaskTaskRunner
 

@@ -103,9 +103,9 @@ def test_exit_status_is_1_for_user_errors_and_2_for_internal_ones(monkeypatch, c
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator settings are glibc's")
 def test_the_command_hands_its_allocator_settings_to_its_workers_unless_the_user_set_them():
-    from pipeline.cli import MALLOC_LIMIT
+    from pipeline.tuning import MALLOC_LIMIT
 
-    probe = ("import os; from pipeline.cli import tune_malloc; tune_malloc(); "
+    probe = ("import os; from pipeline.tuning import tune_malloc; tune_malloc(); "
              "print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), os.environ.get('MALLOC_TRIM_THRESHOLD_'))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
@@ -125,3 +125,23 @@ def test_the_embedded_server_is_named_in_the_environment_for_every_thread_and_wo
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_the_command_collects_young_garbage_less_often_but_never_turns_collection_on_or_up():
+    import gc
+
+    from pipeline.tuning import GC_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc()
+        assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
+        gc.set_threshold(10 * GC_THRESHOLD, 5, 5)
+        tune_gc()
+        assert gc.get_threshold() == (10 * GC_THRESHOLD, 5, 5)
+        gc.set_threshold(0)
+        tune_gc()
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
