@@ -220,10 +220,10 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
     get_run_logger().info("exported %d photos (%d files)", len(exported), len(digests))
     coco, spans = export.coco_snippets(exported)  # read back one image at a time when published
     store.write_atomic(Path(part).with_suffix(".coco"), coco)
-    by_name = {e.name: (replace(e, annotations=()),
-                        {rel: d for rel, d in digests.items() if rel.rpartition("/")[2].split(".")[0] == e.name},
-                        spans[e.name])
-               for e in exported}
+    files: dict[str, dict[str, str]] = {}
+    for rel, d in digests.items():  # <dir>/<name>.<ext>: each photo's files
+        files.setdefault(rel.rpartition("/")[2].split(".")[0], {})[rel] = d
+    by_name = {e.name: (replace(e, annotations=()), files.get(e.name, {}), spans[e.name]) for e in exported}
     result = {p: by_name[export.image_name(p, pseudonym)] for p in published["photo_id"]}
     return str(store.save_part(result, items, Path(part)))
 
