@@ -720,7 +720,7 @@ def task_runner(cfg: Config) -> TaskRunner:
         if cfg.build.dask_address:
             return DaskTaskRunner(address=cfg.build.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                              "dashboard_address": None})
+                                              "dashboard_address": None, "preload": ["pipeline.tuning"]})
     return ThreadPoolTaskRunner(max_workers=workers)
 
 

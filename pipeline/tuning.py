@@ -66,7 +66,14 @@ makes little cyclic garbage, and that is still collected, later."""
 
 def tune_gc() -> None:
     """Collect the youngest generation every ``GC_THRESHOLD`` allocations, never more often than set already (nor
-    at all where collection is off): in the command's process and, as their initializer, in its worker processes."""
+    at all where collection is off): in the command's process, in its process pools' workers (their initializer,
+    ``flows.process_pool``) and in a local Dask cluster's workers (``dask_setup``)."""
     young, *older = gc.get_threshold()
     if 0 < young < GC_THRESHOLD:
         gc.set_threshold(GC_THRESHOLD, *older)
+
+
+def dask_setup(worker: object) -> None:
+    """Dask's preload hook: a local cluster's workers (started by the build with this module as their ``preload``)
+    get the command's garbage collector setting. A remote cluster's workers keep their own."""
+    tune_gc()

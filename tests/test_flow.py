@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from prefect import flow, task
 
 from pipeline import flows
 from pipeline.build import preflight
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.flows import run_build
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
@@ -384,6 +385,27 @@ def test_dask_and_process_runners_give_the_local_bytes(prefect_server, tmp_path,
         assert _tree(trees[runner]) == files
         _, mismatch, errors = filecmp.cmpfiles(trees["threads"], trees[runner], files, shallow=False)
         assert not mismatch and not errors, (runner, mismatch)
+
+
+@task
+def _gc_threshold() -> tuple[int, int, int]:
+    import gc
+
+    return gc.get_threshold()
+
+
+def test_worker_processes_and_local_dask_workers_get_the_commands_gc_setting(prefect_server):
+    """The build's process pools (their initializer) and a local Dask cluster's workers (its preload) collect young
+    garbage as rarely as the command does (``tuning.tune_gc``), whatever the test process's own setting."""
+    from pipeline.tuning import GC_THRESHOLD
+
+    for runner in (flows.process_pool(1),
+                   flows.task_runner(Config.model_validate({"build": {"runner": "dask", "workers": 1}}))):
+        @flow(task_runner=runner)
+        def probe() -> tuple[int, int, int]:
+            return _gc_threshold.submit().result()
+
+        assert probe()[0] == GC_THRESHOLD
 
 
 def test_process_workers_get_their_arguments_unwalked(monkeypatch):
