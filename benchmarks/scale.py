@@ -655,6 +655,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     kept = b.with_faces(kept, pd.DataFrame(columns=["photo_id"]).assign(  # the detector's columns: zeros, as for
         **{c: [] for c in ("faces", "face_x", "face_y", "face_w", "face_h")}))  # photos whose mask has a face
     reviewed = b.published_table(kept, m.photos, splits)
+    del kept  # as the flow lets it go
     published = b.in_dataset(reviewed)
     step("split (split_strata, assign_splits)", t)
 
@@ -670,7 +671,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
                                          spec, cfg.qa, cfg.split.ratios))
     step("QA checks", t)
 
-    del to_merge, kept, reviewed  # as the flow lets them go after the thumbnails
+    del to_merge, reviewed  # as the flow lets them go after the thumbnails
     release_memory()
     reset_hwm()
     t = time.perf_counter()

@@ -594,6 +594,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 b.source_splits(kept, merged, cfg, links), cfg, layout)
     del voted, merged  # copies of kept's and merge's rows that only merge and split read
     reviewed = b.published_table(kept, m.photos, splits)
+    del kept  # reviewed holds what the later stages read of it
     published = b.in_dataset(reviewed)
     lap(clock, "split")
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
@@ -621,7 +622,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                  unmapped(to_merge[isin(to_merge["photo_id"], shown)]),
                                  unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
-    del to_merge, kept, reviewed  # the report reads none of them
+    del to_merge, reviewed  # the report reads neither
     lap(clock, "thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, build_id, split_report.as_dict())
     tables = b.report_tables(rejections, duplicates, m, skills, annotators, findings, classes, published, decisions,
