@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.io import annotations
 from pipeline.io.annotations import read_annotations
-from pipeline.io.shapestore import LOCATION_COLUMNS, ShapeStore, assignment_digests, located, records_of
+from pipeline.io.shapestore import LOCATION_COLUMNS, ShapeStore, by_assignment, digest, located, records_of
 from pipeline.spec import load_spec
 from tests.conftest import write_lines
 
@@ -32,6 +32,11 @@ def as_rows(df: pd.DataFrame) -> list[tuple]:
     return [tuple(str(v) for v in r) for r in df.itertuples(index=False, name=None)]
 
 
+
+def _digests(rows):
+    """Per assignment, the digest of its rows, as if every row came in one write."""
+    return {a: digest(mine) for a, mine in by_assignment(rows).items()}
+
 def test_streamed_shapes_equal_the_in_memory_table_and_the_store_returns_only_what_is_asked(lines, tmp_path,
                                                                                              monkeypatch):
     a, whole, rejected = read_annotations(lines, SPEC)
@@ -47,7 +52,7 @@ def test_streamed_shapes_equal_the_in_memory_table_and_the_store_returns_only_wh
     a2, left, rejected2 = read_annotations(lines, SPEC, sink=sink)
     assert left.empty and a2.equals(a) and rejected2.equals(rejected)
     assert len(writes) > 10 and all(w % 2 == 0 for w in writes)  # 2 shapes per assignment: never split
-    assert {k: d for k, (_, _, d) in records.items()} == assignment_digests(whole.itertuples(index=False, name=None))
+    assert {k: d for k, (_, _, d) in records.items()} == _digests(whole.itertuples(index=False, name=None))
     located_a = located(a, records)
     assert list(located_a.columns) == [*a.columns, *LOCATION_COLUMNS] and records_of(located_a) == records
 
@@ -65,7 +70,7 @@ def test_digests_follow_an_assignments_own_shapes_only():
     rows = [("x:1", "p1", "a", 1, "face_skin", [[0, 0], [1, 0], [1, 1]], [], 1, 0),
             ("x:2", "p1", "b", 1, "face_skin", [[0, 0], [1, 0], [1, 1]], [], 2, 0)]
     moved = [rows[0], rows[1][:5] + ([[0, 0], [1, 0], [1, 2]],) + rows[1][6:]]
-    before, after = assignment_digests(rows), assignment_digests(moved)
+    before, after = _digests(rows), _digests(moved)
     assert before["x:1"] == after["x:1"] and before["x:2"] != after["x:2"]
 
 

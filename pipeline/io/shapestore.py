@@ -26,11 +26,6 @@ from pipeline.tables import frame
 DIGESTED = (3, 4, 5, 6, 8)  # class_id, label, points, holes, index: what an assignment's digest covers
 
 
-def assignment_digests(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
-    """Per assignment, a hash of its shape rows as imported (class, label, points, holes, order)."""
-    return {a: digest(mine) for a, mine in sorted(by_assignment(rows).items())}
-
-
 def by_assignment(rows: Iterable[Sequence[Any]]) -> dict[str, list[tuple[Any, ...]]]:
     """Shape rows grouped by their assignment, in order."""
     grouped: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
