@@ -36,6 +36,7 @@ from pipeline.io.manifest import read_manifest
 from pipeline.io.shapes import SHAPE_COLUMNS
 from pipeline.io.shapestore import ShapeStore, located
 from pipeline.io.sources import join_tables, read_tool_sources
+from pipeline.pool import ProcessPool
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
@@ -44,7 +45,6 @@ from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
 from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, as_categories, concat, frame, isin, keyed_hash
-from pipeline.tuning import tune_gc
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -452,7 +452,7 @@ class WorkerPool:
         if self.cfg.build.runner != "auto" or photos < POOL_MIN_PHOTOS or workers < 2:
             return None
         if self.runner is None:
-            self.runner = process_pool(workers).__enter__()
+            self.runner = ProcessPool(workers).__enter__()
         return self.runner
 
     def close(self) -> None:
@@ -701,12 +701,6 @@ def quiet_prefect() -> Iterator[None]:
         yield
 
 
-def process_pool(workers: int) -> ProcessPoolTaskRunner:
-    """Prefect's process runner, its workers given the command's garbage collector setting (``tuning.tune_gc``;
-    they inherit the rest of ``tuning.tune_process`` through the environment)."""
-    return ProcessPoolTaskRunner(max_workers=workers, initializer=tune_gc)
-
-
 def task_runner(cfg: Config) -> TaskRunner:
     """The flow's task runner for ``build.runner`` (``auto``: threads, see WorkerPool); every runner gives
     byte-identical outputs."""
@@ -714,7 +708,7 @@ def task_runner(cfg: Config) -> TaskRunner:
     if cfg.build.runner == "local":
         return ThreadPoolTaskRunner(max_workers=1)
     if cfg.build.runner == "processes":
-        return process_pool(workers)
+        return ProcessPool(workers)
     if cfg.build.runner == "dask":
         from prefect_dask import DaskTaskRunner
 

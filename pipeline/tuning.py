@@ -67,7 +67,7 @@ makes little cyclic garbage, and that is still collected, later."""
 def tune_gc() -> None:
     """Collect the youngest generation every ``GC_THRESHOLD`` allocations, never more often than set already (nor
     at all where collection is off): in the command's process, in its process pools' workers (their initializer,
-    ``flows.process_pool``) and in a local Dask cluster's workers (``dask_setup``)."""
+    ``pool.ProcessPool``) and in a local Dask cluster's workers (``dask_setup``)."""
     young, *older = gc.get_threshold()
     if 0 < young < GC_THRESHOLD:
         gc.set_threshold(GC_THRESHOLD, *older)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from pipeline import flows
 from pipeline.build import preflight
 from pipeline.config import Config, load_config
 from pipeline.flows import run_build
+from pipeline.pool import ProcessPool
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
 
@@ -399,13 +401,40 @@ def test_worker_processes_and_local_dask_workers_get_the_commands_gc_setting(pre
     garbage as rarely as the command does (``tuning.tune_gc``), whatever the test process's own setting."""
     from pipeline.tuning import GC_THRESHOLD
 
-    for runner in (flows.process_pool(1),
+    for runner in (ProcessPool(1),
                    flows.task_runner(Config.model_validate({"build": {"runner": "dask", "workers": 1}}))):
         @flow(task_runner=runner)
         def probe() -> tuple[int, int, int]:
             return _gc_threshold.submit().result()
 
         assert probe()[0] == GC_THRESHOLD
+
+
+@task
+def _client_and_settings() -> tuple[int, bool, str]:
+    """This worker, whether its task run found an earlier one's API client holding the same settings (the task is
+    pickled by value, so the mark lives on the client), and the results folder it sees."""
+    from prefect.context import SyncClientContext
+    from prefect.settings import get_current_settings
+
+    client, settings = SyncClientContext.get().client, get_current_settings()
+    reused = getattr(client, "_probe_settings", None) is settings
+    client._probe_settings = settings
+    return os.getpid(), reused, str(settings.results.local_storage_path)
+
+
+def test_process_workers_set_up_once_for_all_their_task_runs(prefect_server, tmp_path):
+    """A worker of the build's process pool validates the parent's settings and opens an API client once, not for
+    every task run (~60 ms each), and its task runs still see the settings in force where the pool started."""
+    @flow(task_runner=ProcessPool(1))
+    def probe() -> list[tuple[int, bool, str]]:
+        return [_client_and_settings.submit().result() for _ in range(3)]
+
+    with flows.results_in(tmp_path):
+        runs = probe()
+    assert len({pid for pid, _, _ in runs}) == 1
+    assert [reused for _, reused, _ in runs] == [False, True, True]
+    assert {folder for _, _, folder in runs} == {str(tmp_path)}
 
 
 def test_process_workers_get_their_arguments_unwalked(monkeypatch):
