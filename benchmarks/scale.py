@@ -394,9 +394,10 @@ def make_template(crowd: Path, path: Path) -> None:
                      "config": str(crowd / "config.toml")}, f)
 
 
-def vm_hwm_mb() -> float:
+def vm_hwm_mb(field: str = "VmHWM") -> float:
+    """This process's peak RSS in MB (its current RSS with ``field="VmRSS"``)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -605,6 +606,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
         steps.append({"step": name, "seconds": round(time.perf_counter() - start, 2), "peak_mb": round(vm_hwm_mb())})
         if lap:
             release_memory()
+        steps[-1]["held_mb"] = round(vm_hwm_mb("VmRSS"))
         reset_hwm()
 
     t = time.perf_counter()
