@@ -896,11 +896,13 @@ def print_tables(results: list[dict[str, Any]]) -> None:
         cells = []
         for r in ok:
             found = next((x for x in r["steps"] if x["step"] == s), None)
-            cells += [f"{found['seconds']:,.2f}", f"{found['peak_mb']:,}"] if found else ["", ""]
+            cells += ([f"{found['seconds']:,.2f}", f"{found['peak_mb']:,}", f"{found['held_mb']:,}"] if found
+                      else ["", "", ""])
         rows.append([s, *cells])
     rows.append(["**whole run**", *[c for r in ok for c in (f"{sum(x['seconds'] for x in r['steps']):,.1f}",
-                                                            f"**{r['peak_mb']:,}**")]])
-    heads = [h for r in ok for h in (f"{r['photos'] // 1000}k s", f"{r['photos'] // 1000}k peak MB")]
+                                                            f"**{r['peak_mb']:,}**", "")]])
+    heads = [h for r in ok for h in (f"{r['photos'] // 1000}k s", f"{r['photos'] // 1000}k peak MB",
+                                     f"{r['photos'] // 1000}k held MB")]
     print(table(["table-level step", *heads], rows))
     print()
     print(table(["photos", "kept", "published", "assignments", "class rows", "score rows", "dup clusters",
@@ -909,8 +911,8 @@ def print_tables(results: list[dict[str, Any]]) -> None:
                   f"{r['class_rows']:,}", f"{r['score_rows']:,}", f"{r['clusters']:,}", f"{r['report_mb']:,.0f}"]
                  for r in ok]))
     print("\n(peak MB: VmHWM of the subprocess during the step; it is reset after each step through "
-          "/proc/self/clear_refs" + ("" if all(r["per_step_peaks"] for r in ok) else " where allowed") + ".)\n",
-          flush=True)
+          "/proc/self/clear_refs" + ("" if all(r["per_step_peaks"] for r in ok) else " where allowed") + ". "
+          "held MB: its RSS after the step, once a stage's end has freed what the flow frees there.)\n", flush=True)
 
 
 if __name__ == "__main__":
