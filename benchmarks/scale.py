@@ -43,7 +43,8 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -580,6 +581,16 @@ def save_tiles(n: int, template_path: Path, seed: int, folder: Path) -> dict[str
     return {"photos": n, "merge_parts": len(parts)}
 
 
+def held_in_flight(jobs: Iterable[Any], ahead: int) -> None:
+    """Pickle each batch's arguments as the build's process pool does when it sends them, holding as many as
+    ``flows.run_stage`` keeps submitted and unfinished (the workers' own work is not run here)."""
+    import cloudpickle
+
+    sent: deque[bytes] = deque(maxlen=ahead)
+    for job in jobs:
+        sent.append(cloudpickle.dumps(job))
+
+
 def table_stages(folder: Path) -> dict[str, Any]:
     """The table-level stages of a build on the tiles ``save_tiles`` left in ``folder``, loaded and held as the flow
     loads and holds them; seconds and peak RSS per step (this process)."""
@@ -592,7 +603,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     from pipeline import incremental as inc
     from pipeline import store
     from pipeline.config import load_config
-    from pipeline.flows import write_report_files
+    from pipeline.flows import in_flight, write_report_files
     from pipeline.report.write import write_csv
     from pipeline.run import release_memory
     from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
@@ -635,6 +646,15 @@ def table_stages(folder: Path) -> dict[str, Any]:
     del assignments
     step("route assignments (route_orphans, one_per_annotator)", t, lap=False)
 
+    t = time.perf_counter()  # a final pass's batches: photos, assignments, and a weight per annotator and class
+    batch = b.batching(cfg, "processes").length(len(voted))
+    weights = {(a, c): 1.0 for a in sorted(set(to_merge["annotator_id"])) for c in spec.draw_ids}
+    jobs = b.merge_jobs(voted, to_merge, [list(range(i, min(i + batch, len(voted))))
+                                          for i in range(0, len(voted), batch)])
+    held_in_flight(((p, a, spec, cfg, weights) for p, a in jobs), in_flight(cfg))
+    del weights, jobs
+    step("merge pass inputs (merge_jobs, pickled for the process pool)", t)
+
     t = time.perf_counter()
     parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
     m = b.compact(b.apply_thresholds(b.combine(parts, spec), spec, cfg.merge))
@@ -667,6 +687,11 @@ def table_stages(folder: Path) -> dict[str, Any]:
                                 int(m.assignments["photo_id"].isin(published["photo_id"]).sum()), rejections,
                                 duplicates)
     step("accounting (annotator_table, balance)", t, lap=False)
+
+    t = time.perf_counter()
+    held_in_flight(((published.iloc[i: i + batch], spec, cfg) for i in range(0, len(published), batch)),
+                   in_flight(cfg))
+    step("export inputs (published batches, pickled for the process pool)", t, lap=False)
 
     t = time.perf_counter()
     findings = qa.run_checks(qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators, duplicates,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -314,11 +315,13 @@ def build_id(cfg: Config, photos: pd.DataFrame, assignments: pd.DataFrame) -> st
 
 
 def merge_jobs(photos: pd.DataFrame, assignments: pd.DataFrame, rows: list[list[int]]
-               ) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    """Per batch of photo row positions: the photos and their assignments (each task reads its own shapes)."""
+               ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Per batch of photo row positions, made as they are read: the photos and their assignments (each task reads
+    its own shapes)."""
     by_photo = assignments.groupby("photo_id", sort=False).indices
-    return [(batch, assignments.iloc[sorted(i for p in batch["photo_id"] for i in by_photo.get(p, []))])
-            for batch in (photos.iloc[positions] for positions in rows)]
+    for positions in rows:
+        batch = photos.iloc[positions]
+        yield batch, assignments.iloc[sorted(i for p in batch["photo_id"] for i in by_photo.get(p, []))]
 
 
 def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:

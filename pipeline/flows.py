@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +180,8 @@ def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.La
         digests = [i + m for i, m in zip(files.digests(listed["path"]), files.digests(listed["mask"]), strict=True)]
         plan = inc.plan(inc.derive_keys(listed, digests, ds, spec, cfg), "derive", layout.cache / "derive",
                         b.batching(cfg))
-        parts = run_stage(derive_batch, plan, [(listed.iloc[bt.rows],) for bt in plan.todo], ds, spec, cfg,
-                          stage="derive", clock=clock, used=used)
+        parts = run_stage(derive_batch, plan, ((listed.iloc[bt.rows],) for bt in plan.todo), ds, spec, cfg,
+                          stage="derive", clock=clock, used=used, ahead=in_flight(cfg))
         for crops, refused in inc.gather(parts, listed["photo_id"].tolist()):
             samples += list(crops.values())
             rejected.append(refused)
@@ -339,42 +341,75 @@ def write_report_files(summary: dict[str, Any], tables: dict[str, pd.DataFrame],
     return markdown
 
 
-def run_stage(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
-              clock: Stopwatch, used: set[str], runner: TaskRunner | None = None) -> dict[str, list[int]]:
-    """Run a stage's batches still to compute (``start``) and wait for them (``Started.parts``)."""
-    return start(t, plan, per_batch, *shared, stage=stage, runner=runner).parts(clock, used)
+IN_FLIGHT = 4
+"""Batches per worker that ``run_stage`` keeps submitted and unfinished. A stage makes a batch's arguments only when
+it submits the batch, so it holds a few batches' inputs at a time, not every batch's: at 200k photos a merge pass's
+photo and assignment slices are ~230 MB, held twice on a process pool, which queues them pickled."""
+
+
+def in_flight(cfg: Config) -> int:
+    """How many batches ``run_stage`` keeps submitted: ``IN_FLIGHT`` for each of the build's workers."""
+    return IN_FLIGHT * b.workers(cfg)
+
+
+def run_stage(t: Task, plan: inc.Plan, per_batch: Iterable[tuple[Any, ...]], *shared: Any, stage: str,
+              clock: Stopwatch, used: set[str], ahead: int, runner: TaskRunner | None = None) -> dict[str, list[int]]:
+    """Run a stage's batches still to compute, at most ``ahead`` of them submitted and unfinished at a time, and
+    return its parts (``collected``). ``per_batch`` yields each batch's own arguments, in ``plan.todo`` order; it is
+    read as batches are submitted."""
+    jobs = zip(plan.todo, per_batch, strict=True)
+    futures: list[PrefectFuture[str]] = []
+    running: deque[PrefectFuture[str]] = deque()
+    while True:
+        for bt, args in islice(jobs, max(0, ahead - len(running))):
+            futures.append(submit(t, bt, (*args, *shared), runner))
+            running.append(futures[-1])
+        if not running:
+            return collected(plan, futures, stage, clock, used)
+        running.popleft().wait()  # batches end roughly in the order they were submitted
+        report_progress(stage, len(futures) - len(running), len(plan.todo))
+
+
+def collected(plan: inc.Plan, futures: list[PrefectFuture[str]], stage: str, clock: Stopwatch, used: set[str]
+              ) -> dict[str, list[int]]:
+    """Every result file of a stage whose batches ended, with the row positions it holds (also added to ``used``);
+    the stage's counts go to ``clock``. Raises the error of a failed batch."""
+    clock.count(stage, plan.computed, plan.reused_items)
+    parts = plan.parts([f.result() for f in futures])
+    used.update(parts)
+    return parts
 
 
 @dataclass
 class Started:
-    """A stage whose batches still to compute were submitted."""
+    """A stage whose batches still to compute were all submitted at once (``start``)."""
 
     plan: inc.Plan
     futures: list[PrefectFuture[str]]
     stage: str
 
     def parts(self, clock: Stopwatch, used: set[str]) -> dict[str, list[int]]:
-        """Wait for the batches; every result file the stage reads with the row positions it holds, also added to
-        ``used``."""
+        """Wait for the batches, then ``collected``."""
         for done, _ in enumerate(as_completed(self.futures), 1):
             report_progress(self.stage, done, len(self.futures))
-        clock.count(self.stage, self.plan.computed, self.plan.reused_items)
-        parts = self.plan.parts([f.result() for f in self.futures])
-        used.update(parts)
-        return parts
+        return collected(self.plan, self.futures, self.stage, clock, used)
 
 
 def start(t: Task, plan: inc.Plan, per_batch: list[tuple[Any, ...]], *shared: Any, stage: str,
           runner: TaskRunner | None = None) -> Started:
-    """Submit a stage's batches still to compute, one task each (keyed by content, returning its result's path), to
-    the flow's task runner or to ``runner``."""
-    def submit(args: tuple[Any, ...], bt: inc.Batch) -> PrefectFuture[str]:
-        args = quoted(args, runner)
-        if runner is None:
-            return t.submit(*args, items=bt.items, key=bt.key, part=bt.part)
-        return runner.submit(t, get_call_parameters(t.fn, args, {"items": bt.items, "key": bt.key, "part": bt.part}))
+    """Submit all of a stage's batches still to compute: for stages that run while the flow does other work (the
+    annotation parse and ingest); the others use ``run_stage``."""
+    return Started(plan, [submit(t, bt, (*args, *shared), runner)
+                          for bt, args in zip(plan.todo, per_batch, strict=True)], stage)
 
-    return Started(plan, [submit((*args, *shared), bt) for bt, args in zip(plan.todo, per_batch, strict=True)], stage)
+
+def submit(t: Task, bt: inc.Batch, args: tuple[Any, ...], runner: TaskRunner | None) -> PrefectFuture[str]:
+    """One batch as a task keyed by content and returning its result's path, on the flow's task runner or on
+    ``runner``."""
+    args = quoted(args, runner)
+    if runner is None:
+        return t.submit(*args, items=bt.items, key=bt.key, part=bt.part)
+    return runner.submit(t, get_call_parameters(t.fn, args, {"items": bt.items, "key": bt.key, "part": bt.part}))
 
 
 DIGEST_CHUNK = 2048
@@ -471,7 +506,7 @@ def lap(clock: Stopwatch, stage: str) -> None:
 def run_one(t: Task, key: str, folder: Path, *args: Any, stage: str, clock: Stopwatch, used: set[str]) -> Any:
     """A single content-keyed result (computed, or reused from ``folder``), loaded."""
     plan = inc.plan([key], stage, folder, inc.Batching(1))
-    (part,) = run_stage(t, plan, [args] * len(plan.todo), stage=stage, clock=clock, used=used)
+    (part,) = run_stage(t, plan, [args] * len(plan.todo), stage=stage, clock=clock, used=used, ahead=1)
     return store.load(part)
 
 
@@ -484,7 +519,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     for d in (layout.cache, layout.reports):
         d.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(layout.staging, ignore_errors=True)
-    batching = b.batching(cfg)
+    batching, ahead = b.batching(cfg), in_flight(cfg)
     pseudonym, throwaway = export.pseudonym_key(os.environ, cfg.export.throwaway_key)
     clock = Stopwatch()
     files = store.FileDigests(layout.work / "digests.parquet")
@@ -546,8 +581,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         keys = inc.merge_keys(photos, assignments, weights, spec, cfg, final)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        jobs = [(p, a, drawn) for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo])]
-        parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, runner=pool)
+        jobs = ((p, a, drawn) for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo]))
+        parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, ahead=ahead,
+                          runner=pool)
         if final:
             return keys, inc.gather(parts, ids, merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
         return keys, inc.gather(parts, ids, skill.score_sums, skill.add_sums)
@@ -564,7 +600,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     trusted_keys = inc.trusted_keys(takes, files.digests(takes["mask"]), spec)
     if trusted_keys:
         plan = inc.plan(trusted_keys, "trusted", layout.cache / "trusted", batching)
-        parts = run_stage(trusted_batch, plan, [(takes.iloc[bt.rows],) for bt in plan.todo], spec,
+        parts = run_stage(trusted_batch, plan, ((takes.iloc[bt.rows],) for bt in plan.todo), spec, ahead=ahead,
                           stage="trusted masks", clock=clock, used=used)
         merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed,
                                    lambda rs: b.combine(rs, spec))
@@ -579,8 +615,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     face_ids = look["photo_id"].tolist()
     face_plan = inc.plan(inc.face_keys(face_ids, dict(zip(manifest["photo_id"], ingest_keys, strict=True))),
                          "faces", layout.cache / "faces", batching)
-    parts = run_stage(faces_batch, face_plan, [(look.iloc[bt.rows],) for bt in face_plan.todo], cfg, stage="faces",
-                      clock=clock, used=used)
+    parts = run_stage(faces_batch, face_plan, ((look.iloc[bt.rows],) for bt in face_plan.todo), cfg, ahead=ahead,
+                      stage="faces", clock=clock, used=used)
     kept = b.with_faces(kept, b.by_photo([ingest.find_faces(kept.iloc[:0], cfg.ingest),
                                           *inc.gather(parts, face_ids)]))
     held = merge.held_back(kept, to_merge, m.photos, cfg.merge.hold_disputed)
@@ -606,8 +642,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                                 rejections, duplicates)  # before publishing: a build that lost an input stops here
     export_plan, pool = pooled_plan(inc.export_keys(published, key_of, spec, cfg, pseudonym), "export",
                                     layout.cache / "export", cfg)
-    exported = run_stage(export_batch, export_plan, [(published.iloc[bt.rows],) for bt in export_plan.todo], spec,
-                         cfg, pseudonym, stage="export", clock=clock, used=used, runner=pool)
+    exported = run_stage(export_batch, export_plan, ((published.iloc[bt.rows],) for bt in export_plan.todo), spec,
+                         cfg, pseudonym, stage="export", clock=clock, used=used, ahead=ahead, runner=pool)
     findings = findings.result()
     lap(clock, "qa and export")
     classes, previous = call(publish, published, exported, findings, ledger, split_report.as_dict(), spec, cfg,

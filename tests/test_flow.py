@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import flows
+from pipeline import flows, store
+from pipeline import incremental as inc
 from pipeline.build import preflight
 from pipeline.config import Config, load_config
 from pipeline.flows import run_build
 from pipeline.pool import ProcessPool
+from pipeline.run import Stopwatch
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
 
@@ -435,6 +440,37 @@ def test_process_workers_set_up_once_for_all_their_task_runs(prefect_server, tmp
     assert len({pid for pid, _, _ in runs}) == 1
     assert [reused for _, reused, _ in runs] == [False, True, True]
     assert {folder for _, _, folder in runs} == {str(tmp_path)}
+
+
+_MADE: list[int] = []  # the batches whose arguments run_stage's per_batch has made, in order
+
+
+@task(persist_result=False, cache_policy=NO_CACHE)
+def _windowed(n: int, items: list[str], key: str, part: str) -> str:
+    """Batch ``n``: its result is how many batches' arguments were made when it ran."""
+    return str(store.save_part(len(_MADE), items, Path(part)))
+
+
+def test_run_stage_keeps_a_few_batches_in_flight_and_makes_their_arguments_as_it_submits(prefect_server, tmp_path):
+    """A stage holds the inputs of at most ``ahead`` unfinished batches: when batch n runs, no batch after n + ahead
+    has had its arguments made; every batch still runs, and the parts map back to the plan's rows."""
+    plan = inc.plan([f"k{i}" for i in range(12)], "probe", tmp_path, inc.Batching(1))
+
+    def per_batch() -> Iterator[tuple[int]]:
+        for n in range(len(plan.todo)):
+            _MADE.append(n)
+            yield (n,)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def stage() -> dict[str, list[int]]:
+        return flows.run_stage(_windowed, plan, per_batch(), stage="probe", clock=Stopwatch(), used=set(), ahead=3)
+
+    _MADE.clear()
+    parts = stage()
+    made_when_run = {rows[0]: store.load(Path(part)) for part, rows in parts.items()}
+    assert sorted(made_when_run) == list(range(12))
+    assert all(made <= n + 3 for n, made in made_when_run.items())
+    assert list(range(12)) == _MADE
 
 
 def test_process_workers_get_their_arguments_unwalked(monkeypatch):
