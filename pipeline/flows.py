@@ -347,21 +347,25 @@ it submits the batch, so it holds a few batches' inputs at a time, not every bat
 photo and assignment slices are ~230 MB, held twice on a process pool, which queues them pickled."""
 
 
-def in_flight(cfg: Config) -> int:
-    """How many batches ``run_stage`` keeps submitted: ``IN_FLIGHT`` for each of the build's workers."""
+def in_flight(cfg: Config) -> int | None:
+    """How many batches ``run_stage`` keeps submitted: ``IN_FLIGHT`` for each of the build's workers; no limit on a
+    remote Dask cluster whose size ``build.workers`` does not give (the command's cores say nothing of it)."""
+    if cfg.build.runner == "dask" and cfg.build.dask_address and not cfg.build.workers:
+        return None
     return IN_FLIGHT * b.workers(cfg)
 
 
 def run_stage(t: Task, plan: inc.Plan, per_batch: Iterable[tuple[Any, ...]], *shared: Any, stage: str,
-              clock: Stopwatch, used: set[str], ahead: int, runner: TaskRunner | None = None) -> dict[str, list[int]]:
-    """Run a stage's batches still to compute, at most ``ahead`` of them submitted and unfinished at a time, and
-    return its parts (``collected``). ``per_batch`` yields each batch's own arguments, in ``plan.todo`` order; it is
-    read as batches are submitted."""
+              clock: Stopwatch, used: set[str], ahead: int | None, runner: TaskRunner | None = None
+              ) -> dict[str, list[int]]:
+    """Run a stage's batches still to compute, at most ``ahead`` of them (None: all) submitted and unfinished at a
+    time, and return its parts (``collected``). ``per_batch`` yields each batch's own arguments, in ``plan.todo``
+    order; it is read as batches are submitted."""
     jobs = zip(plan.todo, per_batch, strict=True)
     futures: list[PrefectFuture[str]] = []
     running: deque[PrefectFuture[str]] = deque()
     while True:
-        for bt, args in islice(jobs, max(0, ahead - len(running))):
+        for bt, args in islice(jobs, None if ahead is None else max(0, ahead - len(running))):
             futures.append(submit(t, bt, (*args, *shared), runner))
             running.append(futures[-1])
         if not running:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -471,6 +472,16 @@ def test_run_stage_keeps_a_few_batches_in_flight_and_makes_their_arguments_as_it
     assert sorted(made_when_run) == list(range(12))
     assert all(made <= n + 3 for n, made in made_when_run.items())
     assert list(range(12)) == _MADE
+
+
+def test_batches_in_flight_follow_the_workers_and_have_no_limit_on_a_remote_cluster_of_unknown_size():
+    def cfg(**build: Any) -> Config:
+        return Config.model_validate({"build": build})
+
+    assert flows.in_flight(cfg(workers=3)) == 3 * flows.IN_FLIGHT
+    assert flows.in_flight(cfg(runner="dask", workers=2)) == 2 * flows.IN_FLIGHT  # a local cluster
+    assert flows.in_flight(cfg(runner="dask", dask_address="tcp://10.0.0.5:8786")) is None
+    assert flows.in_flight(cfg(runner="dask", dask_address="tcp://10.0.0.5:8786", workers=64)) == 64 * flows.IN_FLIGHT
 
 
 def test_process_workers_get_their_arguments_unwalked(monkeypatch):
