@@ -344,7 +344,8 @@ def write_report_files(summary: dict[str, Any], tables: dict[str, pd.DataFrame],
 IN_FLIGHT = 4
 """Batches per worker that ``run_stage`` keeps submitted and unfinished. A stage makes a batch's arguments only when
 it submits the batch, so it holds a few batches' inputs at a time, not every batch's: at 200k photos a merge pass's
-photo and assignment slices are ~230 MB, held twice on a process pool, which queues them pickled."""
+photo and assignment slices, which the process pool queues pickled with the pass's weight table, came to ~750 MB
+(``benchmarks/scale.py``'s table-level run)."""
 
 
 def in_flight(cfg: Config) -> int | None:
