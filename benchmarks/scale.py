@@ -689,6 +689,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     step("accounting (annotator_table, balance)", t, lap=False)
 
     t = time.perf_counter()
+    batch = b.batching(cfg, "processes").length(len(published))  # the export's own batches, as the flow sizes them
     held_in_flight(((published.iloc[i: i + batch], spec, cfg) for i in range(0, len(published), batch)),
                    in_flight(cfg))
     step("export inputs (published batches, pickled for the process pool)", t, lap=False)
