@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, replace
 from functools import cache
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from prefect import Task, flow, get_run_logger, task, unmapped
+from prefect import Flow, Task, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
@@ -50,6 +50,19 @@ from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, as_cate
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
+Runnable = TypeVar("Runnable", Task, Flow)
+
+
+def importable(obj: Runnable) -> Runnable:
+    """A task or flow whose function pickle finds as ``<module>.<name>.fn``, and so pickles by reference.
+
+    The module attribute is the Task or Flow, not the function, so cloudpickle pickled the function by value: its
+    code and every global it reads. Every task run sent to a worker process carries its flow run's context, whose
+    Flow holds ``build_flow``, which reads every task here: each submission pickled all of them (~9 ms at 20k
+    photos, more as the flow's globals grow), and each worker rebuilt them."""
+    obj.fn.__qualname__ += ".fn"
+    return obj
+
 
 def _key(context: Any, parameters: dict[str, Any]) -> str:
     """Cached tasks are keyed by the content key the flow computed (``store.key_of``), not by their arguments."""
@@ -60,6 +73,7 @@ CACHED = {"cache_key_fn": _key, "persist_result": True}
 """Tasks that save their result under the work directory and return its path; Prefect caches the path."""
 
 
+@importable
 @task(name="read-inputs", **CACHED)
 def read_inputs(cfg: Config, spec: Spec, manifest: pd.DataFrame, rejected: pd.DataFrame, items: list[str], key: str,
                 part: str) -> str:
@@ -91,6 +105,7 @@ def read_inputs(cfg: Config, spec: Spec, manifest: pd.DataFrame, rejected: pd.Da
                                 shapes, lines), items, out))
 
 
+@importable
 @task(name="ingest-batch", **CACHED)
 def ingest_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, part: str) -> str:
     photos, rejected = ingest.ingest(batch, cfg.ingest)
@@ -98,6 +113,7 @@ def ingest_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, p
     return str(store.save_part((photos, rejected), items, Path(part)))
 
 
+@importable
 @task(name="dedup", **CACHED)
 def dedup_photos(photos: pd.DataFrame, cfg: Config, items: list[str], key: str, part: str) -> str:
     previous = b.load_index(cfg)
@@ -107,6 +123,7 @@ def dedup_photos(photos: pd.DataFrame, cfg: Config, items: list[str], key: str, 
     return str(store.save_part((found, dedup.index_table(photos, found, previous)), items, Path(part)))
 
 
+@importable
 @task(name="faces-batch", **CACHED)
 def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, part: str) -> str:
     faces = ingest.find_faces(batch, cfg.ingest)
@@ -115,6 +132,7 @@ def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, pa
     return str(store.save_part(faces, items, Path(part)))
 
 
+@importable
 @task(name="score-batch", **CACHED)
 def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec, cfg: Config,
                 weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
@@ -124,6 +142,7 @@ def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     return str(store.save_part(scores, items, Path(part)))
 
 
+@importable
 @task(name="skills", **STAGE)
 def estimate_skills(sums: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
     model = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit_sums(sums)
@@ -131,6 +150,7 @@ def estimate_skills(sums: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
     return model
 
 
+@importable
 @task(name="merge-batch", **CACHED)
 def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec,
                 cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
@@ -144,6 +164,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     return str(store.save_part(result, items, Path(part)))
 
 
+@importable
 @task(name="trusted-batch", **CACHED)
 def trusted_batch(photos: pd.DataFrame, spec: Spec, items: list[str], key: str, part: str) -> str:
     """Take the trusted masks of a batch of external or derived samples; masks go beside the result, as merge's."""
@@ -154,6 +175,7 @@ def trusted_batch(photos: pd.DataFrame, spec: Spec, items: list[str], key: str, 
     return str(store.save_part(result, items, Path(part)))
 
 
+@importable
 @task(name="derive-batch", **CACHED)
 def derive_batch(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, cfg: Config, items: list[str], key: str,
                  part: str) -> str:
@@ -188,6 +210,7 @@ def read_samples(cfg: Config, spec: Spec, files: store.FileDigests, layout: b.La
     return concat(samples, SAMPLE_COLUMNS), concat(rejected, REJECTION_COLUMNS), files_read
 
 
+@importable
 @task(name="qa", **STAGE)
 def run_qa(inputs: qa.QAInputs) -> pd.DataFrame:
     findings = qa.run_checks(inputs)
@@ -195,6 +218,7 @@ def run_qa(inputs: qa.QAInputs) -> pd.DataFrame:
     return findings
 
 
+@importable
 @task(name="split", **STAGE)
 def split_photos(photos: pd.DataFrame, strata: list[str], links: list[tuple[str, str]], samples: pd.DataFrame,
                  cfg: Config, layout: b.Layout) -> tuple[pd.DataFrame, split.SplitReport]:
@@ -209,6 +233,7 @@ def split_photos(photos: pd.DataFrame, strata: list[str], links: list[tuple[str,
     return splits, report
 
 
+@importable
 @task(name="export-batch", **CACHED)
 def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: bytes, items: list[str], key: str,
                  part: str) -> str:
@@ -230,6 +255,7 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
     return str(store.save_part(result, items, Path(part)))
 
 
+@importable
 @task(name="publish", **STAGE)
 def publish(published: pd.DataFrame, parts: dict[str, list[int]], findings: pd.DataFrame, ledger: dict[str, int],
             split_report: dict[str, Any], spec: Spec, cfg: Config, layout: b.Layout, pseudonym: bytes,
@@ -279,6 +305,7 @@ def publish_tree(published: pd.DataFrame, parts: dict[str, list[int]], findings:
     return b.class_summary(published, spec), export.publish(root, layout.dataset)
 
 
+@importable
 @task(name="thumbnails", **STAGE)
 def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame, assignments: pd.DataFrame,
                     drawn: ShapeStore, outcome: pd.DataFrame, spec: Spec, cfg: Config, layout: b.Layout
@@ -313,6 +340,7 @@ def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, st
     return {p: keyed_hash("thumb", merge_keys[p] + code, 24) for p in photo_ids}
 
 
+@importable
 @task(name="report", **STAGE)
 def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
                   gallery: dict[str, list[Thumb]], timings: pd.DataFrame, layout: b.Layout) -> str:
@@ -515,6 +543,7 @@ def run_one(t: Task, key: str, folder: Path, *args: Any, stage: str, clock: Stop
     return store.load(part)
 
 
+@importable
 @flow(name="crowdseg-build", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2),
       log_prints=False, validate_parameters=False)
 def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:

@@ -503,3 +503,16 @@ def test_process_workers_get_their_arguments_unwalked(monkeypatch):
     monkeypatch.setattr(engine, "resolve_to_final_result", lambda e, c: visits.append(e) or resolving(e, c))
     assert engine.resolve_inputs_sync({"weights": got})["weights"] == weights
     assert len(visits) <= 2  # the mark and the table, not 450 keys and values
+
+
+def test_tasks_and_the_flow_pickle_their_functions_by_reference():
+    """Each task run sent to a worker process carries its flow run's context and so the build flow: its function and
+    every task's must travel as names, not as code and globals pickled again for every batch."""
+    import cloudpickle
+    from prefect import Flow, Task
+
+    runnables = [v for v in vars(flows).values() if isinstance(v, Task | Flow) and v.fn.__module__ == flows.__name__]
+    assert flows.build_flow in runnables and flows.merge_batch in runnables
+    for r in runnables:
+        assert cloudpickle.loads(cloudpickle.dumps(r)).fn is r.fn, r.name
+    assert len(cloudpickle.dumps(flows.build_flow)) < 40_000  # by value: ~80 kB
