@@ -68,6 +68,11 @@ class Layout:
         return self.out / "work" / "thumbs"
 
     @property
+    def figures(self) -> Path:
+        """Cached report figures, keyed by content (``plots.FigureCache``)."""
+        return self.out / "work" / "figures"
+
+    @property
     def index(self) -> Path:
         """The hash index a later build can check its uploads against (``dedup.index``)."""
         return self.out / "work" / "index.parquet"

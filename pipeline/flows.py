@@ -42,6 +42,7 @@ from pipeline.pool import ProcessPool
 from pipeline.report.gallery import Thumb, flagged_photos, gallery_thumbs, thumb_file
 from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
+from pipeline.report.plots import FigureCache
 from pipeline.report.write import json_rows, write_csv, write_json, write_json_rows, write_tables
 from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
 from pipeline.spec import Spec
@@ -344,8 +345,10 @@ def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, st
 @task(name="report", **STAGE)
 def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
                   gallery: dict[str, list[Thumb]], timings: pd.DataFrame, layout: b.Layout) -> str:
+    figures = FigureCache(layout.figures)
     markdown = write_report_files(summary, tables, paths, gallery, timings, layout.reports,
-                                  layout.work / "report-tables.json")
+                                  layout.work / "report-tables.json", figures)
+    store.prune([layout.figures], {name.split(".")[0] for name in figures.used})
     create_markdown_artifact(markdown, key="crowdseg-summary", description="build summary")
     create_table_artifact(json_rows(tables["findings"].head(1000)), key="crowdseg-findings",
                           description="QA findings (first 1,000)")
@@ -353,10 +356,10 @@ def write_reports(summary: dict[str, Any], tables: dict[str, pd.DataFrame], path
 
 
 def write_report_files(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
-                       gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None, reports: Path, ledger: Path
-                       ) -> str:
+                       gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None, reports: Path, ledger: Path,
+                       figures: FigureCache | None = None) -> str:
     """Every file of ``reports/``: the tables (CSV; JSON too for ``JSON_TABLES``), the re-annotation queue,
-    ``qa.json``, ``summary.md`` and ``qa.html``; returns the summary's Markdown."""
+    ``qa.json``, ``summary.md`` and ``qa.html`` (its figures from ``figures``); returns the summary's Markdown."""
     write_tables(tables, reports, ledger)
     b.write_jsonl(b.reannotation_queue(tables["rejections"], tables["agreement"], paths),
                   reports / "reannotation.jsonl")
@@ -365,7 +368,8 @@ def write_report_files(summary: dict[str, Any], tables: dict[str, pd.DataFrame],
     write_json(summary, reports / "qa.json")
     markdown = summary_markdown(summary, tables["findings"])
     (reports / "summary.md").write_text(markdown, encoding="utf-8")
-    (reports / "qa.html").write_text(render_report(summary, tables, paths, gallery, timings), encoding="utf-8")
+    (reports / "qa.html").write_text(render_report(summary, tables, paths, gallery, timings, figures),
+                                        encoding="utf-8")
     return markdown
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
 from pathlib import Path
@@ -238,6 +239,33 @@ def test_report_gallery_cards_follow_flagged_order(page: tuple[str, dict]) -> No
 def test_report_is_byte_identical_across_renders(page: tuple[str, dict]) -> None:
     html, inputs = page
     assert render_report(inputs["summary"], inputs["tables"], inputs["paths"], inputs["gallery"]) == html
+
+
+def test_report_figures_are_kept_and_drawn_again_only_when_their_data_changes(page: tuple[str, dict], tmp_path,
+                                                                              monkeypatch) -> None:
+    from pipeline.report import plots
+
+    html, inputs = page
+    drawn: list[str] = []
+
+    def counted(figure):
+        @functools.wraps(figure)
+        def draw(*a):
+            drawn.append(figure.__name__)
+            return figure(*a)
+        return draw
+
+    for name in ("agreement_by_class", "class_frequency", "annotators", "duplicates", "thresholds"):
+        monkeypatch.setattr(plots, name, counted(getattr(plots, name)))
+    args = (inputs["summary"], inputs["tables"], inputs["paths"], inputs["gallery"], None)
+    cache = plots.FigureCache(tmp_path)
+    assert render_report(*args, cache) == html and len(drawn) == 5 and len(cache.used) == 5
+    again = plots.FigureCache(tmp_path)
+    assert render_report(*args, again) == html and len(drawn) == 5 and again.used == cache.used  # all read back
+    splits = inputs["tables"]["class_by_split"]
+    moved = {**inputs["tables"], "class_by_split": splits.assign(photos=splits["photos"] + 1)}
+    render_report(inputs["summary"], moved, inputs["paths"], inputs["gallery"], None, plots.FigureCache(tmp_path))
+    assert drawn[5:] == ["class_frequency"]
 
 
 def test_report_threshold_explorer_says_when_there_is_no_gold() -> None:

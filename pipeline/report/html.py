@@ -34,16 +34,19 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src
 
 
 def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
-                  gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None = None) -> str:
+                  gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None = None,
+                  figures: plots.FigureCache | None = None) -> str:
     """The QA report page. ``paths`` maps photo ids to files (for duplicate examples); ``gallery`` maps each
     flagged photo id, in ``flagged_photos`` order, to its thumbnails (merged first, then one per annotator).
-    ``timings`` (the build's stopwatch table) adds the one section that differs between two runs of a build."""
+    ``timings`` (the build's stopwatch table) adds the one section that differs between two runs of a build;
+    ``figures`` keeps the figures drawn (default: draw them all)."""
     tables = {**{k: pd.DataFrame(columns=c) for k, c in OPTIONAL_TABLES.items()}, **tables}
+    figures = figures or plots.FigureCache()
     sections = [
         ("summary", "Summary", summary_section(summary, tables)),
-        ("plots", "Plots", plots_section(summary, tables)),
+        ("plots", "Plots", plots_section(summary, tables, figures)),
         ("gallery", "Flagged photos", gallery_section(summary, tables, gallery)),
-        ("thresholds", "Threshold explorer", thresholds_section(tables["thresholds"])),
+        ("thresholds", "Threshold explorer", thresholds_section(tables["thresholds"], figures)),
         ("decisions", "Review decisions", decisions_section(summary, tables["decisions"])),
         ("findings", "Findings", findings_section(tables["findings"])),
         ("duplicates", "Duplicates", duplicates_section(tables["duplicates"], paths)),
@@ -105,16 +108,17 @@ def summary_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame]) ->
     )
 
 
-def plots_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame]) -> str:
+def plots_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], figures: plots.FigureCache) -> str:
     """Agreement per class, class frequency per split, annotators, duplicates."""
     classes = tables["classes"]
     order = [str(c) for c in classes["class"]] if "class" in classes else []
     min_agreement = summary.get("config", {}).get("qa", {}).get("min_annotator_agreement")
-    figures = [plots.agreement_by_class(tables["class_agreement"], order, current_thresholds(tables["thresholds"])),
-               plots.class_frequency(tables["class_by_split"]),
-               plots.annotators(tables["annotators"], min_agreement),
-               plots.duplicates(tables["duplicates"])]
-    return '<div class=cols>' + "".join(f"<figure>{f}</figure>" for f in figures) + "</div>"
+    drawn = [figures.draw(plots.agreement_by_class, tables["class_agreement"], order,
+                          current_thresholds(tables["thresholds"])),
+             figures.draw(plots.class_frequency, tables["class_by_split"]),
+             figures.draw(plots.annotators, tables["annotators"], min_agreement),
+             figures.draw(plots.duplicates, tables["duplicates"])]
+    return '<div class=cols>' + "".join(f"<figure>{f}</figure>" for f in drawn) + "</div>"
 
 
 def gallery_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], gallery: dict[str, list[Thumb]]) -> str:
@@ -137,9 +141,9 @@ def gallery_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], ga
     return intro + _legend(summary) + _filters(shown) + f'<div class=gallery id=cards>{cards}</div>'
 
 
-def thresholds_section(thresholds: pd.DataFrame) -> str:
+def thresholds_section(thresholds: pd.DataFrame, figures: plots.FigureCache) -> str:
     """Accepted share per class against the agreement threshold: a figure and an interactive slider."""
-    figure = plots.thresholds(thresholds)
+    figure = figures.draw(plots.thresholds, thresholds)
     data = threshold_data(thresholds) if len(thresholds) else {"grid": []}
     if not data["grid"]:  # no threshold every class was evaluated at: nothing to slide over
         return figure

@@ -1,17 +1,21 @@
 """The QA report's figures: matplotlib (no pyplot, so no global figure state) rendered to SVG data URIs.
 
 Every figure is deterministic: a fixed SVG hash salt and no date, so two builds give the same bytes. Each function
-returns an ``<img>`` tag, or a "no data" note when its table is empty.
+returns an ``<img>`` tag, or a "no data" note when its table is empty; ``FigureCache`` keeps them between builds.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import escape
+from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -20,6 +24,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from pipeline.store import code_version
 
 RC = {
     "svg.hashsalt": "crowdseg", "svg.fonttype": "none", "font.size": 9,
@@ -57,6 +63,45 @@ def plot(width: float, height: float, alt: str, draw: Callable[[Figure], None]) 
     with _figure(width, height) as fig:
         draw(fig)
         return _img(fig, alt)
+
+
+class FigureCache:
+    """Figures kept in ``folder`` under a digest of the function, its arguments and the plotting code, so that a
+    rebuild draws only those whose data changed (the threshold figure alone takes ~0.3 s at 20,000 photos).
+    ``folder`` None: every figure is drawn. ``used`` collects the names of the files read or written."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder
+        self.used: set[str] = set()
+
+    def draw(self, figure: Callable[..., str], *args: Any) -> str:
+        """``figure(*args)``, read from the folder when drawn before with equal arguments."""
+        if self.folder is None:
+            return figure(*args)
+        path = self.folder / f"{figure_key(figure, args)}.html"
+        self.used.add(path.name)
+        if path.exists():
+            return path.read_text(encoding="utf-8")
+        html = figure(*args)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, path)
+        return html
+
+
+def figure_key(figure: Callable[..., str], args: tuple[Any, ...]) -> str:
+    """A digest of a figure function's name, its arguments (a table by its columns, dtypes and values) and the code
+    and matplotlib version that draw it."""
+    digest = hashlib.sha256(f"{figure.__name__}\0{code_version(__name__)}\0{mpl.__version__}".encode())
+    for arg in args:
+        if isinstance(arg, pd.DataFrame):
+            digest.update(repr([(str(c), str(t)) for c, t in arg.dtypes.items()]).encode())
+            digest.update(pd.util.hash_pandas_object(arg, index=False).to_numpy().tobytes())
+        else:
+            digest.update(repr(arg).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
 
 
 def agreement_by_class(class_agreement: pd.DataFrame, order: list[str], current: dict[str, float]) -> str:
