@@ -10,7 +10,6 @@ import base64
 import hashlib
 import io
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from html import escape
@@ -25,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from pipeline.store import code_version
+from pipeline.store import code_version, write_atomic
 
 RC = {
     "svg.hashsalt": "crowdseg", "svg.fonttype": "none", "font.size": 9,
@@ -83,10 +82,7 @@ class FigureCache:
         if path.exists():
             return path.read_text(encoding="utf-8")
         html = figure(*args)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, html.encode())
         return html
 
 
