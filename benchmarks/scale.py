@@ -539,8 +539,9 @@ def tile_merge(template: dict[str, Any], batch: Any, names: dict[str, int], pool
         if "annotator_id" in out:
             out["annotator_id"] = [new_annotator(a, int(number[t]), names, pool)
                                    for a, t in zip(out["annotator_id"], target, strict=True)]
-            if "assignment" in out:
+            if "assignment" in out:  # a photo's rows in assignment order, as merge_batch makes them
                 out["assignment"] = out["photo_id"] + "-" + out["annotator_id"]
+                out = out.sort_values(["photo_id", "assignment"], kind="stable", ignore_index=True)
         return out
 
     tables = {name: tiled(getattr(m, name)) for name in ("photos", "assignments", "classes", "rejections", "repairs",
@@ -605,9 +606,9 @@ def table_stages(folder: Path) -> dict[str, Any]:
     from pipeline.config import load_config
     from pipeline.flows import in_flight, write_report_files
     from pipeline.report.write import write_csv
-    from pipeline.run import release_memory
     from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
     from pipeline.tables import CROWD, REJECTION_COLUMNS, concat
+    from pipeline.tuning import release_memory
 
     steps: list[dict[str, Any]] = []
     resettable = reset_hwm()
@@ -639,11 +640,11 @@ def table_stages(folder: Path) -> dict[str, Any]:
     kept = b.kept_photos(photos, duplicates)
     voted = kept[kept["origin_kind"] == CROWD]
     del photos
+    submitted = len(assignments)
     to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
                                                  dedup.dropped_ids(duplicates))
-    to_merge, repeated = merge.one_per_annotator(to_merge)
-    submitted = len(assignments)
     del assignments
+    to_merge, repeated = merge.one_per_annotator(to_merge)
     step("route assignments (route_orphans, one_per_annotator)", t, lap=False)
 
     t = time.perf_counter()  # a final pass's batches: photos, assignments, and a weight per annotator and class

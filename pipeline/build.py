@@ -16,7 +16,7 @@ from pipeline.incremental import Batching
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 from pipeline.stages.skill import add_sums
-from pipeline.tables import as_categories, is_sorted, isin, keyed_hash
+from pipeline.tables import as_categories, is_sorted, isin, keyed_hash, sorted_by
 
 
 @dataclass(frozen=True)
@@ -486,15 +486,15 @@ def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeRe
     photo_map = published[["photo_id", "user_id", "split"]].assign(
         image_name=[image_name(p, key) for p in published["photo_id"]])
     rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
-    agreement = m.photos.drop(columns=["mask_path", "agreement_path"]).sort_values("photo_id", ignore_index=True)
-    class_rows = m.classes.sort_values(["photo_id", "class"], ignore_index=True)
+    agreement = sorted_by(m.photos.drop(columns=["mask_path", "agreement_path"]), ["photo_id"])
+    class_rows = sorted_by(m.classes, ["photo_id", "class"])
     return {
         "rejections": rejections,
         "rejected_photos": rejections[rejections["item"] == "photo"].reset_index(drop=True),
         "duplicates": duplicates,
         "agreement": agreement,
         "class_agreement": class_rows,
-        "assignments": m.assignments.sort_values(["photo_id", "assignment"], ignore_index=True),
+        "assignments": sorted_by(m.assignments, ["photo_id", "assignment"]),
         "annotators": annotators,
         "skills": skills,
         "repairs": m.repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),

@@ -44,10 +44,11 @@ from pipeline.report.html import render_report
 from pipeline.report.markdown import summary_markdown
 from pipeline.report.plots import FigureCache
 from pipeline.report.write import json_rows, write_csv, write_json, write_json_rows, write_tables
-from pipeline.run import Stopwatch, build_lock, prefect_server, release_memory
+from pipeline.run import Stopwatch, build_lock, prefect_server
 from pipeline.spec import Spec
 from pipeline.stages import accounting, card, dedup, derive, export, ingest, merge, qa, review, skill, split, trusted
 from pipeline.tables import CROWD, DUPLICATE_COLUMNS, REJECTION_COLUMNS, as_categories, concat, frame, isin, keyed_hash
+from pipeline.tuning import release_memory
 
 STAGE = {"cache_policy": NO_CACHE, "persist_result": False}
 
@@ -604,12 +605,12 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     del photos  # dedup alone reads every photo's thumbnail; later stages read kept
     voted, takes = kept[kept["origin_kind"] == CROWD], kept[kept["origin_kind"] != CROWD]
     ids = voted["photo_id"].tolist()
+    submitted = len(assignments)
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
         dedup.dropped_ids(duplicates), frozenset(takes["photo_id"]))
-    to_merge, repeated = merge.one_per_annotator(to_merge)
-    submitted = len(assignments)
     del assignments  # to_merge holds the rows later stages read
+    to_merge, repeated = merge.one_per_annotator(to_merge)
     pinned = b.pinned_weights(cfg)
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float], photos: pd.DataFrame,

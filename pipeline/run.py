@@ -4,11 +4,9 @@ of its stages."""
 from __future__ import annotations
 
 import atexit
-import ctypes
 import fcntl
 import importlib.util
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -178,15 +176,6 @@ def stop_when_orphaned(pid: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {pid} 2>/dev/null"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def release_memory() -> None:
-    """Give the heap's free pages back to the system (glibc's ``malloc_trim``), as a stage ends. A stage's
-    temporary tables leave free holes among the tables it keeps; without this, the next stage's own temporaries
-    would stack on top of them (at 200k photos, ~400 MB higher peaks in the last stages). A few ms; nothing on other
-    C libraries."""
-    if platform.libc_ver()[0] == "glibc":
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 class Stopwatch:

@@ -227,3 +227,24 @@ def test_union_find_is_sparse_so_each_cluster_costs_its_own_size():
     assert uf.find(10**9) == uf.find(10**6) == 7 and uf.find(3) == 3
     assert len(uf.parent) == 2  # only the joined members are stored
     assert uf.groups([10**6, 3, 7, 10**9]) == [[10**6, 7, 10**9], [3]]
+
+
+def test_only_candidates_within_their_threshold_reach_the_thumbnail_check():
+    """One user's 200 photos make 19,900 candidate pairs; the thumbnails of the three close pairs alone are read."""
+    rng = np.random.default_rng(3)
+    n = 200
+    ph = rng.integers(0, 2**63, n, dtype=np.uint64)
+    thumb = rng.integers(0, 256, (n, 8 * 8 * 3)).astype(np.uint8)
+    for a, b in ((0, 1), (50, 120), (7, 199)):
+        ph[b], thumb[b] = ph[a] ^ np.uint64(0b101), thumb[a]  # 2 bits off, the same colours
+    table = pd.DataFrame({"phash": [f"{h:016x}" for h in ph], "phash_mirror": [f"{h:016x}" for h in ~ph],
+                          "user_id": "u", "thumb": [t.tobytes().hex() for t in thumb]})
+    read: list[int] = []
+
+    def thumbs(rows: np.ndarray) -> np.ndarray:
+        read.extend(rows.tolist())
+        return table["thumb"].to_numpy()[rows]
+
+    edges = dedup.hash_edges(table, n, DedupConfig(), thumbs)
+    assert sorted(read) == [0, 1, 7, 50, 120, 199]
+    assert edges[["i", "j", "distance"]].values.tolist() == [[0, 1, 2], [7, 199, 2], [50, 120, 2]]

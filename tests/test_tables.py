@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.tables import isin
+from pipeline.tables import isin, sorted_by
 
 
 @pytest.mark.parametrize("values", [
@@ -50,3 +50,17 @@ def test_categorical_text_sorts_as_the_plain_text():
     compact = as_categories(df, ["k"])
     assert isinstance(compact["k"].dtype, pd.CategoricalDtype) and df["k"].dtype != compact["k"].dtype
     assert compact.sort_values(["k", "n"])["n"].tolist() == df.sort_values(["k", "n"])["n"].tolist() == [2, 4, 3, 1]
+
+
+def test_sorted_by_sorts_as_sort_values_and_keeps_a_sorted_table_as_it_is():
+    """Lexicographic over text, numbers and categoricals (by their codes); a table in order is not copied."""
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        df = pd.DataFrame({"p": rng.choice(["a", "b", "c"], 8), "n": rng.integers(0, 3, 8),
+                           "c": pd.Categorical(rng.choice(["x", "y"], 8), categories=["y", "x"])})
+        for keys in (["p"], ["p", "n"], ["c", "p", "n"]):
+            expected = df.sort_values(keys, kind="stable", ignore_index=True)
+            pd.testing.assert_frame_equal(sorted_by(df, keys), expected)
+            again = sorted_by(expected, keys)
+            pd.testing.assert_frame_equal(again, expected)
+            assert np.shares_memory(again["n"].to_numpy(), expected["n"].to_numpy())

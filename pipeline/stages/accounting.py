@@ -24,6 +24,8 @@ def route_orphans(assignments: pd.DataFrame, manifest_ids: set[str], rejected_id
     """
     photo = assignments["photo_id"]
     routed = ~isin(photo, manifest_ids) | isin(photo, set(rejected_ids) | set(dropped_ids) | set(trusted_ids))
+    if not routed.any():  # the table as it came, not a copy of it
+        return assignments, frame([], REJECTION_COLUMNS)
     rows: list[dict[str, Any]] = []
     for a in assignments[routed].itertuples(index=False):  # rows by Python only for the few routed away
         if a.photo_id in rejected_ids:

@@ -12,6 +12,7 @@ duplicates of each other (extra jittered crops are meant to be alike).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -111,51 +112,59 @@ def same_user_pairs(users: np.ndarray, ph: np.ndarray, mirror: np.ndarray | None
     return np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
 
 
-def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig) -> pd.DataFrame:
+def hash_edges(table: pd.DataFrame, n_new: int, cfg: DedupConfig,
+               thumbs: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """Near-duplicate edges (i, j, distance, mirrored, correlation), each within its threshold and confirmed.
 
     Rows ``< n_new`` are new uploads and only pairs touching one are kept. Pairs within a user are compared
     exhaustively (most users have few photos; see ``same_user_pairs``); pairs across users come from one
-    multi-index search of all hashes.
+    multi-index search of all hashes. Each search's candidates are cut to those within their threshold before they
+    are joined (a 200k-photo crowd's users make ~10^6 candidate pairs, a few thousand of them close). ``thumbs``
+    gives some rows' hex thumbnails (by default the table's ``thumb`` column).
     """
     ph = hashes_to_uint64(table["phash"])
-    mirror = hashes_to_uint64(table["phash_mirror"])
-    r = cfg.cross_user_distance
-    new = ph[:n_new]
-    found = [(near_pairs(new, r), 0), (near_pairs(new, r, ph[n_new:]), n_new)]
-    cand_i = np.concatenate([p.i for p, _ in found]).astype(np.int64)
-    cand_j = np.concatenate([p.j + off for p, off in found]).astype(np.int64)
-    if cfg.mirror:
-        flipped = [(near_pairs(new, r, mirror[:n_new]), 0), (near_pairs(new, r, mirror[n_new:]), n_new)]
-        cand_i = np.concatenate([cand_i, *[p.i for p, _ in flipped]]).astype(np.int64)
-        cand_j = np.concatenate([cand_j, *[p.j + off for p, off in flipped]]).astype(np.int64)
+    mirror = hashes_to_uint64(table["phash_mirror"]) if cfg.mirror else None
     users = table["user_id"].to_numpy()
-    ui, uj = same_user_pairs(users, ph, mirror if cfg.mirror else None, cfg.within_user_distance)
-    cand_i = np.concatenate([cand_i, ui])
-    cand_j = np.concatenate([cand_j, uj])
-    i, j = np.minimum(cand_i, cand_j), np.maximum(cand_i, cand_j)
-    keep = (i != j) & (i < n_new)
-    pairs = np.unique(np.stack([i[keep], j[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
     derived = with_origin(table)["origin_kind"].to_numpy() == "derived"
-    a, b = pairs[:, 0], pairs[:, 1]  # crops of one image (one "user") are siblings, not duplicates
-    pairs = pairs[~(derived[a] & derived[b] & (users[a] == users[b]))]
+
+    def close(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Candidates as (low, high) rows: touching a new upload, not two crops of one image, within threshold."""
+        i, j = np.minimum(i, j).astype(np.int64), np.maximum(i, j).astype(np.int64)
+        keep = (i != j) & (i < n_new)
+        i, j = i[keep], j[keep]
+        same = users[i] == users[j]
+        limit = np.where(same, cfg.within_user_distance, cfg.cross_user_distance)
+        keep = ~(derived[i] & derived[j] & same) & (np.minimum(*distances(ph, mirror, i, j)) <= limit)
+        return np.stack([i[keep], j[keep]], axis=1)
+
+    r, new = cfg.cross_user_distance, ph[:n_new]
+    bases = [(None, 0), (ph[n_new:], n_new)] + ([(mirror[:n_new], 0), (mirror[n_new:], n_new)] if cfg.mirror else [])
+    found = [close(p.i, p.j + off) for base, off in bases for p in [near_pairs(new, r, base)]]
+    found.append(close(*same_user_pairs(users, ph, mirror, cfg.within_user_distance)))
+    pairs = np.unique(np.concatenate(found), axis=0)
     i, j = pairs[:, 0], pairs[:, 1]
-    plain = np.bitwise_count(ph[i] ^ ph[j]).astype(int)
-    flip = (np.minimum(np.bitwise_count(ph[i] ^ mirror[j]), np.bitwise_count(mirror[i] ^ ph[j])).astype(int)
-            if cfg.mirror else np.full(len(i), 99))
-    distance = np.minimum(plain, flip)
-    limit = np.where(users[i] == users[j], cfg.within_user_distance, cfg.cross_user_distance)
-    edges = pd.DataFrame({"i": i, "j": j, "distance": distance, "mirrored": flip < plain})[distance <= limit]
-    edges["correlation"] = thumb_correlation(table["thumb"], edges["i"].to_numpy(), edges["j"].to_numpy(),
-                                             edges["mirrored"].to_numpy(bool))
+    plain, flip = distances(ph, mirror, i, j)
+    edges = pd.DataFrame({"i": i, "j": j, "distance": np.minimum(plain, flip), "mirrored": flip < plain})
+    rows, pos = np.unique(pairs.ravel(order="F"), return_inverse=True)
+    hexes = table["thumb"].to_numpy()[rows] if thumbs is None else thumbs(rows)
+    edges["correlation"] = thumb_correlation(hexes, pos[: len(i)], pos[len(i):], edges["mirrored"].to_numpy(bool))
     return edges[edges["correlation"] >= cfg.min_color_correlation].reset_index(drop=True)
+
+
+def distances(ph: np.ndarray, mirror: np.ndarray | None, i: np.ndarray, j: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Plain and mirrored pHash distances of pairs (i, j); the mirrored one is 99 without ``mirror``."""
+    plain = np.bitwise_count(ph[i] ^ ph[j]).astype(int)
+    if mirror is None:
+        return plain, np.full(len(i), 99)
+    return plain, np.minimum(np.bitwise_count(ph[i] ^ mirror[j]), np.bitwise_count(mirror[i] ^ ph[j])).astype(int)
 
 
 GREY_CHROMA = 4.0  # mean |R-G| + |G-B| of a thumbnail below which the photo counts as greyscale
 PAIR_CHUNK = 100_000  # candidate pairs compared at a time, so memory stays flat however many there are
 
 
-def thumb_correlation(thumbs: pd.Series, i: np.ndarray, j: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+def thumb_correlation(thumbs: pd.Series | np.ndarray, i: np.ndarray, j: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     """Pearson correlation of the photos' colour thumbnails, j's mirrored where the pair is a mirror pair.
 
     Each channel is centred on its own mean and the three are scaled together, so brightness, contrast and
@@ -166,7 +175,8 @@ def thumb_correlation(thumbs: pd.Series, i: np.ndarray, j: np.ndarray, mirrored:
         return np.zeros(0)
     rows, pos = np.unique(np.concatenate([i, j]), return_inverse=True)
     side = THUMB_SIDE
-    cube = np.frombuffer(bytes.fromhex("".join(thumbs.to_numpy()[rows])), np.uint8).reshape(len(rows), side, side, 3)
+    hexes = np.asarray(thumbs, dtype=object)[rows]
+    cube = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8).reshape(len(rows), side, side, 3)
     cube = cube.astype(np.float32)
     grey = np.abs(np.diff(cube, axis=3)).mean(axis=(1, 2, 3)) < GREY_CHROMA
     pi, pj = pos[: len(i)], pos[len(i):]
@@ -211,34 +221,48 @@ def find_duplicates(photos: pd.DataFrame, cfg: DedupConfig, index: pd.DataFrame 
     new = with_origin(photos)[INDEX_COLUMNS].assign(source="new")
     old = with_origin(index if index is not None else pd.DataFrame(columns=INDEX_COLUMNS[:-2]))[INDEX_COLUMNS]
     old = old[~isin(old["photo_id"], new["photo_id"])].assign(source="index")
-    table = pd.concat([rank(new), rank(old)], ignore_index=True) if len(old) else rank(new)
+    # new uploads ranked, then index photos ranked; thumbnails stay in new and old (``_at``: a row's position there)
+    ranked = [rank(f.drop(columns="thumb").assign(_at=np.arange(len(f)))) for f in (new, old) if len(f) or f is new]
+    table = pd.concat(ranked, ignore_index=True) if len(ranked) > 1 else ranked[0]
     n_new = len(new)
+
+    def thumbs(rows: np.ndarray) -> np.ndarray:
+        at, fresh = table["_at"].to_numpy()[rows], rows < n_new
+        out = np.empty(len(rows), object)
+        out[fresh] = new["thumb"].take(at[fresh]).to_numpy(dtype=object)
+        out[~fresh] = old["thumb"].take(at[~fresh]).to_numpy(dtype=object)
+        return out
+
     uf = UnionFind()
-    for col in ("sha256", "pixel_hash"):
-        for idx in table.groupby(col, sort=False).indices.values():
-            for j in idx[1:]:
-                uf.union(int(idx[0]), int(j))
-    edges = hash_edges(table, n_new, cfg)
+    for col in ("sha256", "pixel_hash"):  # exact copies
+        shared = np.flatnonzero(table[col].duplicated(keep=False).to_numpy())
+        values = table[col].take(shared).reset_index(drop=True)
+        for idx in values.groupby(values, sort=False).indices.values():
+            first, *rest = shared[idx].tolist()
+            for j in rest:
+                uf.union(first, j)
+    edges = hash_edges(table, n_new, cfg, thumbs)
     pairs = edges[["i", "j"]].to_numpy(np.int64)
     for i, j in pairs.tolist():
         uf.union(i, j)
     roots = np.array([uf.find(i) for i in pairs[:, 0].tolist()], np.int64)
     by_root = pd.Series(np.arange(len(pairs))).groupby(roots).indices if len(pairs) else {}
-    best = rank(table.reset_index(names="_row"))["_row"].tolist()
-    columns = {c: table[c].tolist() for c in RELATION_COLUMNS}
+    joined = set(uf.parent) | {uf.find(i) for i in uf.parent}  # the rows of clusters of two or more
+    best = [*range(n_new, len(table)), *range(n_new)]  # rank's order: index photos first
+    members = sorted(joined)
+    columns = {c: dict(zip(members, table[c].take(members).tolist(), strict=True)) for c in RELATION_COLUMNS}
     rows: list[dict[str, Any]] = []
-    for members in uf.groups(best):
-        if len(members) > 1:
-            inside = pairs[by_root.get(uf.find(members[0]), [])].tolist()
-            rows += decide(columns, members, inside, cfg)
+    for cluster in uf.groups([m for m in best if m in joined]):
+        inside = pairs[by_root.get(uf.find(cluster[0]), [])].tolist()
+        rows += decide(columns, cluster, inside, cfg)
     out = frame(rows, DUPLICATE_COLUMNS)
     return out.sort_values(["cluster", "photo_id"], ignore_index=True)
 
 
-def decide(table: dict[str, list[Any]], members: list[int], inside: list[list[int]], cfg: DedupConfig
+def decide(table: dict[str, dict[int, Any]], members: list[int], inside: list[list[int]], cfg: DedupConfig
            ) -> list[dict[str, Any]]:
-    """Decisions for one cluster whose members (row positions of ``table``'s ``RELATION_COLUMNS``) are given
-    best-first; ``inside`` holds the cluster's near-duplicate edges."""
+    """Decisions for one cluster whose members (row positions; ``table`` holds their ``RELATION_COLUMNS`` values
+    by position) are given best-first; ``inside`` holds the cluster's near-duplicate edges."""
     users, origin, kinds, ids, source = (table[c] for c in ("user_id", "origin", "origin_kind", "photo_id", "source"))
     same_user = UnionFind()
     exact = UnionFind()

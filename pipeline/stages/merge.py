@@ -650,6 +650,8 @@ def one_per_annotator(assignments: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     crowd = order.loc[~order["golden"].astype(bool), ["photo_id", "annotator_id", "file", "row"]]
     repeated = crowd.duplicated(["photo_id", "annotator_id"], keep="last")
     again = crowd[repeated]
+    if again.empty:  # the usual case: the table as it came, not a copy of it
+        return order, frame([], REJECTION_COLUMNS)
     mine = crowd[isin(crowd["photo_id"], again["photo_id"])]  # the photos answered twice by someone: few
     later = mine[~repeated[mine.index]].set_index(["photo_id", "annotator_id"])
     rows = [rejection("merge", "assignment", "duplicate_assignment",
