@@ -206,10 +206,11 @@ def split_strata(photos: pd.DataFrame, merged: pd.DataFrame, spec: Spec, cfg: Sp
     ``photos`` are the kept photos (ingest signals and manifest attributes), ``merged`` the published merge rows.
     """
     table = photos[isin(photos["photo_id"], merged["photo_id"])][["photo_id", "user_id"]].reset_index(drop=True)
-    rows = photos.set_index("photo_id").loc[table["photo_id"]]
+    read = ["brightness", "height", "width"] + (["attrs"] if cfg.attributes else [])
+    rows = photos.set_index("photo_id")[read].loc[table["photo_id"]]  # only the columns read: no copy of the rest
     strata: dict[str, list[object]] = {}
     if "classes" in cfg.stratify and len(table):
-        px = merged.set_index("photo_id").loc[table["photo_id"]]
+        px = merged.set_index("photo_id")[[f"px_{c.name}" for c in spec.classes[1:]]].loc[table["photo_id"]]
         for c in spec.classes[1:]:
             has = px[f"px_{c.name}"].to_numpy() > 0
             if PRESENCE_BAND[0] < has.mean() < PRESENCE_BAND[1]:
@@ -369,10 +370,10 @@ def apply_thresholds(m: MergeResult, spec: Spec, cfg: MergeConfig) -> MergeResul
     from pipeline.stages.merge import class_agreement
 
     needed = {spec.classes[c].name: t for c, t in class_agreement(spec, cfg.class_agreement).items()}
-    voted = set(m.photos.loc[m.photos["source"] == "vote", "photo_id"])
-    classes = m.classes.assign(disputed=[p in voted and not pd.isna(a) and a < needed.get(c, 0.0)
-                                         for p, c, a in zip(m.classes["photo_id"], m.classes["class"],
-                                                            m.classes["agreement"], strict=True)])
+    voted = m.photos.loc[m.photos["source"] == "vote", "photo_id"]
+    agreement = m.classes["agreement"].astype(float)
+    below = agreement.notna() & (agreement < m.classes["class"].map(needed).astype(float).fillna(0.0))
+    classes = m.classes.assign(disputed=below.to_numpy(bool) & isin(m.classes["photo_id"], voted).to_numpy())
     order = {c.name: c.id for c in spec.classes}
     disputed = (classes[classes["disputed"]].assign(o=lambda d: d["class"].map(order)).sort_values("o")
                 .groupby("photo_id")["class"].agg(",".join))

@@ -160,7 +160,8 @@ def _few(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("low_class_agreement", "annotation", "warning")
 def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
-    rows = q.classes[isin(q.classes["photo_id"], q.photos["photo_id"]) & q.classes["disputed"].astype(bool)]
+    rows = q.classes[q.classes["disputed"].astype(bool)]
+    rows = rows[isin(rows["photo_id"], q.photos["photo_id"])]
     return [found(c, r.photo_id, round(float(r.agreement), 4), "", f"{r['class']}: annotators agree at "
                   f"{r.agreement:.2f}") for _, r in rows.iterrows()]
 
@@ -168,9 +169,11 @@ def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
 @check("class_missing", "annotation", "warning")
 def _class_missing(q: QAInputs, c: Check) -> list[Finding]:
     used = q.photos.set_index("photo_id")["n_used"]
-    rows = q.classes.loc[isin(q.classes["photo_id"], used.index), ["photo_id", "class", "drawn_by", "pixels"]]
+    rows = q.classes.loc[(q.classes["pixels"] == 0) & (q.classes["drawn_by"] > 0),  # the few rows that can fail
+                         ["photo_id", "class", "drawn_by", "pixels"]]
+    rows = rows[isin(rows["photo_id"], used.index)]
     half = rows["photo_id"].map(used).astype(float) / 2
-    bad = (rows["drawn_by"] > half) & (rows["pixels"] == 0)
+    bad = rows["drawn_by"] > half
     return [found(c, r.photo_id, int(r.drawn_by), "", f"{r['class']} was drawn by {r.drawn_by} annotators but is "
                   "missing from the merged mask") for _, r in rows[bad].iterrows()]
 
@@ -194,8 +197,8 @@ ROWS_AT_ONCE = 10_000
 
 @check("excluded_assignments", "annotation", "info")
 def _excluded(q: QAInputs, c: Check) -> list[Finding]:
-    a = q.assignments[isin(q.assignments["photo_id"], q.photos["photo_id"]) & q.assignments["excluded"].ne("")
-                      & q.assignments["excluded"].notna()]
+    a = q.assignments[q.assignments["excluded"].ne("") & q.assignments["excluded"].notna()]
+    a = a[isin(a["photo_id"], q.photos["photo_id"])]
     who = (a["annotator_id"].astype(str) + " (" + a["excluded"].astype(str) + ")").groupby(a["photo_id"], sort=True)
     return [found(c, pid, len(names), "", "left out: " + ", ".join(names)) for pid, names in who.agg(list).items()]
 
