@@ -113,7 +113,8 @@ def take(result: Any, ids: set[str]) -> Any:
     """The part of a saved batch result that belongs to the photos ``ids``: rows of tables with a photo_id,
     entries of dicts by photo id; tuples and dataclasses of those, field by field."""
     if isinstance(result, pd.DataFrame):
-        return result[isin(result["photo_id"], ids)]
+        mine = isin(result["photo_id"], ids)
+        return result if mine.all() else result[mine]  # a whole batch (a cold build's) as it was loaded
     if isinstance(result, dict):
         return {k: v for k, v in result.items() if k in ids}
     if isinstance(result, tuple):

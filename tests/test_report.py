@@ -314,6 +314,18 @@ def test_json_rows_are_written_in_chunks_as_one_list_would_be(tmp_path, monkeypa
     assert (tmp_path / "chunked.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
 
 
+@pytest.mark.parametrize("n", [0, 1, 5, 7])
+def test_a_fingerprint_hashed_in_chunks_is_that_of_the_whole_table(monkeypatch, n):
+    from pipeline.report import write
+
+    df = pd.DataFrame({"id": [f"p{i}" for i in range(7)], "score": [0.5, np.nan, 1, 2.25, np.nan, 3, 4],
+                       "c": pd.Categorical(list("abcabca"))}).iloc[:n]
+    whole = write.fingerprint(df, "s")
+    monkeypatch.setattr(write, "HASH_ROWS", 3)  # 7 rows: chunks of 3, 3 and 1
+    assert write.fingerprint(df, "s") == whole
+    assert write.fingerprint(df.assign(score=df["score"] + 1), "s") != whole or n == 0
+
+
 def test_report_tables_are_written_again_only_when_their_content_or_file_changed(tmp_path, monkeypatch):
     from pipeline.report import write
 

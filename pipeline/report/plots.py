@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from pipeline.report.write import fingerprint
 from pipeline.store import code_version, write_atomic
 
 RC = {
@@ -92,8 +93,7 @@ def figure_key(figure: Callable[..., str], args: tuple[Any, ...]) -> str:
     digest = hashlib.sha256(f"{figure.__name__}\0{code_version(__name__)}\0{mpl.__version__}".encode())
     for arg in args:
         if isinstance(arg, pd.DataFrame):
-            digest.update(repr([(str(c), str(t)) for c, t in arg.dtypes.items()]).encode())
-            digest.update(pd.util.hash_pandas_object(arg, index=False).to_numpy().tobytes())
+            digest.update(fingerprint(arg).encode())
         else:
             digest.update(repr(arg).encode())
         digest.update(b"\0")
