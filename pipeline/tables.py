@@ -71,30 +71,33 @@ def isin(column: pd.Series, values: Iterable[Any]) -> pd.Series:
 
 
 def is_sorted(column: pd.Series) -> bool:
-    """Whether ``column`` has no missing value and never decreases; for a string column, through Arrow, without a
-    Python string per value."""
-    values = pa.array(column)
-    return values.null_count == 0 and (len(values) < 2 or pc.all(pc.greater_equal(values[1:], values[:-1])).as_py())
+    """Whether ``column`` has no missing value and never decreases (``in_order`` of the column alone)."""
+    return in_order(pd.DataFrame({"values": column}), ["values"])
 
 
 def sorted_by(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """``df.sort_values(keys, kind="stable", ignore_index=True)``; ``df`` itself (not a copy) when its rows are in
     that order already, as merge's per-assignment rows usually are (at 200k photos a copy is ~120 MB)."""
-    if len(df) > 1 and not _in_order(df, keys):
+    if len(df) > 1 and not in_order(df, keys):
         return df.sort_values(keys, kind="stable", ignore_index=True)
     return df.reset_index(drop=True)  # a view under copy-on-write
 
 
-def _in_order(df: pd.DataFrame, keys: list[str]) -> bool:
+def in_order(df: pd.DataFrame, keys: list[str]) -> bool:
     """Whether every row is <= the next by ``keys`` (lexicographic; categoricals by their codes, as pandas sorts
-    them); False where a key is missing."""
-    undecided = np.ones(len(df) - 1, bool)  # equal on every key so far
-    ahead = np.zeros(len(df) - 1, bool)  # smaller than the next row on the first key that differs
+    them) and no key is missing; through Arrow, without a Python string per text value."""
+    pairs = max(len(df) - 1, 0)
+    undecided = np.ones(pairs, bool)  # equal on every key so far
+    ahead = np.zeros(pairs, bool)  # smaller than the next row on the first key that differs
     for key in keys:
         column = df[key]
-        values = pa.array(column.cat.codes if isinstance(column.dtype, pd.CategoricalDtype) else column)
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            column = column.cat.codes.where(column.cat.codes >= 0)  # -1, a missing value: null
+        values = pa.array(column)
         if values.null_count:
             return False
+        if not pairs:
+            continue
         before, after = values[:-1], values[1:]
         ahead |= undecided & pc.less(before, after).to_numpy(zero_copy_only=False)
         undecided &= pc.equal(before, after).to_numpy(zero_copy_only=False)

@@ -64,3 +64,5 @@ def test_sorted_by_sorts_as_sort_values_and_keeps_a_sorted_table_as_it_is():
             again = sorted_by(expected, keys)
             pd.testing.assert_frame_equal(again, expected)
             assert np.shares_memory(again["n"].to_numpy(), expected["n"].to_numpy())
+    missing = pd.DataFrame({"c": pd.Categorical([None, "x"]), "n": [1, 2]})  # pandas sorts missing values last
+    pd.testing.assert_frame_equal(sorted_by(missing, ["c"]), missing.sort_values("c", ignore_index=True))
