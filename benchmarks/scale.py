@@ -657,10 +657,10 @@ def table_stages(folder: Path) -> dict[str, Any]:
     step("merge pass inputs (merge_jobs, pickled for the process pool)", t)
 
     t = time.perf_counter()
-    parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed, lambda rs: b.combine(rs, spec))
-    m = b.compact(b.apply_thresholds(b.combine(parts, spec), spec, cfg.merge))
+    parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed, lambda rs: b.settled(rs, spec, cfg.merge))
+    m = b.combine(parts, spec)
     del parts
-    step("merge result (gather, combine, apply_thresholds)", t)
+    step("merge result (gather and settle batches, combine)", t)
 
     t = time.perf_counter()
     skills = skill.PooledSkill(cfg.merge.skill_prior_photos, cfg.merge.gold_weight).fit_sums(m.scores).skills_
@@ -668,6 +668,8 @@ def table_stages(folder: Path) -> dict[str, Any]:
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
+    to_merge.to_parquet(folder / "routed.parquet", index=False)
+    del to_merge  # as the flow puts it aside (Layout.routed)
     step("skills and hold-back", t)
 
     t = time.perf_counter()
@@ -700,7 +702,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
                                          spec, cfg.qa, cfg.split.ratios))
     step("QA checks", t)
 
-    del to_merge, reviewed  # as the flow lets them go after the thumbnails
+    del reviewed  # as the flow lets it go after the thumbnails
     release_memory()
     reset_hwm()
     t = time.perf_counter()

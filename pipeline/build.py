@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from pipeline.config import Config, MergeConfig, SplitConfig
 from pipeline.incremental import Batching
@@ -51,6 +52,12 @@ class Layout:
     def prefect(self) -> Path:
         """Prefect's records of cached task results (each a path into ``cache``)."""
         return self.out / "work" / "prefect"
+
+    @property
+    def routed(self) -> Path:
+        """The assignment rows routed to the vote, put aside once it is done: only the report's thumbnails read them
+        again, and only a few photos' rows (``routed_rows``)."""
+        return self.out / "work" / "routed.parquet"
 
     @property
     def weights(self) -> Path:
@@ -114,6 +121,13 @@ def restamp(table: pd.DataFrame, manifest: pd.DataFrame, column: str = "manifest
     where = manifest.set_index("photo_id")
     return table.assign(**{column: table["photo_id"].map(where["manifest"]),
                            "row": table["photo_id"].map(where["row"]).astype(table["row"].dtype)})
+
+
+def routed_rows(path: Path, photo_ids: list[str]) -> pd.DataFrame:
+    """The rows of these photos in the Parquet table at ``path`` (``Layout.routed``), read without the others."""
+    if not photo_ids or not pq.read_metadata(path).num_rows:  # (an empty table's photo_id may not be text)
+        return pq.read_schema(path).empty_table().to_pandas()
+    return pd.read_parquet(path, filters=[("photo_id", "in", photo_ids)])
 
 
 def batches(df: pd.DataFrame, batching: Batching) -> list[pd.DataFrame]:
@@ -346,18 +360,35 @@ def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
     return MergeResult(**{n: by_photo(pieces.pop(n)) for n in names[:-1]}, scores=scores)
 
 
+def settled(parts: list[MergeResult], spec: Spec, cfg: MergeConfig) -> MergeResult:
+    """Merge batches' (``summed``) results joined as the build holds them: today's thresholds applied, and compact.
+    A build settles its batches a few dozen at a time as it reads them, so the whole result is never held in a
+    larger form (at 200k photos the merge stage peaked ~140 MB higher when the joined result was)."""
+    return compact(apply_thresholds(combine(parts, spec), spec, cfg))
+
+
 def compact(m: MergeResult) -> MergeResult:
-    """The build's merge result as it is held until the report: the few-valued text columns of its assignment and
-    class rows as categoricals (at 200k photos, ~80 MB less)."""
+    """The few-valued text columns of a merge result's assignment and class rows as categoricals (at 200k photos,
+    ~80 MB less); ``by_photo`` joins such tables with their categories merged."""
     return replace(m, assignments=as_categories(m.assignments, ["drawn", "excluded"]),
                    classes=as_categories(m.classes, ["class"]))
 
 
 def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:
     """Tables of one schema as one, ordered by photo id (a photo's rows keep their order), whichever batches and
-    builds they came from."""
-    table = pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)
+    builds they came from; a column categorical in each stays categorical (with every table's categories)."""
+    table = pd.concat(shared_categories([t for t in tables if len(t)] or tables[:1]), ignore_index=True)
     return table if is_sorted(table["photo_id"]) else table.sort_values("photo_id", kind="stable", ignore_index=True)
+
+
+def shared_categories(tables: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """The tables with each column that is categorical in all of them given the same sorted categories, so that
+    joining them keeps it categorical (pandas joins differing categories as plain values)."""
+    if len(tables) < 2:
+        return tables
+    shared = [c for c in tables[0].columns if all(isinstance(t[c].dtype, pd.CategoricalDtype) for t in tables)]
+    union = {c: sorted(set().union(*(t[c].cat.categories for t in tables))) for c in shared}
+    return [t.assign(**{c: t[c].cat.set_categories(union[c]) for c in shared}) for t in tables] if shared else tables
 
 
 def apply_thresholds(m: MergeResult, spec: Spec, cfg: MergeConfig) -> MergeResult:

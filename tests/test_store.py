@@ -174,3 +174,18 @@ def test_a_line_prefix_covers_complete_lines_and_survives_appends_only(tmp_path)
     f.write_bytes(b'{"a": 9}\n{"b": 2}\n{"c": 34}\n')  # rewritten
     assert not inc.starts_with(f, prefix)
     assert inc.earlier_prefix(tmp_path, f, "k") is None
+
+
+def test_routed_rows_reads_back_the_rows_of_the_photos_asked_for(tmp_path):
+    """The vote's assignment rows, put aside as Parquet, come back for a few photos with their dtypes."""
+    from pipeline.build import routed_rows
+    from pipeline.tables import as_categories
+
+    rows = as_categories(pd.DataFrame({"photo_id": ["a", "a", "b", "c"], "assignment": ["a-1", "a-2", "b-1", "c-1"],
+                                       "row": [1, 2, 3, 4], "file": "x.jsonl"}), ["file"])
+    rows.to_parquet(tmp_path / "routed.parquet", index=False)
+    got = routed_rows(tmp_path / "routed.parquet", ["c", "a", "z"])
+    pd.testing.assert_frame_equal(got, rows.iloc[[0, 1, 3]].reset_index(drop=True))
+    assert routed_rows(tmp_path / "routed.parquet", []).empty
+    pd.DataFrame({"photo_id": [], "row": []}).to_parquet(tmp_path / "none.parquet", index=False)  # no rows at all
+    assert routed_rows(tmp_path / "none.parquet", ["a"]).empty

@@ -102,7 +102,7 @@ def figure_key(figure: Callable[..., str], args: tuple[Any, ...]) -> str:
 
 def agreement_by_class(class_agreement: pd.DataFrame, order: list[str], current: dict[str, float]) -> str:
     """Box plot (5th-95th percentile whiskers) of per-photo agreement for each class, configured threshold in red."""
-    df = class_agreement.dropna(subset=["agreement"])
+    df = class_agreement[["class", "agreement"]].dropna(subset=["agreement"])  # a copy of the two columns only
     if df.empty:
         return no_data("agreement per class")
     groups = {str(c): g.to_numpy(float) for c, g in df.groupby("class", sort=True)["agreement"]}
