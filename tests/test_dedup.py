@@ -66,6 +66,15 @@ def test_every_kind_of_copy_by_one_user_is_dropped_for_the_best(variants):
         assert row["kind"] == kind and row["distance"] <= 10, (name, row["kind"], row["distance"])
 
 
+def test_a_large_photo_and_its_lossless_copy_in_another_format_are_near_copies_at_distance_zero(tmp_path):
+    base = Image.open(write_jpeg(tmp_path / "base.jpg", 5, size=(1600, 1200)))  # hashed at half scale: 1280 px+
+    base.save(tmp_path / "lossless.png")
+    photos = _ingest(tmp_path, [("base", "u1", "base.jpg"), ("lossless", "u1", "lossless.png")])
+    found = find_duplicates(photos, DedupConfig())
+    assert sorted(found["action"]) == ["drop", "keep"]
+    assert found.loc[found["action"] == "drop", ["kind", "distance"]].values.tolist() == [["near", 0]]
+
+
 def test_mirror_copies_are_missed_without_the_mirror_hash(variants):
     photos = _ingest(variants, [("base", "u1", "base.jpg"), ("mirrored", "u1", "mirrored.jpg")])
     assert len(find_duplicates(photos, DedupConfig())) == 2

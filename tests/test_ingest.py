@@ -21,9 +21,11 @@ from pipeline.stages.ingest import (
     face_signals,
     find_faces,
     ingest,
+    jpeg_scale,
     photo_signals,
     shrink,
 )
+from pipeline.stages.phash import phash_pair
 from tests.conftest import realdata, write_jpeg
 
 CFG = IngestConfig(min_side=32)
@@ -174,3 +176,37 @@ def test_corrupt_file_of_imagededup_is_rejected():
     folder = realdata("imagededup", "data", "mixed_images")
     assert _code((folder / "ukbench09268_corrupt.jpg").read_bytes()) in ("not_an_image", "corrupt_image")
     assert pd.notna(photo_signals((folder / "ukbench09268.jpg").read_bytes(), CFG)["phash"])
+
+
+@pytest.mark.parametrize(("size", "side", "scale"), [((1920, 1080), 640, 2), ((1080, 1920), 640, 2),
+                                                     ((4032, 3024), 640, 4), ((5200, 3900), 640, 8),
+                                                     ((1279, 960), 640, 1), ((960, 720), 640, 1)])
+def test_jpeg_scale_keeps_the_longer_side_at_least_side(size, side, scale):
+    assert jpeg_scale(*size, side) == scale
+    assert max(size) // scale >= side and (scale == 8 or max(size) // (2 * scale) < side)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpeg_signals_come_from_a_reduced_decode_close_to_the_full_one(orientation):
+    path = realdata("labelme", "semantic_segmentation", "data_annotated", "2011_000006.jpg")
+    big = Image.open(path).crop((170, 80, 370, 230)).resize((1601, 1201), Image.LANCZOS)  # faces ~23% of 1201 px
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = big.transpose(Image.Transpose.ROTATE_90) if orientation == 6 else big  # 6: shown turned clockwise
+    data = _encode(stored, "JPEG", quality=95, exif=exif)
+    reduced, full = decode(data, CFG, 640), decode(data, CFG)
+    upright = (1601, 1201)
+    assert (reduced.scale, full.scale) == (2, 1) and (reduced.width, reduced.height) == upright
+    assert reduced.pixels.shape[1::-1] == (-(-upright[0] // 2), -(-upright[1] // 2))
+    assert full.pixels.shape[1::-1] == upright and (full.width, full.height) == upright
+    sig = photo_signals(data, CFG)
+    assert (sig["width"], sig["height"]) == upright
+    grey = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    assert abs(sig["brightness"] - grey.mean() / 255.0) < 1 / 255
+    small, _ = shrink(grey, 640)
+    assert (int(sig["phash"], 16) ^ phash_pair(small)[0]).bit_count() <= 4
+    faces = face_signals(data, CFG)
+    assert faces["faces"] == 3
+    x, y, w, h = faces["face_x"], faces["face_y"], faces["face_w"], faces["face_h"]
+    truth = np.array([(172, 248), (366, 238), (602, 254)]) * 2  # as in the 800x600 test, in full-size pixels
+    assert np.abs(truth - (x + w / 2, y + h / 2)).max(axis=1).min() <= 32 and w > 0.15 * min(upright)

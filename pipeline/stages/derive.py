@@ -47,7 +47,7 @@ def derive(samples: pd.DataFrame, ds: DatasetConfig, spec: Spec, ingest: IngestC
     rejected: list[dict[str, Any]] = []
     for s in samples.itertuples(index=False):
         try:
-            image = decode(read_photo(s.path, Path(s.manifest).parent), ingest)[0]
+            image = decode(read_photo(s.path, Path(s.manifest).parent), ingest).pixels
             mask = load_trusted(s.mask, json.loads(s.mask_values), image.shape[0], image.shape[1], spec)
         except Unusable as e:
             rejected.append(_rejection(s, e.code, str(e)))

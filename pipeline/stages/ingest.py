@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -89,8 +89,31 @@ ORIENT = {2: lambda a: cv2.flip(a, 1), 3: lambda a: cv2.rotate(a, cv2.ROTATE_180
 """EXIF orientation -> the array operation that displays it upright (what ``ImageOps.exif_transpose`` does)."""
 
 
-def decode(data: bytes, cfg: IngestConfig) -> tuple[np.ndarray, str, str, int]:
-    """Decode one upload: (oriented 8-bit RGB pixels, format, original mode, EXIF orientation).
+class Decoded(NamedTuple):
+    """One decoded upload: its upright 8-bit RGB pixels, at ``1 / scale`` of the photo's size."""
+
+    pixels: np.ndarray
+    format: str
+    mode: str  # the file's own mode, before conversion to RGB
+    orientation: int  # EXIF orientation, applied to the pixels
+    width: int  # the upright photo's size in full-size pixels
+    height: int
+    scale: int  # 1, or libjpeg's DCT scaling denominator 2, 4 or 8
+
+
+REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+           8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+"""libjpeg's scaled decode by denominator; combined with IMREAD_COLOR_RGB it gives colour."""
+
+
+def jpeg_scale(width: int, height: int, side: int) -> int:
+    """The largest DCT scaling denominator (1, 2, 4 or 8) that keeps the longer side at least ``side`` pixels."""
+    return next(f for f in (8, 4, 2) if max(width, height) >= f * side) if max(width, height) >= 2 * side else 1
+
+
+def decode(data: bytes, cfg: IngestConfig, side: int = 0) -> Decoded:
+    """Decode one upload to upright 8-bit RGB pixels; with ``side``, a JPEG decodes at a reduced scale (libjpeg
+    scales in the DCT, skipping most of the work) whose longer side is still at least ``side`` pixels.
 
     Pillow reads the header and does the checks; an RGB or greyscale JPEG (nearly every upload) is then decoded by
     OpenCV straight into an array (the same libjpeg-turbo pixels, without Pillow's copy out of its own buffer).
@@ -114,11 +137,14 @@ def decode(data: bytes, cfg: IngestConfig) -> tuple[np.ndarray, str, str, int]:
             orientation = int(im.getexif().get(0x0112, 1) or 1)
             mode = im.mode
             if im.format == "JPEG" and mode in ("RGB", "L"):
-                flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+                f = jpeg_scale(im.width, im.height, side) if side else 1
+                flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION | REDUCED[f]
                 pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-                if pixels is None or pixels.shape[:2] != (im.height, im.width):
+                if pixels is None or pixels.shape[:2] != (-(-im.height // f), -(-im.width // f)):
                     raise Unusable("corrupt_image", "cannot decode the JPEG data")
-                return np.ascontiguousarray(ORIENT.get(orientation, np.asarray)(pixels)), fmt, mode, orientation
+                w, h = (im.height, im.width) if orientation in (5, 6, 7, 8) else im.size
+                pixels = np.ascontiguousarray(ORIENT.get(orientation, np.asarray)(pixels))
+                return Decoded(pixels, fmt, mode, orientation, w, h, f)
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Unusable("too_many_pixels", str(e)) from None
@@ -129,11 +155,15 @@ def decode(data: bytes, cfg: IngestConfig) -> tuple[np.ndarray, str, str, int]:
             raise
         raise Unusable("corrupt_image", f"cannot decode: {e}") from None
     ImageOps.exif_transpose(im, in_place=True)  # in place: no copy of an upright photo
-    return np.asarray(to_rgb(im)), fmt, mode, orientation
+    return Decoded(np.asarray(to_rgb(im)), fmt, mode, orientation, im.width, im.height, 1)
 
 
 def pixel_hash(pixels: np.ndarray) -> str:
     """xxh3-128 of the size and the decoded RGB bytes, read in place: equal pixels, equal hash.
+
+    Ingest hashes its analysis decode, so a JPEG of 1280 px or more is hashed at its reduced scale: copies that
+    differ only in metadata match, but its lossless re-encoding in another format does not (dedup then finds the two
+    as near duplicates at distance 0).
 
     Not a cryptographic hash (sha256 took 3 ms per FullHD photo, this 0.3 ms). A crafted collision could only make
     a user's two photos look identical, dropping one as a duplicate of their own.
@@ -146,20 +176,23 @@ def pixel_hash(pixels: np.ndarray) -> str:
 def photo_signals(data: bytes, cfg: IngestConfig) -> dict[str, Any]:
     """Everything later stages need from one photo but its faces, from a single decode.
 
-    The pHash and sharpness take the greyscale photo shrunk to ANALYSIS_SIDE; the colour thumbnail averages every
-    4th pixel of every 4th row (a few thousand per cell), which costs a sixteenth of an area resize of the photo.
+    A JPEG of 1280 px or more decodes at a reduced scale still covering ANALYSIS_SIDE (half as long for FullHD).
+    The pHash and sharpness take the greyscale pixels shrunk to ANALYSIS_SIDE; the colour thumbnail averages every
+    4th full-size pixel of every 4th row (a few thousand per cell), which costs a sixteenth of an area resize.
     """
-    pixels, fmt, mode, orientation = decode(data, cfg)
-    h, w = pixels.shape[:2]
+    d = decode(data, cfg, ANALYSIS_SIDE)
+    w, h, pixels = d.width, d.height, d.pixels
     if min(w, h) < cfg.min_side:
         raise Unusable("too_small", f"{w}x{h} has a side below ingest.min_side={cfg.min_side}")
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     small, _ = shrink(grey, ANALYSIS_SIDE)
     ph, mirror = phash_pair(small)
-    sampled = np.ascontiguousarray(pixels[::4, ::4]) if min(h, w) >= 4 * THUMB_SIDE else pixels
+    step = max(1, 4 // d.scale)
+    sampled = np.ascontiguousarray(pixels[::step, ::step]) if min(h, w) >= 4 * THUMB_SIDE else pixels
     thumb = cv2.resize(sampled, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
     return {
-        "format": fmt, "mode": mode, "width": w, "height": h, "orientation": orientation, "bytes": len(data),
+        "format": d.format, "mode": d.mode, "width": w, "height": h, "orientation": d.orientation,
+        "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "pixel_hash": pixel_hash(pixels),
         "phash": to_hex(ph), "phash_mirror": to_hex(mirror),
@@ -178,9 +211,9 @@ def chroma(thumb: np.ndarray) -> float:
 
 def face_signals(data: bytes, cfg: IngestConfig) -> dict[str, int]:
     """FACE_COLUMNS of one photo: the detector on its oriented greyscale pixels at ANALYSIS_SIDE."""
-    pixels, _, _, _ = decode(data, cfg)
-    small, s = shrink(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), ANALYSIS_SIDE)
-    faces = detect_faces(small, s)
+    d = decode(data, cfg, ANALYSIS_SIDE)
+    small, s = shrink(cv2.cvtColor(d.pixels, cv2.COLOR_RGB2GRAY), ANALYSIS_SIDE)
+    faces = detect_faces(small, s / d.scale)
     return dict(zip(FACE_COLUMNS, (len(faces), *(faces[0] if faces else (0, 0, 0, 0))), strict=True))
 
 
