@@ -243,9 +243,8 @@ def export_batch(published: pd.DataFrame, spec: Spec, cfg: Config, pseudonym: by
     exported and each of its files' digests."""
     root = Path(part).with_suffix("")
     shutil.rmtree(root, ignore_errors=True)
-    exported = export.export_photos(published.assign(split=""), root, spec, pseudonym,
-                                    export.ExportOptions.from_config(cfg))
-    digests = export.file_digests(root)
+    exported, digests = export.export_photos(published.assign(split=""), root, spec, pseudonym,
+                                             export.ExportOptions.from_config(cfg))
     get_run_logger().info("exported %d photos (%d files)", len(exported), len(digests))
     coco, spans = export.coco_snippets(exported)  # read back one image at a time when published
     store.write_atomic(Path(part).with_suffix(".coco"), coco)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -82,6 +83,13 @@ def assert_no_metadata(path: Path) -> None:
     assert b"Jane" not in path.read_bytes() and b"MotionPhoto" not in path.read_bytes()
 
 
+def _export(src: Path, dst: Path, quality: int) -> str | None:
+    """export_photo's bytes written to ``dst``; its reason."""
+    data, reason = export.export_photo(src, quality)
+    dst.write_bytes(data)
+    return reason
+
+
 @pytest.mark.parametrize("save", [{}, {"progressive": True}, {"restart_marker_rows": 1}, {"mode": "L"}])
 def test_strip_keeps_coded_pixels_and_drops_every_metadata_segment(tmp_path, save):
     src = camera_jpeg(tmp_path / "in.jpg", **save)
@@ -89,7 +97,7 @@ def test_strip_keeps_coded_pixels_and_drops_every_metadata_segment(tmp_path, sav
         assert im.getexif().get_ifd(ExifTags.IFD.GPSInfo) and "xmp" in im.info and "comment" in im.info
     stripped = export.strip_jpeg_metadata(src.read_bytes())
     assert np.array_equal(decoded(stripped), decoded(src))
-    assert export.export_photo(src, tmp_path / "out.jpg", 90) is None
+    assert _export(src, tmp_path / "out.jpg", 90) is None
     assert (tmp_path / "out.jpg").read_bytes() == stripped
     assert_no_metadata(tmp_path / "out.jpg")
 
@@ -123,7 +131,7 @@ def test_odd_jpegs_are_refused(damage, reason):
 
 def test_rotated_jpeg_is_reencoded_upright_without_metadata(tmp_path):
     src = camera_jpeg(tmp_path / "in.jpg", orientation=6)
-    assert export.export_photo(src, tmp_path / "out.jpg", 95) == "rotated"
+    assert _export(src, tmp_path / "out.jpg", 95) == "rotated"
     out = decoded(tmp_path / "out.jpg")
     with Image.open(src) as im:
         upright = np.asarray(im.transpose(Image.Transpose.ROTATE_270)).astype(np.int16)
@@ -136,11 +144,11 @@ def test_png_and_cmyk_inputs_are_reencoded(tmp_path):
     info = PngInfo()
     info.add_text("comment", "Jane's phone")
     Image.fromarray(pixels()).save(tmp_path / "in.png", pnginfo=info, exif=camera_exif())
-    assert export.export_photo(tmp_path / "in.png", tmp_path / "png.jpg", 95) == "not_jpeg"
+    assert _export(tmp_path / "in.png", tmp_path / "png.jpg", 95) == "not_jpeg"
     assert np.abs(decoded(tmp_path / "png.jpg") - pixels()).mean() < 3
     assert_no_metadata(tmp_path / "png.jpg")
     src = camera_jpeg(tmp_path / "cmyk.jpg", mode="CMYK")
-    assert export.export_photo(src, tmp_path / "cmyk_out.jpg", 95) == "cmyk"
+    assert _export(src, tmp_path / "cmyk_out.jpg", 95) == "cmyk"
     with Image.open(tmp_path / "cmyk_out.jpg") as im:
         assert im.mode == "RGB"
     assert_no_metadata(tmp_path / "cmyk_out.jpg")
@@ -150,7 +158,7 @@ def test_unusual_jpeg_falls_back_to_reencoding(tmp_path):
     buf = BytesIO()
     Image.fromarray(pixels()).save(buf, "JPEG", quality=90)
     (tmp_path / "in.jpg").write_bytes(insert_after_soi(buf.getvalue(), segment(0xCC, b"\x00\x00")))
-    assert export.export_photo(tmp_path / "in.jpg", tmp_path / "out.jpg", 95) == "unusual_jpeg"
+    assert _export(tmp_path / "in.jpg", tmp_path / "out.jpg", 95) == "unusual_jpeg"
     assert np.abs(decoded(tmp_path / "out.jpg") - pixels()).mean() < 3
 
 
@@ -214,7 +222,10 @@ OPTIONS = ExportOptions(quality=90, ignore_below=0.5, agreement_maps=True, ignor
 
 
 def build_tree(published: pd.DataFrame, root: Path) -> list[export.Exported]:
-    done = export.export_photos(published, root, SPEC, KEY, OPTIONS)
+    done, digests = export.export_photos(published, root, SPEC, KEY, OPTIONS)
+    files = export.tree_files(root)
+    assert list(digests) == files  # every file written, in path order, with the digest of what is on disk
+    assert all(digests[f] == hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files)
     for split in ("train", "test"):
         export.write_coco(root, split, SPEC, done)
     export.write_view_classes(root, SPEC)

@@ -48,7 +48,11 @@ def write_mask(array: np.ndarray, path: Path) -> None:
 def read_mask(path: str | Path) -> np.ndarray:
     """A single-channel 8-bit PNG as a 2-D uint8 array (values as stored: no palette or colour conversion). The
     array of an ``encode_mask`` file is a read-only view of the inflated rows: copy it to change it."""
-    data = Path(path).read_bytes()
+    return decode_mask(Path(path).read_bytes(), path)
+
+
+def decode_mask(data: bytes, path: str | Path) -> np.ndarray:
+    """``read_mask`` of the bytes of the file ``path`` (named in the error)."""
     mask = _unfiltered_grey(data)
     if mask is None:
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None

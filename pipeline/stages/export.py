@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.config import Config
 from pipeline.errors import CrowdsegError
-from pipeline.io.png import read_mask, write_mask
+from pipeline.io.png import decode_mask, encode_mask, read_mask
 from pipeline.spec import Spec
 from pipeline.stages.ingest import load_oriented
 from pipeline.stages.views import apply_view, derived_views, view_classes
@@ -193,43 +194,37 @@ def reencode_reason(src: str | Path) -> str | None:
     return None
 
 
-def reencode_jpeg(src: str | Path, dst: Path, quality: int) -> None:
-    """Decode, orient and write an RGB JPEG with no metadata."""
+def reencode_jpeg(src: str | Path, quality: int) -> bytes:
+    """Decode and orient a photo: an RGB JPEG with no metadata."""
     rgb = load_oriented(src)
     rgb.info.clear()  # PIL would copy a source comment into the JPEG
-    rgb.save(dst, "JPEG", quality=quality)
+    buf = BytesIO()
+    rgb.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
-def export_photo(src: str | Path, dst: Path, quality: int) -> str | None:
-    """Publish one photo as the JPEG ``dst`` without metadata.
-
-    Returns None when the original JPEG stream was copied with its metadata removed (pixels untouched), else the
-    reason it was re-encoded at ``quality`` (a REENCODE_REASONS code).
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
+def export_photo(src: str | Path, quality: int) -> tuple[bytes, str | None]:
+    """One photo as a JPEG without metadata, and None when its own JPEG stream was kept with the metadata removed
+    (pixels untouched), else the reason it was re-encoded at ``quality`` (a REENCODE_REASONS code)."""
     reason = reencode_reason(src)
     if reason is None:
         try:
-            dst.write_bytes(strip_jpeg_metadata(Path(src).read_bytes()))
-            return None
+            return strip_jpeg_metadata(Path(src).read_bytes()), None
         except UnsafeJpeg:
             reason = "unusual_jpeg"
-    reencode_jpeg(src, dst, quality)
-    return reason
+    return reencode_jpeg(src, quality), reason
 
 
-def publish_mask(mask_path: str | Path, agreement_path: str | Path, min_share: float, ignore_index: int,
-                 target: Path) -> np.ndarray:
-    """Write the merged mask to ``target``, with ``ignore_index`` where the winning vote share is below
-    ``min_share`` (0: off), and return it. Unchanged, the work PNG (``write_mask``'s bytes) is copied, not encoded."""
-    mask = read_mask(mask_path)
+def publish_mask(mask_path: str | Path, agreement_path: str | Path, min_share: float, ignore_index: int
+                 ) -> tuple[np.ndarray, bytes]:
+    """The merged mask, with ``ignore_index`` where the winning vote share is below ``min_share`` (0: off), and its
+    PNG bytes. Unchanged, they are the work PNG's (``write_mask``'s), not encoded again."""
+    data = Path(mask_path).read_bytes()
+    mask = decode_mask(data, mask_path)
     if min_share > 0:
         mask = np.where(read_mask(agreement_path) < round(min_share * 255), np.uint8(ignore_index), mask)
-        write_mask(mask, target)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mask_path, target)
-    return mask
+        data = encode_mask(mask)
+    return mask, data
 
 
 def coco_annotations(mask: np.ndarray, spec: Spec) -> list[dict[str, Any]]:
@@ -289,33 +284,44 @@ class Exported:
 
 
 def export_photos(published: pd.DataFrame, root: Path, spec: Spec, key: bytes, opts: ExportOptions
-                  ) -> list[Exported]:
-    """Write the images, masks, derived views and extras of a batch of published photos under ``root``.
+                  ) -> tuple[list[Exported], dict[str, str]]:
+    """Write the images, masks, derived views and extras of a batch of published photos under ``root``; what was
+    exported for each photo, and the sha256 of every file written, by its relative POSIX path, in path order.
 
-    ``published`` needs photo_id, user_id, path, mask_path, agreement_path and split.
+    ``published`` needs photo_id, user_id, path, mask_path, agreement_path and split (may be empty).
     """
     views, _ = derived_views(spec)
     ignore = spec.ignore_index
-    out = []
+    out: list[Exported] = []
+    digests: dict[str, str] = {}
+    folders: set[Path] = set()
+
+    def put(folder: str, split: str, file: str, data: bytes) -> None:
+        rel = "/".join(part for part in (folder, split, file) if part)
+        if (root / rel).parent not in folders:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            folders.add((root / rel).parent)
+        (root / rel).write_bytes(data)
+        digests[rel] = hashlib.sha256(data).hexdigest()
+
     for p in published.itertuples(index=False):
         name, split = image_name(p.photo_id, key), p.split
-        reason = export_photo(p.path, root / "images" / split / f"{name}.jpg", opts.quality)
-        mask = publish_mask(p.mask_path, p.agreement_path, opts.ignore_below, ignore,
-                            root / "annotations" / split / f"{name}.png")
+        jpeg, reason = export_photo(p.path, opts.quality)
+        put("images", split, f"{name}.jpg", jpeg)
+        mask, png = publish_mask(p.mask_path, p.agreement_path, opts.ignore_below, ignore)
+        put("annotations", split, f"{name}.png", png)
         for v in views:
-            write_mask(apply_view(mask, v, ignore), root / "views" / v.name / split / f"{name}.png")
+            put(f"views/{v.name}", split, f"{name}.png", encode_mask(apply_view(mask, v, ignore)))
         if opts.agreement_maps:
-            target = root / "extras" / "agreement" / split / f"{name}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p.agreement_path, target)
+            put("extras/agreement", split, f"{name}.png", Path(p.agreement_path).read_bytes())
         if opts.ignore_masks:
-            write_mask(np.where(mask == ignore, 255, 0), root / "extras" / "ignore" / split / f"{name}.png")
+            put("extras/ignore", split, f"{name}.png", encode_mask(np.where(mask == ignore, 255, 0).astype(np.uint8)))
         annotations = coco_annotations(mask, spec)
         area = {a["category_id"]: a["area"] for a in annotations}
         pixels = (int(np.count_nonzero(mask == 0)), *(area.get(c.id, 0) for c in spec.classes[1:]))
         out.append(Exported(name, public_user(p.user_id, key), split, mask.shape[0], mask.shape[1], reason, pixels,
                             int(np.count_nonzero(mask == ignore)), tuple(annotations)))
-    return out
+    return out, dict(sorted(digests.items()))
 
 
 def write_json(obj: Any, path: Path, indent: int | None = None) -> None:
@@ -412,15 +418,6 @@ def tree_files(root: Path) -> list[str]:
     top = os.path.join(root, "")
     return sorted(f"{folder.removeprefix(top).replace(os.sep, '/')}/{f}".lstrip("/")
                   for folder, _, files in os.walk(top) for f in files)
-
-
-def file_digests(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, by relative POSIX path."""
-    out = {}
-    for rel in tree_files(root):
-        with (root / rel).open("rb") as fh:
-            out[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
-    return out
 
 
 LINK_THREADS = 2  # hard links release the GIL: two threads make them in half the time; more add nothing
