@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +15,7 @@ from pipeline.errors import CrowdsegError
 SPEC_DIR = Path(__file__).resolve().parent.parent / "annotation_specs"
 
 
+@lru_cache(maxsize=4096)  # called for every shape read; a crowd uses a handful of labels
 def normalize_label(label: str) -> str:
     """Fold case, spaces and dashes so that 'Left eye', 'left-eye' and 'left_eye' match."""
     return re.sub(r"[\s\-]+", "_", label.strip().lower())

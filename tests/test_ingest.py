@@ -210,3 +210,14 @@ def test_large_jpeg_signals_come_from_a_reduced_decode_close_to_the_full_one(ori
     x, y, w, h = faces["face_x"], faces["face_y"], faces["face_w"], faces["face_h"]
     truth = np.array([(172, 248), (366, 238), (602, 254)]) * 2  # as in the 800x600 test, in full-size pixels
     assert np.abs(truth - (x + w / 2, y + h / 2)).max(axis=1).min() <= 32 and w > 0.15 * min(upright)
+
+
+def test_a_large_photo_measures_as_sharp_in_any_format():
+    path = realdata("labelme", "semantic_segmentation", "data_annotated", "2011_000006.jpg")
+    big = Image.open(path).resize((1600, 1200), Image.LANCZOS)
+    jpeg = _encode(big, "JPEG", quality=100)
+    twin = _encode(Image.open(io.BytesIO(jpeg)), "PNG")  # the JPEG's own pixels, losslessly
+    a, b = photo_signals(jpeg, CFG), photo_signals(twin, CFG)
+    assert decode(jpeg, CFG, 640).scale == 2 and decode(twin, CFG, 640).scale == 1
+    assert abs(a["sharpness"] / b["sharpness"] - 1) < 0.01 and abs(a["brightness"] - b["brightness"]) < 1e-3
+    assert (int(a["phash"], 16) ^ int(b["phash"], 16)).bit_count() <= 2
