@@ -20,8 +20,10 @@ from pipeline.stages.merge import (
     fuse_photo,
     layer_iou,
     one_per_annotator,
+    painted_box,
     photo_row,
     weighted_region,
+    window,
     work_key,
 )
 from pipeline.stages.polygons import (
@@ -184,6 +186,29 @@ def test_value_counts_are_exact_on_runs_in_row_chunks(monkeypatch):
     assert value_counts(a, 9).tolist() == np.bincount(a.ravel(), minlength=9).tolist()
     wide = a.astype(np.uint16) * 100
     assert value_counts(wide, 801).tolist() == np.bincount(wide.ravel(), minlength=801).tolist()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_photo_row_measured_in_the_painted_window_is_the_whole_masks(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    h, w = 90, 120
+    layers = {}
+    for c in SPEC.draw_ids:  # ellipses anywhere, some past the image's edges
+        mask = np.zeros((h, w), np.uint8)
+        cv2.ellipse(mask, (int(rng.integers(-10, w + 10)), int(rng.integers(-10, h + 10))),
+                    (int(rng.integers(3, 40)), int(rng.integers(3, 30))), 0, 0, 360, 1, -1)
+        ys, xs = np.nonzero(mask)
+        if len(ys):
+            y0, x0 = ys.min(), xs.min()
+            layers[c] = Layer(int(y0), int(x0), mask[y0: ys.max() + 1, x0: xs.max() + 1])
+    mask = composite(layers, SPEC.draw_ids, h, w)
+    whole = photo_row("p", mask, None, tmp_path, SPEC)
+    part = photo_row("p", mask, None, tmp_path, SPEC, painted_box(layers.values()))
+    assert whole.keys() == part.keys()
+    for k, v in whole.items():
+        assert v == part[k] or (isinstance(v, float) and (math.isclose(v, part[k], rel_tol=1e-9)
+                                                          or (math.isnan(v) and math.isnan(part[k])))), k
+    assert painted_box([None]) is None and window(mask, None) is mask
 
 
 def test_draw_order_not_class_ids_puts_lips_over_teeth():

@@ -16,6 +16,7 @@ label, so a leave-one-out vote or an IoU is a sum over labels (32 for five assig
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
@@ -45,6 +46,7 @@ from pipeline.tables import REJECTION_COLUMNS, frame, isin, keyed_hash, records,
 MIN_WEIGHT = 0.01  # keeps a photo votable when every annotator's skill estimate is near zero
 SPAM_AGREEMENT = 0.2  # agreement below this is indistinguishable from random shapes
 MAX_CAMP_SEARCH = 12  # exact orientation search up to this many assignments, greedy above
+Bounds = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive) of a part of a mask
 REPAIR_COLUMNS = ["assignment", "photo_id", "annotator_id", "row", "index", "label", "repair"]
 
 
@@ -311,6 +313,7 @@ class Fusion:
     classes: list[dict[str, Any]]
     unanimous: float = math.nan
     used: list[str] = field(default_factory=list)
+    box: Bounds | None = None  # holds every painted pixel of the mask; None: not known
 
 
 @dataclass
@@ -467,7 +470,24 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
         r.update(used=r["assignment"] in used_keys, mean_iou=mean_iou(list(ious.values()), 1.0),
                  **{f"iou_{spec.classes[c].name}": v for c, v in ious.items()})
     return Fusion(mask, shares, source, status, reasons, list(rows.values()), scores, class_rows, unanimous,
-                  [crowd[k].assignment for k in used])
+                  [crowd[k].assignment for k in used], painted_box(regions.values()))
+
+
+def painted_box(layers: Iterable[Layer | None]) -> Bounds | None:
+    """(y0, x0, y1, x1) of the union of the layers' boxes, None when there are none."""
+    present = [la for la in layers if la is not None]
+    if not present:
+        return None
+    return (min(la.y0 for la in present), min(la.x0 for la in present), max(la.y1 for la in present),
+            max(la.x1 for la in present))
+
+
+def window(mask: np.ndarray, box: Bounds | None) -> np.ndarray:
+    """The part of ``mask`` inside ``box`` (a view), or the whole mask when ``box`` is None."""
+    if box is None:
+        return mask
+    y0, x0, y1, x1 = box
+    return mask[y0:y1, x0:x1]
 
 
 def _agreement(mask: np.ndarray, used: list[dict[int, Layer]], classes: list[int], as_map: bool = True
@@ -594,7 +614,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
         class_rows += result.classes
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append(photo_row(
-            p.photo_id, result.mask, result.agreement, out_dir, spec, status=result.status,
+            p.photo_id, result.mask, result.agreement, out_dir, spec, result.box, status=result.status,
             reasons=";".join(result.reasons), source=result.source, n_assignments=sum(not r[2] for r in todo),
             n_used=len(result.used), n_golden=sum(bool(r[2]) for r in todo),
             n_swapped=sum(r["swapped"] for r in result.assignments),
@@ -605,17 +625,22 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
 
 
 def photo_row(photo_id: str, mask: np.ndarray, agreement: np.ndarray | None, out_dir: Path, spec: Spec,
-              **fields: Any) -> dict[str, Any]:
+              box: Bounds | None = None, **fields: Any) -> dict[str, Any]:
     """Write a photo's mask and agreement map (unless None) to ``out_dir``; its row of ``MergeResult.photos``
-    (``fields`` give the status and vote columns; pixel counts, paths and anatomy measures are added here)."""
+    (``fields`` give the status and vote columns; pixel counts, paths and anatomy measures are added here).
+
+    With ``box`` (``Fusion.box``), pixels are counted and measured only in its ``window``: the anatomy measures
+    are positions relative to each other, sizes and shares, which a blank margin leaves as they are."""
     key = work_key(photo_id)
     write_mask(mask, out_dir / f"{key}.png")
     if agreement is not None:
         write_mask(agreement, out_dir / f"{key}.agreement.png")
-    counts = value_counts(mask, len(spec.classes))
+    painted = window(mask, box)
+    counts = value_counts(painted, len(spec.classes))
+    counts[0] += mask.size - painted.size
     return {"photo_id": photo_id, **fields, "mask_path": str(out_dir / f"{key}.png"),
             "agreement_path": "" if agreement is None else str(out_dir / f"{key}.agreement.png"),
-            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}, **measure(mask, spec)}
+            **{f"px_{c.name}": int(counts[c.id]) for c in spec.classes}, **measure(painted, spec)}
 
 
 def drawn_classes(shapes: list[dict[str, Any]], spec: Spec) -> str:
