@@ -287,6 +287,7 @@ def test_views_extras_and_ignore_index(tmp_path):
                                                        "right_eye", "lips", "teeth"]
     assert classes["classes"][0]["from"] == ["background", "person"] and classes["ignore_index"] == 255
     assert e.ignored == int((mask == 255).sum()) and sum(e.pixels) + e.ignored == mask.size
+    assert e.pixels == tuple(int((mask == c.id).sum()) for c in SPEC.classes)
 
 
 def test_views_follow_the_spec():
@@ -390,7 +391,7 @@ def test_coco_rles_equal_pycocotools_encoding_each_class_mask():
                 expected.append({"category_id": c.id, "iscrowd": 1, "area": int(mask_utils.area(rle)),
                                  "bbox": [int(v) for v in mask_utils.toBbox(rle)],
                                  "segmentation": {"size": list(mask.shape), "counts": rle["counts"].decode()}})
-        assert export.coco_annotations(mask, spec) == expected, mask
+        assert export.coco_annotations(export.Runs.of(mask), spec) == expected, mask
 
 
 def test_place_links_each_file_into_its_split(tmp_path):

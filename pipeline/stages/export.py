@@ -227,25 +227,44 @@ def publish_mask(mask_path: str | Path, agreement_path: str | Path, min_share: f
     return mask, data
 
 
-def coco_annotations(mask: np.ndarray, spec: Spec) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Runs:
+    """A mask's runs of one value in column-major order (COCO's), found once for its RLEs and its pixel counts."""
+
+    height: int
+    width: int
+    starts: np.ndarray
+    ends: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Runs:
+        h, w = mask.shape
+        flat = cv2.transpose(mask).ravel()  # column-major; twice as fast as np.asfortranarray
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        starts, ends = np.concatenate(([0], change)), np.concatenate((change, [flat.size]))
+        return cls(h, w, starts, ends, flat[starts])
+
+    def counts(self) -> np.ndarray:
+        """Pixels per value 0-255 (int64)."""
+        return np.bincount(self.values, weights=self.ends - self.starts, minlength=256).astype(np.int64)
+
+
+def coco_annotations(runs: Runs, spec: Spec) -> list[dict[str, Any]]:
     """One COCO annotation (compressed RLE, iscrowd 1, no ids yet) per non-background class present, by class id.
 
-    The mask's column-major runs are found once; each class's RLE counts are the gaps between its runs and their
-    lengths, compressed by pycocotools exactly as ``mask.encode`` of the class's binary mask would be.
+    Each class's RLE counts are the gaps between its runs and their lengths, compressed by pycocotools exactly as
+    ``mask.encode`` of the class's binary mask would be.
     """
-    h, w = mask.shape
-    flat = cv2.transpose(mask).ravel()  # column-major, as COCO counts; twice as fast as np.asfortranarray
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts, ends = np.concatenate(([0], change)), np.concatenate((change, [flat.size]))
-    values = flat[starts]
+    h, w, size = runs.height, runs.width, runs.height * runs.width
     out = []
     for c in spec.classes[1:]:
-        mine = values == c.id
+        mine = runs.values == c.id
         if not mine.any():
             continue
-        s, e = starts[mine], ends[mine]
+        s, e = runs.starts[mine], runs.ends[mine]
         counts = np.empty(2 * len(s) + 1, np.int64)  # zeros, ones, zeros, ..., trailing zeros
-        counts[0:-1:2], counts[1::2], counts[-1] = s - np.concatenate(([0], e[:-1])), e - s, flat.size - e[-1]
+        counts[0:-1:2], counts[1::2], counts[-1] = s - np.concatenate(([0], e[:-1])), e - s, size - e[-1]
         rle = mask_utils.frPyObjects({"counts": counts[:-1 if counts[-1] == 0 else None].tolist(), "size": [h, w]},
                                      h, w)
         out.append({"category_id": c.id, "iscrowd": 1, "area": int((e - s).sum()),
@@ -316,11 +335,11 @@ def export_photos(published: pd.DataFrame, root: Path, spec: Spec, key: bytes, o
             put("extras/agreement", split, f"{name}.png", Path(p.agreement_path).read_bytes())
         if opts.ignore_masks:
             put("extras/ignore", split, f"{name}.png", encode_mask(np.where(mask == ignore, 255, 0).astype(np.uint8)))
-        annotations = coco_annotations(mask, spec)
-        area = {a["category_id"]: a["area"] for a in annotations}
-        pixels = (int(np.count_nonzero(mask == 0)), *(area.get(c.id, 0) for c in spec.classes[1:]))
-        out.append(Exported(name, public_user(p.user_id, key), split, mask.shape[0], mask.shape[1], reason, pixels,
-                            int(np.count_nonzero(mask == ignore)), tuple(annotations)))
+        runs = Runs.of(mask)
+        counts = runs.counts()
+        out.append(Exported(name, public_user(p.user_id, key), split, mask.shape[0], mask.shape[1], reason,
+                            tuple(int(counts[c.id]) for c in spec.classes), int(counts[ignore]),
+                            tuple(coco_annotations(runs, spec))))
     return out, dict(sorted(digests.items()))
 
 
