@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.errors import CrowdsegError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextmanager
@@ -55,7 +57,10 @@ def check_lock(out: Path) -> None:
         pass
 
 
-SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+              "PREFECT_API_BLOCKS_REGISTER_ON_START": "false", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+"""The embedded server's settings. A build saves no block, so the server registers no block types: checking whether
+they changed first imported every installed Prefect collection (``prefect_dask`` brings Dask's ``distributed``)."""
 SERVER_PORTS = range(8000, 9000)
 PORT_IN_USE = 3  # uvicorn's exit status when its port is taken
 
@@ -201,6 +206,7 @@ class Stopwatch:
 
     def table(self) -> pd.DataFrame:
         """Per stage: seconds, share of the total; then per cached step: items computed and reused."""
+        import pandas as pd  # here: the CLI starts the server before this module would have imported pandas
         total = sum(self.laps.values()) or 1.0
         rows = [{"stage": k, "seconds": v, "share": round(v / total, 3)} for k, v in self.laps.items()]
         rows += [{"stage": "total", "seconds": round(total, 3), "share": 1.0}]
