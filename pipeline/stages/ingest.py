@@ -108,7 +108,7 @@ REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSC
 
 def jpeg_scale(width: int, height: int, side: int) -> int:
     """The largest DCT scaling denominator (1, 2, 4 or 8) that keeps the longer side at least ``side`` pixels."""
-    return next(f for f in (8, 4, 2) if max(width, height) >= f * side) if max(width, height) >= 2 * side else 1
+    return next((f for f in (8, 4, 2) if max(width, height) >= f * side), 1)
 
 
 def decode(data: bytes, cfg: IngestConfig, side: int = 0) -> Decoded:

@@ -630,7 +630,8 @@ def photo_row(photo_id: str, mask: np.ndarray, agreement: np.ndarray | None, out
     (``fields`` give the status and vote columns; pixel counts, paths and anatomy measures are added here).
 
     With ``box`` (``Fusion.box``), pixels are counted and measured only in its ``window``: the anatomy measures
-    are positions relative to each other, sizes and shares, which a blank margin leaves as they are."""
+    are relative positions, sizes and shares, which cropping blank pixels away leaves as they are (to 1e-9: the
+    centroids are summed from another origin)."""
     key = work_key(photo_id)
     write_mask(mask, out_dir / f"{key}.png")
     if agreement is not None:
