@@ -317,10 +317,11 @@ def export_photos(published: pd.DataFrame, root: Path, spec: Spec, key: bytes, o
 
     def put(folder: str, split: str, file: str, data: bytes) -> None:
         rel = "/".join(part for part in (folder, split, file) if part)
-        if (root / rel).parent not in folders:
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            folders.add((root / rel).parent)
-        (root / rel).write_bytes(data)
+        path = root / rel
+        if path.parent not in folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folders.add(path.parent)
+        path.write_bytes(data)
         digests[rel] = hashlib.sha256(data).hexdigest()
 
     for p in published.itertuples(index=False):
