@@ -607,7 +607,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     from pipeline.flows import in_flight, write_report_files
     from pipeline.report.write import write_csv
     from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
-    from pipeline.tables import CROWD, REJECTION_COLUMNS, concat
+    from pipeline.tables import REJECTION_COLUMNS, concat
     from pipeline.tuning import release_memory
 
     steps: list[dict[str, Any]] = []
@@ -638,12 +638,13 @@ def table_stages(folder: Path) -> dict[str, Any]:
 
     t = time.perf_counter()  # as a build, from here on: no whole photo or assignment table, kept and to_merge
     kept = b.kept_photos(photos, duplicates)
-    voted = kept[kept["origin_kind"] == CROWD]
+    voted, _ = b.by_origin(kept)
     del photos
     submitted = len(assignments)
     to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
                                                  dedup.dropped_ids(duplicates))
     del assignments
+    manifest = manifest[["photo_id", "path"]]  # as the flow keeps it (it keeps each photo's mask path too)
     to_merge, repeated = merge.one_per_annotator(to_merge)
     step("route assignments (route_orphans, one_per_annotator)", t, lap=False)
 
@@ -668,6 +669,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     held, decisions = review.apply_decisions(b.decisions(cfg), m.photos, held, kept, to_merge)
     merged = m.photos[~m.photos["photo_id"].isin(held["photo_id"])]
     rejections = concat([rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
+    del orphans, repeated, held  # as the flow lets them go
     to_merge.to_parquet(folder / "routed.parquet", index=False)
     del to_merge  # as the flow puts it aside (Layout.routed)
     step("skills and hold-back", t)
@@ -689,7 +691,7 @@ def table_stages(folder: Path) -> dict[str, Any]:
     ledger = accounting.balance(len(manifest), submitted, published,
                                 int(m.assignments["photo_id"].isin(published["photo_id"]).sum()), rejections,
                                 duplicates)
-    step("accounting (annotator_table, balance)", t, lap=False)
+    step("accounting (annotator_table, balance)", t)  # the flow frees the heap after annotator_table
 
     t = time.perf_counter()
     batch = b.batching(cfg, "processes").length(len(published))  # the export's own batches, as the flow sizes them

@@ -602,13 +602,14 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     kept = b.kept_photos(photos, duplicates)
     build_id = b.build_id(cfg, photos, assignments)
     del photos  # dedup alone reads every photo's thumbnail; later stages read kept
-    voted, takes = kept[kept["origin_kind"] == CROWD], kept[kept["origin_kind"] != CROWD]
+    voted, takes = b.by_origin(kept)
     ids = voted["photo_id"].tolist()
     submitted = len(assignments)
     to_merge, orphans = accounting.route_orphans(
         assignments, set(manifest["photo_id"]), b.refused_ids(rejected, ingest_rejected, manifest),
         dedup.dropped_ids(duplicates), frozenset(takes["photo_id"]))
     del assignments  # to_merge holds the rows later stages read
+    manifest = manifest[["photo_id", "path", "mask"]]  # what later stages read of it
     to_merge, repeated = merge.one_per_annotator(to_merge)
     pinned = b.pinned_weights(cfg)
 
@@ -665,6 +666,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     del to_merge  # the vote's rows: the thumbnails read a few photos' back (at 200k photos ~130 MB held to the end)
     merged = m.photos[~isin(m.photos["photo_id"], held["photo_id"])]
     rejections = concat([rejected, ingest_rejected, orphans, repeated, m.rejections, held], REJECTION_COLUMNS)
+    del ingest_rejected, orphans, repeated, held  # copied into rejections
     lap(clock, "faces")
 
     links = dedup.user_links(duplicates, cfg.dedup.cross_user_policy)
@@ -676,6 +678,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     published = b.in_dataset(reviewed)
     lap(clock, "split")
     annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
+    release_memory()  # the table's temporaries (at 200k photos, ~150 MB of heap) before QA makes its own
     findings = run_qa.submit(*quoted((qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators,
                                                    duplicates, spec, cfg.qa, cfg.split.ratios),), None))
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
