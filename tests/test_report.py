@@ -295,6 +295,26 @@ def test_write_csv_defuses_formula_cells_only(tmp_path):
         "text,mixed,n", "'=SUM(A1),'=1,-1", "'+1,2,2", "'-x,,3", "'@me,a-b,4", "'\tq,1.5,5", "ok,'@,6", ",,7"]
 
 
+def test_write_csv_writes_the_bytes_of_pandas_float_format(tmp_path, monkeypatch):
+    from pipeline.report import write
+
+    rng = np.random.default_rng(3)
+    n = 257
+    special = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-7, 123456789.0, 1 / 3, 2.5e-5, -7.0]
+    df = pd.DataFrame({
+        "x": np.concatenate([special, rng.normal(0, 1e3, n - len(special))]),
+        "small": rng.random(n).astype(np.float32),
+        "n": rng.integers(-5, 5, n), "flag": rng.random(n) < 0.5,
+        "text": pd.Series(rng.choice(["a,b", 'say "hi"', "line\nbreak", "", "plain"], n), dtype="str"),
+        "kind": pd.Series(rng.choice(["x", "y"], n)).astype("category"),
+        "maybe": pd.array(rng.choice([1.5, None], n), dtype="Float64")})
+    monkeypatch.setattr(write, "CSV_ROWS", 100)  # three chunks
+    for table in (df, df.head(0), df[["x"]].head(1)):
+        write.write_csv(table, tmp_path / "new.csv")
+        table.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n", float_format="%.6g")
+        assert (tmp_path / "new.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+
+
 def test_write_csv_neutralises_tables_with_a_repeated_index(tmp_path):
     from pipeline.report.write import write_csv
 
