@@ -308,7 +308,7 @@ def test_write_csv_writes_the_bytes_of_pandas_float_format(tmp_path, monkeypatch
         "text": pd.Series(rng.choice(["a,b", 'say "hi"', "line\nbreak", "", "plain"], n), dtype="str"),
         "kind": pd.Series(rng.choice(["x", "y"], n)).astype("category"),
         "maybe": pd.array(rng.choice([1.5, None], n), dtype="Float64")})
-    monkeypatch.setattr(write, "CSV_ROWS", 100)  # three chunks
+    monkeypatch.setattr(write, "CSV_CELLS", 700)  # 100 rows of 7 columns a chunk: three chunks
     for table in (df, df.head(0), df[["x"]].head(1)):
         write.write_csv(table, tmp_path / "new.csv")
         table.to_csv(tmp_path / "pandas.csv", index=False, lineterminator="\n", float_format="%.6g")
