@@ -17,7 +17,18 @@ from pipeline.incremental import Batching
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 from pipeline.stages.skill import add_sums
-from pipeline.tables import as_categories, is_sorted, isin, keyed_hash, sorted_by
+from pipeline.tables import (
+    CROWD,
+    REJECTION_COLUMNS,
+    as_categories,
+    concat,
+    frame,
+    is_sorted,
+    isin,
+    keyed_hash,
+    rejection,
+    sorted_by,
+)
 
 
 @dataclass(frozen=True)
@@ -148,8 +159,6 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
 def by_origin(kept: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The crowd's photos (which the vote merges) and the datasets' samples (which bring their masks). A build of
     crowd photos only holds the one table, not a copy of it (at 200k photos, ~90 MB)."""
-    from pipeline.tables import CROWD
-
     crowd = kept["origin_kind"] == CROWD
     if crowd.all():
         return kept, kept.iloc[:0]
@@ -177,7 +186,6 @@ def with_samples(manifest: pd.DataFrame, samples: pd.DataFrame) -> tuple[pd.Data
     """The crowd's manifest and the datasets' samples as one manifest, sorted by photo id, and rejections for
     samples whose id a crowd photo already has."""
     from pipeline.io.datasets import SAMPLE_COLUMNS
-    from pipeline.tables import CROWD, REJECTION_COLUMNS, concat, frame, rejection
 
     crowd = manifest.assign(origin=CROWD, origin_kind=CROWD, mask="", mask_values="")
     clash = isin(samples["photo_id"], crowd["photo_id"])
@@ -193,7 +201,6 @@ def source_splits(photos: pd.DataFrame, merged: pd.DataFrame, cfg: Config, links
     alone by default), shared at the build's ratios among those; the crowd is split apart, so that val and test
     stay crowd-only and comparable across versions."""
     from pipeline.stages.split import SPLIT_COLUMNS, assign_splits
-    from pipeline.tables import concat
 
     parts = []
     for ds in cfg.inputs.datasets:
@@ -668,8 +675,6 @@ def check_datasets(cfg: Config, spec: Spec) -> None:
     least one with a share), and a class map that covers the spec."""
     from pipeline.errors import CrowdsegError
     from pipeline.io.datasets import value_map
-    from pipeline.tables import CROWD
-
     seen: set[str] = set()
     for i, ds in enumerate(cfg.inputs.datasets):
         where = f"inputs.datasets[{i}]"
