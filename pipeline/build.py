@@ -675,6 +675,7 @@ def check_datasets(cfg: Config, spec: Spec) -> None:
     least one with a share), and a class map that covers the spec."""
     from pipeline.errors import CrowdsegError
     from pipeline.io.datasets import value_map
+
     seen: set[str] = set()
     for i, ds in enumerate(cfg.inputs.datasets):
         where = f"inputs.datasets[{i}]"
