@@ -26,6 +26,7 @@ from common import table
 
 from pipeline import build as b
 from pipeline.config import load_config
+from pipeline.io.ballots import Ballots
 from pipeline.io.manifest import read_manifest
 from pipeline.io.png import encode_mask
 from pipeline.io.sources import read_all_annotations
@@ -95,12 +96,14 @@ def main() -> None:
     rows.append(["ingest (decode, hashes, signals)", ms])
     (assignments, shapes, _), ms = timed("read", n, args.profile, read_all_annotations, cfg, spec, manifest)
     rows.append(["read and validate annotations", ms])
-    _, ms = timed("score", n, args.profile, merge.merge_batch, photos, assignments, shapes, spec, cfg.merge, {}, None)
-    rows.append(["merge: scoring pass", ms])
     with tempfile.TemporaryDirectory() as tmp:
-        m, ms = timed("merge", n, args.profile, merge.merge_batch, photos, assignments, shapes, spec, cfg.merge, {},
-                      Path(tmp), cfg.agreement_maps)
-        rows.append(["merge: final vote (masks written)", ms])
+        ballots = Ballots(Path(tmp) / "ballots", dict(zip(photos["photo_id"], photos["photo_id"], strict=True)))
+        _, ms = timed("score", n, args.profile, merge.merge_batch, photos, assignments, shapes, spec, cfg.merge, {},
+                      None, True, ballots)
+        rows.append(["merge: scoring pass (photos prepared and kept)", ms])
+        m, ms = timed("merge", n, args.profile, merge.merge_batch, photos, assignments, shapes.iloc[:0], spec,
+                      cfg.merge, {}, Path(tmp), cfg.agreement_maps, ballots)
+        rows.append(["merge: final vote (prepared photos read back, masks written)", ms])
         kept = b.with_faces(photos, ingest.find_faces(photos.iloc[:0], cfg.ingest))
         published = b.published_table(kept, m.photos, pd.DataFrame({"photo_id": kept["photo_id"], "split": "train"}))
         _, ms = timed("export", len(published), args.profile, export.export_photos, published, Path(tmp) / "out",

@@ -60,6 +60,11 @@ class Layout:
         return self.out / "work" / "cache"
 
     @property
+    def ballots(self) -> Path:
+        """Every photo's prepared form for the vote (``pipeline.io.ballots``), pruned with the cache."""
+        return self.cache / "ballots"
+
+    @property
     def prefect(self) -> Path:
         """Prefect's records of cached task results (each a path into ``cache``)."""
         return self.out / "work" / "prefect"

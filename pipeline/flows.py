@@ -33,6 +33,7 @@ from pipeline import store
 from pipeline.config import Config, DatasetConfig
 from pipeline.errors import CrowdsegError
 from pipeline.io.annotations import read_annotations
+from pipeline.io.ballots import Ballots
 from pipeline.io.datasets import SAMPLE_COLUMNS, read_dataset
 from pipeline.io.manifest import read_manifest
 from pipeline.io.shapes import SHAPE_COLUMNS
@@ -136,10 +137,10 @@ def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, pa
 
 @importable
 @task(name="score-batch", **CACHED)
-def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec, cfg: Config,
-                weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
-    shapes = drawn.read(assignments)
-    scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None).scores
+def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots, spec: Spec,
+                cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
+    shapes = unprepared_shapes(assignments, drawn, ballots)
+    scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None, ballots=ballots).scores
     get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
     return str(store.save_part(scores, items, Path(part)))
 
@@ -154,16 +155,21 @@ def estimate_skills(sums: pd.DataFrame, cfg: Config) -> skill.PooledSkill:
 
 @importable
 @task(name="merge-batch", **CACHED)
-def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, spec: Spec,
+def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots, spec: Spec,
                 cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
     """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
-    shapes = drawn.read(assignments)
+    shapes = unprepared_shapes(assignments, drawn, ballots)
     result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks,
-                               cfg.agreement_maps)
+                               cfg.agreement_maps, ballots)
     get_run_logger().info("merged %d photos", len(result.photos))
     return str(store.save_part(result, items, Path(part)))
+
+
+def unprepared_shapes(assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots) -> pd.DataFrame:
+    """The shapes of the photos that ``ballots`` holds no prepared form of: the only ones a merge pass rasterises."""
+    return drawn.read(assignments[isin(assignments["photo_id"], ballots.missing(assignments["photo_id"].unique()))])
 
 
 @importable
@@ -617,10 +623,15 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                    assignments: pd.DataFrame) -> tuple[list[str], list[Any]]:
         """One pass over the voted photos; each batch's score rows reduced to sums as it is read, and the batches
         joined a few at a time (``inc.gather``)."""
-        keys = inc.merge_keys(photos, assignments, weights, spec, cfg, final)
+        keys = inc.merge_keys(photos, assignments, weights, spec, cfg, final, contents)
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
-        jobs = ((p, a, drawn) for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo]))
+        if plan.todo:  # photos these batches rasterise and tally, and photos whose prepared form they read back
+            todo = [ids[r] for bt in plan.todo for r in bt.rows]
+            fresh = len(Ballots(layout.ballots, ballot_of).missing(todo))
+            clock.count("rasterise", fresh, len(todo) - fresh)
+        jobs = ((p, a, drawn, Ballots(layout.ballots, {i: ballot_of[i] for i in p["photo_id"]}))
+                for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo]))
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, ahead=ahead,
                           runner=pool)
         if final:
@@ -630,6 +641,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     def settle(parts: list[merge.MergeResult]) -> merge.MergeResult:
         return b.settled(parts, spec, cfg.merge)
 
+    contents = inc.photo_contents(voted, to_merge)
+    ballot_of = dict(zip(ids, inc.ballot_keys(contents, spec, cfg), strict=True))
+    used.update(str(layout.ballots / k) for k in ballot_of.values())
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
     crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
     estimate = len(voted) and not b.all_pinned(pinned, crowd, spec.draw_ids)

@@ -274,24 +274,46 @@ def dedup_key(photos: pd.DataFrame, cfg: Config, index_digest: str) -> str:
                   cfg.dedup.model_dump(mode="json"), index_digest)
 
 
-def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame,
-               weights: dict[tuple[str, int], float], spec: Spec, cfg: Config, final: bool) -> list[str]:
-    """Per photo: its size and content, its assignments and their shapes (``assignments`` as read-inputs gives
-    them, with the shapes' digests), the vote weights of its annotators, the
-    vote settings of ``[merge]``, whether agreement maps are written, and the spec."""
+def photo_contents(photos: pd.DataFrame, assignments: pd.DataFrame) -> list[str]:
+    """Per photo, a digest of its size and content and of its assignments with their shapes' digests
+    (``assignments`` as read-inputs gives them): the part of its merge and ballot keys that is costly to make."""
+    own = assignments.sort_values("assignment")
+    rows = rows_key(own.drop(columns=SPAN_COLUMNS))
+    per_photo = pd.Series(rows, index=own.index, dtype=object).groupby(own["photo_id"]).agg("".join)
+    fields = rows_key(photos[["photo_id", "sha256", "width", "height"]])
+    return [_hash(f, per_photo.get(p, "")) for p, f in zip(photos["photo_id"], fields, strict=True)]
+
+
+def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, weights: dict[tuple[str, int], float], spec: Spec,
+               cfg: Config, final: bool, contents: list[str] | None = None) -> list[str]:
+    """Per photo: its ``photo_contents`` (``contents``, when the caller has them), the vote weights of its
+    annotators, the vote settings of ``[merge]``, whether agreement maps are written, and the spec."""
+    if contents is None:
+        contents = photo_contents(photos, assignments)
     settings = cfg.merge.model_dump(mode="json", exclude=MERGE_INDEPENDENT)
     salt = key_of("merge", code_version("pipeline.stages.merge"), final, settings, spec_key(spec),
                   final and cfg.agreement_maps)
-    own = assignments.sort_values("assignment")
     mine: dict[str, list[str]] = {}
     for (a, c), w in sorted(weights.items()):
         mine.setdefault(a, []).append(repr((c, w)))
     people = {a: _hash(*v) for a, v in mine.items()}  # annotators with no weight weigh 1: nothing to key
-    rows = [r + people.get(n, "") for r, n in zip(rows_key(own.drop(columns=SPAN_COLUMNS)), own["annotator_id"],
-                                                  strict=True)]
-    per_photo = pd.Series(rows, index=own.index, dtype=object).groupby(own["photo_id"]).agg("".join)
-    fields = rows_key(photos[["photo_id", "sha256", "width", "height"]])
-    return [_hash(salt, f, per_photo.get(p, "")) for p, f in zip(photos["photo_id"], fields, strict=True)]
+    weighed: dict[str, str] = {}
+    if people:
+        own = assignments.sort_values("assignment")
+        weighed = own["annotator_id"].map(people).fillna("").groupby(own["photo_id"]).agg("".join).to_dict()
+    return [_hash(salt, c, weighed.get(p, "")) for p, c in zip(photos["photo_id"], contents, strict=True)]
+
+
+BALLOT_SETTINGS = {"min_shape_area_px", "swaps", "swap_margin", "ban"}
+"""The merge settings a prepared photo (``merge.prepare_photo``: rasterised, swaps decided, tallied) depends on."""
+
+
+def ballot_keys(contents: list[str], spec: Spec, cfg: Config) -> list[str]:
+    """Per photo (its ``photo_contents``), the key of its prepared photo (``pipeline.io.ballots``): without the
+    weights and with only ``BALLOT_SETTINGS``, so new weights or a new quorum re-vote without rasterising again."""
+    salt = key_of("ballot", code_version("pipeline.stages.merge"),
+                  cfg.merge.model_dump(mode="json", include=BALLOT_SETTINGS), spec_key(spec))
+    return [_hash(salt, c) for c in contents]
 
 
 def export_keys(published: pd.DataFrame, merge_keys_by_photo: dict[str, str], spec: Spec, cfg: Config,

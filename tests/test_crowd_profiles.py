@@ -12,6 +12,7 @@ from pipeline import store
 from pipeline.build import annotator_table, combine, merge_jobs
 from pipeline.config import IngestConfig, MergeConfig
 from pipeline.io.annotations import read_annotations
+from pipeline.io.ballots import Ballots
 from pipeline.io.manifest import read_manifest
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
@@ -100,3 +101,40 @@ def test_merge_batches_combine_alike_however_they_are_grouped_and_ordered(crowd,
     again = combine(joined[::-1], SPEC)
     for name in ("photos", "assignments", "classes", "rejections", "repairs", "scores"):
         pd.testing.assert_frame_equal(getattr(again, name), getattr(whole, name))
+
+
+@pytest.fixture(scope="module")
+def gold_crowd(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("gold_crowd")
+    simulate(folder, photos=24, users=10, annotators=5, pool=8, seed=3, size=(240, 320), profiles=PROFILES,
+             gold_share=0.5)
+    return folder
+
+
+@pytest.mark.parametrize("settings, maps", [({}, False), ({"use_golden": False, "swaps": "exclude"}, True)])
+def test_a_vote_from_kept_prepared_photos_equals_a_fresh_one(gold_crowd, tmp_path, settings, maps):
+    """The final vote of a photo read back from its ballot (``Prepared``, kept by a scoring pass) writes the same
+    masks, agreement maps and tables as one that rasterises the photo, with golden answers, swaps and bans."""
+    jobs = crowd_jobs(gold_crowd, 8)
+    someone = sorted(jobs[0][1]["annotator_id"])[0]
+    cfg = MergeConfig(ban=[someone], **settings)
+    weights = {(a, c): 0.2 + k % 5 / 5 for k, a in enumerate(sorted({a for _, j, _ in jobs for a in j["annotator_id"]}))
+               for c in SPEC.draw_ids}
+    results = []
+    for photos, assignments, shapes in jobs:
+        box = Ballots(tmp_path / "ballots", {p: f"b-{p}" for p in photos["photo_id"]})
+        fresh = merge_batch(photos, assignments, shapes, SPEC, cfg, weights, tmp_path / "fresh", maps)
+        merge_batch(photos, assignments, shapes, SPEC, cfg, {}, None, ballots=box)  # a scoring pass keeps them
+        assert not box.missing(photos["photo_id"])
+        kept = merge_batch(photos, assignments, shapes.iloc[:0], SPEC, cfg, weights, tmp_path / "kept", maps, box)
+        for name in ("assignments", "classes", "rejections", "repairs", "scores"):
+            pd.testing.assert_frame_equal(getattr(kept, name), getattr(fresh, name))
+        paths = ["mask_path", "agreement_path"]
+        pd.testing.assert_frame_equal(kept.photos.drop(columns=paths), fresh.photos.drop(columns=paths))
+        for a, b in zip(fresh.photos[paths].to_numpy().ravel(), kept.photos[paths].to_numpy().ravel(), strict=True):
+            assert (a == b == "") or Path(a).read_bytes() == Path(b).read_bytes()
+        results.append(kept)
+    seen = combine([r.summed() for r in results], SPEC)
+    assert seen.assignments["swapped"].any() and (seen.assignments["excluded"] == "banned").any()
+    assert (seen.photos["source"] == "vote").any() and (seen.photos["agreement_path"] != "").all() == maps
+    assert (seen.photos["source"] == "golden").any() == cfg.use_golden

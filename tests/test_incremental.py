@@ -22,6 +22,7 @@ from pipeline.flows import run_build
 from pipeline.simulate import simulate
 
 NEW_PHOTOS = 4
+QUORUM = {"merge.quorum": {"skin": 0.75}}
 
 
 def _tree(root: Path) -> list[str]:
@@ -81,7 +82,9 @@ def chain(crowd, prefect_server, tmp_path_factory) -> dict[str, dict]:
     steps["new_photos"] = _build(crowd, out, **pinned)
     ratios = {"split.ratios": {"train": 0.5, "val": 0.25, "test": 0.25}}
     steps["ratios"] = _build(crowd, out, **pinned, **ratios)
-    steps["threshold"] = _build(crowd, out, **pinned, **ratios, **{"merge.class_agreement": {"skin": 0.97}})
+    threshold = {"merge.class_agreement": {"skin": 0.97}}
+    steps["threshold"] = _build(crowd, out, **pinned, **ratios, **threshold)
+    steps["quorum"] = _build(crowd, out, **pinned, **ratios, **threshold, **QUORUM)
     steps["out"] = {"path": out}
     return steps
 
@@ -113,12 +116,25 @@ def test_changing_a_threshold_re_votes_nothing(chain):
     assert chain["threshold"]["photos_held_back"] > chain["ratios"]["photos_held_back"]
 
 
+def test_a_cold_build_rasterises_each_photo_once(chain):
+    """The scoring pass rasterises and tallies; the final vote reads its prepared photos back."""
+    work = chain["first"]["work"]
+    assert work["rasterise"] == {"computed": work["score"]["computed"], "reused": work["merge"]["computed"]}, work
+
+
+def test_a_new_quorum_re_votes_without_rasterising(chain):
+    work = chain["quorum"]["work"]
+    voted = work["merge"]["computed"] + work.get("score", {"computed": 0})["computed"]
+    assert work["merge"]["computed"] > 0 and work["rasterise"] == {"computed": 0, "reused": voted}, work
+    assert all(v["computed"] == 0 for k, v in work.items() if k in ("ingest", "read inputs", "dedup")), work
+
+
 def test_the_rebuilt_folder_equals_a_cold_build(chain, crowd, tmp_path):
     """Every reused result is exactly what a cold build computes: the same dataset and reports."""
     cold = tmp_path / "cold"
     _build(crowd, cold, **{"merge.pin_skills": "weights_v1.csv",
                            "split.ratios": {"train": 0.5, "val": 0.25, "test": 0.25},
-                           "merge.class_agreement": {"skin": 0.97}})
+                           "merge.class_agreement": {"skin": 0.97}, **QUORUM})
     out = chain["out"]["path"]
     _same_tree(cold / "dataset", out / "dataset")
     for name in ("agreement.csv", "class_agreement.csv", "rejections.csv", "findings.csv", "duplicates.csv",

@@ -13,6 +13,7 @@ from pipeline.config import MergeConfig
 from pipeline.spec import load_spec
 from pipeline.stages import polygons
 from pipeline.stages.merge import (
+    MIN_WEIGHT,
     Ballot,
     Tally,
     _agreement,
@@ -22,6 +23,7 @@ from pipeline.stages.merge import (
     one_per_annotator,
     painted_box,
     photo_row,
+    prepare_photo,
     weighted_region,
     window,
     work_key,
@@ -407,12 +409,38 @@ def test_split_pixels_count_where_the_used_composites_differ_from_the_vote():
             crowd.append(AssignmentLayers(f"a{k}", f"w{k}", False, layers))
         weights = {(f"w{k}", c): float(rng.random()) for k in range(len(crowd)) for c in classes}
         quorum = {c: float(rng.choice([0.3, 0.5, 1.0])) for c in classes}
-        ballot = Ballot.of(crowd, classes, quorum, weights)
+        ballot = Ballot({c: Tally.of([a.layers.get(c) for a in crowd]) for c in classes},
+                        {c: [max(MIN_WEIGHT, weights[(a.annotator_id, c)]) for a in crowd] for c in classes}, quorum)
         used = sorted(rng.choice(len(crowd), rng.integers(1, len(crowd) + 1), replace=False).tolist())
         passing = {c: ballot.passes(c, used) for c in classes}
         mask = composite({c: ballot.tallies[c].region(passing[c]) for c in classes}, classes, int(h), int(w))
         _, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, as_map=False)
         assert (h * w - ballot.split_pixels(used, passing, classes)) / (h * w) == unanimous
+
+
+def test_a_prepared_photo_gives_back_each_crowd_layer_exactly():
+    """``Prepared`` keeps tallies, not layers: the layers cut out of them are the (swapped) layers themselves."""
+    rng = np.random.default_rng(6)
+    swaps = 0
+    for _ in range(60):
+        crowd = []
+        for k in range(int(rng.integers(1, 6))):
+            layers = {}
+            for c in rng.choice(SPEC.draw_ids, int(rng.integers(0, 6)), replace=False).tolist():
+                m = (rng.random((int(rng.integers(1, 12)), int(rng.integers(1, 12)))) < 0.6).astype(np.uint8)
+                if m.any():  # as rasterise makes them
+                    layers[c] = Layer(int(rng.integers(0, 9)), int(rng.integers(0, 9)), m)
+            crowd.append(AssignmentLayers(f"a{k}", f"w{k}", False, layers))
+        prep = prepare_photo("p", crowd, SPEC, MergeConfig(swap_margin=0.0))
+        for k, a in enumerate(crowd):
+            swaps += prep.rows[a.assignment]["swapped"]
+            want = a.swapped(SPEC.flip_lut).layers if prep.rows[a.assignment]["swapped"] else a.layers
+            got = prep.crowd_layers(k)
+            assert sorted(got) == sorted(want)
+            for c, la in got.items():
+                assert (la.y0, la.x0) == (want[c].y0, want[c].x0)
+                np.testing.assert_array_equal(la.mask, want[c].mask)
+    assert swaps
 
 
 def test_leave_one_out_ious_equal_each_layer_against_the_vote_without_it():

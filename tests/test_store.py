@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pytest
 import xxhash
@@ -14,6 +15,7 @@ from pipeline import store
 from pipeline.build import Layout, all_pinned, preflight
 from pipeline.config import Config, load_config
 from pipeline.io import manifest
+from pipeline.io.ballots import Ballots
 from pipeline.simulate import simulate
 from pipeline.spec import load_spec
 
@@ -147,6 +149,23 @@ def test_merge_keys_follow_a_photos_own_inputs_and_weights(tables):
     assert inc.merge_keys(photos, assignments, {}, spec, cfg, False) != base
 
 
+def test_ballot_keys_follow_what_a_prepared_photo_holds(tables):
+    """A prepared photo is rasterised, swapped and tallied: new weights or a new quorum keep it, new shapes or a new
+    swap setting do not."""
+    photos, assignments = tables
+    spec = load_spec("easyportrait")
+    contents = inc.photo_contents(photos, assignments)
+    base = inc.ballot_keys(contents, spec, Config())
+    assert len(set(base)) == 2 and set(base).isdisjoint(inc.merge_keys(photos, assignments, {}, spec, Config(), False))
+    quorum = Config.model_validate({"merge": {"quorum": {"skin": 0.9}, "min_agreement": 0.2, "em_iterations": 3}})
+    assert inc.ballot_keys(contents, spec, quorum) == base
+    margin = Config.model_validate({"merge": {"swap_margin": 0.5}})
+    assert inc.ballot_keys(contents, spec, margin) != base
+    shapes = inc.photo_contents(photos, assignments.assign(shape_digest=["d1", "d2", "changed"]))
+    changed = inc.ballot_keys(shapes, spec, Config())
+    assert changed[0] == base[0] and changed[1] != base[1]
+
+
 def test_scoring_is_needed_unless_every_weight_is_pinned():
     pinned = {(a, c): 0.5 for a in ("a", "b") for c in (1, 2)}
     assert all_pinned(pinned, {"a", "b"}, [1, 2]) and all_pinned(pinned, set(), [1, 2])
@@ -189,3 +208,13 @@ def test_routed_rows_reads_back_the_rows_of_the_photos_asked_for(tmp_path):
     assert routed_rows(tmp_path / "routed.parquet", []).empty
     pd.DataFrame({"photo_id": [], "row": []}).to_parquet(tmp_path / "none.parquet", index=False)  # no rows at all
     assert routed_rows(tmp_path / "none.parquet", ["a"]).empty
+
+
+def test_ballots_keep_a_prepared_photo_and_name_a_file_they_cannot_read(tmp_path):
+    box = Ballots(tmp_path / "ballots", {"p1": "k1", "p2": "k2"})
+    box.save("p1", {"labels": np.arange(1000, dtype=np.uint8) // 100})
+    assert box.missing(["p1", "p2"]) == {"p2"} and box.load("p2") is None
+    np.testing.assert_array_equal(box.load("p1")["labels"], np.arange(1000, dtype=np.uint8) // 100)
+    box.path("p2").write_bytes(b"not a ballot")
+    with pytest.raises(ValueError, match=r"k2\.ballot: not a readable prepared photo"):
+        box.load("p2")

@@ -9,6 +9,10 @@ regions are painted in spec draw order. The photo is accepted, or needs re-annot
 A class's agreement on a photo is the used annotators' weighted IoU with the crowd's vote. On a photo with a golden
 answer the vote is also compared with it (``gold_iou``), which tells what an agreement threshold buys in quality.
 
+A photo is merged in two steps. ``prepare_photo`` does what the vote weights do not change: it decides the swaps
+and tallies the crowd; a build keeps its ``Prepared`` result (``pipeline.io.ballots``), so the final vote after the
+scoring pass, and a re-vote with a new quorum, do not rasterise again. ``vote_photo`` then weighs and votes.
+
 Votes and IoUs among the crowd come from one ``Tally`` per class: pixels drawn by the same set of assignments share a
 label, so a leave-one-out vote or an IoU is a sum over labels (32 for five assignments) rather than a pass over pixels.
 """
@@ -27,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import MergeConfig
+from pipeline.io.ballots import Ballots
 from pipeline.io.png import write_mask
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import measure, measure_columns
@@ -324,12 +329,6 @@ class Ballot:
     weights: dict[int, list[float]]
     quorum: dict[int, float]
 
-    @classmethod
-    def of(cls, crowd: list[AssignmentLayers], classes: list[int], quorum: dict[int, float],
-           weights: dict[tuple[str, int], float]) -> Ballot:
-        return cls({c: Tally.of([a.layers.get(c) for a in crowd]) for c in classes},
-                   {c: [_w(weights, a.annotator_id, c) for a in crowd] for c in classes}, quorum)
-
     def passes(self, c: int, voters: list[int]) -> np.ndarray:
         """Per label of class ``c``, whether it wins the vote of ``voters`` (crowd indices)."""
         return self.tallies[c].passes(self.weights[c], self.quorum[c], voters)
@@ -359,13 +358,46 @@ class Ballot:
         return int(np.count_nonzero(verdict == 2))
 
 
-def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
-               weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True,
-               agreement_map: bool = True) -> Fusion:
-    """Merge one photo. With ``final`` False only the skill scores are computed (an EM pass); with
-    ``agreement_map`` False the Fusion's agreement map is None (its ``unanimous`` share is still measured)."""
+@dataclass
+class Prepared:
+    """The part of merging one photo that the vote weights do not change: its assignments rasterised, left/right
+    swaps decided, the crowd's layers tallied per class, and what rasterising rejected or repaired.
+
+    A build keeps it (``pipeline.io.ballots``), so the final vote after a scoring pass, and a re-vote after a
+    quorum change, neither rasterise nor tally again. The crowd's own layers are not kept: ``crowd_layers`` cuts one
+    out of its tallies, exactly as it was, when the agreement map or a golden answer needs it.
+    """
+
+    photo_id: str
+    crowd: list[tuple[str, str]]  # (assignment, annotator) of the tallied crowd, in tally order
+    boxes: dict[int, list[Bounds | None]]  # per class, each crowd layer's window (None: no layer)
+    tallies: dict[int, Tally]
+    aside: list[AssignmentLayers]  # golden and banned assignments, which are not tallied
+    rows: dict[str, dict[str, Any]]  # per assignment, before the vote: swapped, and excluded when banned or swapped
+    gold_ious: dict[int, list[float]] | None  # per class, each crowd layer's IoU with the golden answer
+    rejections: list[dict[str, Any]] = field(default_factory=list)  # shapes rasterising rejected
+    repairs: list[dict[str, Any]] = field(default_factory=list)
+    drawn: dict[str, str] = field(default_factory=dict)  # per assignment, ``drawn_classes``
+
+    @property
+    def gold(self) -> list[AssignmentLayers]:
+        return [a for a in self.aside if a.golden]
+
+    def crowd_layers(self, k: int) -> dict[int, Layer]:
+        """Crowd assignment ``k``'s layers (after any swap), cut out of the tallies in their own windows."""
+        out = {}
+        for c, tally in self.tallies.items():
+            box = self.boxes[c][k]
+            if box is not None:
+                y0, x0, y1, x1 = box
+                mine = lookup(tally.drawn[:, k].astype(np.uint8), tally.labels)
+                out[c] = Layer(y0, x0, mine[y0 - tally.y0: y1 - tally.y0, x0 - tally.x0: x1 - tally.x0])
+        return out
+
+
+def prepare_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig) -> Prepared:
+    """Swap left and right back where a golden answer or the crowd's camps say so, and tally the crowd."""
     classes = spec.draw_ids
-    quorum, needed = class_quorum(spec, cfg.quorum), class_agreement(spec, cfg.class_agreement)
     pairs = _flip_pairs(tuple(spec.flip_lut))
     gold = [a for a in assignments if a.golden]
     crowd = [a for a in assignments if not a.golden and a.annotator_id not in cfg.ban]
@@ -381,23 +413,50 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
             crowd[k] = crowd[k].swapped(spec.flip_lut)
         else:
             rows[crowd[k].assignment]["excluded"] = "swapped"
-    ballot = Ballot.of(crowd, classes, quorum, weights)
-    counted = [k for k, a in enumerate(crowd) if not rows[a.assignment]["excluded"]]
+    tallies = {c: Tally.of([a.layers.get(c) for a in crowd]) for c in classes}
+    boxes = {c: [(la.y0, la.x0, la.y1, la.x1) if (la := a.layers.get(c)) is not None else None for a in crowd]
+             for c in classes}
+    gold_ious = ({c: [layer_iou(a.layers.get(c), gold_ref[c]) for a in crowd] for c in classes}
+                 if gold_ref is not None else None)
+    for tally in tallies.values():  # counted now, so that a kept prepared photo holds the counts
+        tally.overlaps  # noqa: B018
+    tallied = {a.assignment for a in crowd}
+    return Prepared(photo_id, [(a.assignment, a.annotator_id) for a in crowd], boxes, tallies,
+                    [a for a in assignments if a.assignment not in tallied], rows, gold_ious)
+
+
+def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, cfg: MergeConfig,
+               weights: dict[tuple[str, int], float], height: int, width: int, final: bool = True,
+               agreement_map: bool = True) -> Fusion:
+    """Merge one photo: ``vote_photo`` of ``prepare_photo``."""
+    return vote_photo(prepare_photo(photo_id, assignments, spec, cfg), spec, cfg, weights, height, width, final,
+                      agreement_map)
+
+
+def vote_photo(prep: Prepared, spec: Spec, cfg: MergeConfig, weights: dict[tuple[str, int], float], height: int,
+               width: int, final: bool = True, agreement_map: bool = True) -> Fusion:
+    """Merge one prepared photo. With ``final`` False only the skill scores are computed (an EM pass); with
+    ``agreement_map`` False the Fusion's agreement map is None (its ``unanimous`` share is still measured)."""
+    classes = spec.draw_ids
+    quorum, needed = class_quorum(spec, cfg.quorum), class_agreement(spec, cfg.class_agreement)
+    rows = {key: dict(r) for key, r in prep.rows.items()}
+    ballot = Ballot(prep.tallies, {c: [_w(weights, who, c) for _, who in prep.crowd] for c in classes}, quorum)
+    counted = [k for k, (key, _) in enumerate(prep.crowd) if not rows[key]["excluded"]]
 
     # IoU with the reference: the golden answer, or the vote of the others still counted (of all who count, for an
     # assignment left out)
-    reference = ({c: [layer_iou(a.layers.get(c), gold_ref[c]) for a in crowd] for c in classes}
-                 if gold_ref is not None else
+    reference = (prep.gold_ious if prep.gold_ious is not None else
                  {c: ballot.tallies[c].loo_ious(ballot.weights[c], ballot.quorum[c], counted) for c in classes})
     scores = []
-    for k, a in enumerate(crowd):
+    for k, (key, who) in enumerate(prep.crowd):
         ious = [reference[c][k] for c in classes]
-        rows[a.assignment]["agreement"] = mean_iou(ious)
-        scores += [{"photo_id": photo_id, "assignment": a.assignment, "annotator_id": a.annotator_id,
-                    "class_id": c, "iou": v, "vs_gold": gold_ref is not None} for c, v in zip(classes, ious,
-                                                                                                strict=True)]
-    support = {k: rows[crowd[k].assignment]["agreement"] for k in counted}
-    if gold_ref is None and any(v < cfg.min_agreement for v in support.values()):
+        rows[key]["agreement"] = mean_iou(ious)
+        scores += [{"photo_id": prep.photo_id, "assignment": key, "annotator_id": who, "class_id": c, "iou": v,
+                    "vs_gold": prep.gold_ious is not None} for c, v in zip(classes, ious, strict=True)]
+    if not final:
+        return Fusion(None, None, "", "", [], list(rows.values()), scores, [])
+    support = {k: rows[prep.crowd[k][0]]["agreement"] for k in counted}
+    if prep.gold_ious is None and any(v < cfg.min_agreement for v in support.values()):
         # the others' vote can be empty when most of them are spam: a match with any single peer also counts
         for k in counted:
             peers = [mean_iou([ballot.tallies[c].pair_iou(k, j) for c in classes]) for j in counted if j != k]
@@ -406,13 +465,9 @@ def fuse_photo(photo_id: str, assignments: list[AssignmentLayers], spec: Spec, c
     keep = {k for k in best[: cfg.min_annotators] if np.nan_to_num(support[k], nan=1.0) >= SPAM_AGREEMENT}
     for k in counted if len(counted) > 1 else []:  # the best min_annotators stay unless they look like spam
         if support[k] < cfg.min_agreement and k not in keep:
-            rows[crowd[k].assignment]["excluded"] = "low_agreement"
-    if not final:
-        return Fusion(None, None, "", "", [], list(rows.values()), scores, [])
-    used = [k for k in counted if not rows[crowd[k].assignment]["excluded"]]
-    layers = {a.assignment: a.layers for a in assignments} | {a.assignment: a.layers for a in crowd}
-    return _vote(photo_id, crowd, used, gold, rows, scores, spec, cfg, needed, ballot, height, width, layers,
-                 agreement_map)
+            rows[prep.crowd[k][0]]["excluded"] = "low_agreement"
+    used = [k for k in counted if not rows[prep.crowd[k][0]]["excluded"]]
+    return _vote(prep, used, rows, scores, spec, cfg, needed, ballot, height, width, agreement_map)
 
 
 @cache
@@ -420,15 +475,16 @@ def _flip_pairs(flip_lut: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(c, f) for c, f in enumerate(flip_lut) if c < f]
 
 
-def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: list[AssignmentLayers],
-          rows: dict[str, dict[str, Any]], scores: list[dict[str, Any]], spec: Spec, cfg: MergeConfig,
-          needed: dict[int, float], ballot: Ballot, height: int, width: int, layers: dict[str, dict[int, Layer]],
-          agreement_map: bool) -> Fusion:
-    """The final vote of the ``used`` crowd assignments (indices into ``crowd``), its agreement and its tables."""
+def _vote(prep: Prepared, used: list[int], rows: dict[str, dict[str, Any]], scores: list[dict[str, Any]], spec: Spec,
+          cfg: MergeConfig, needed: dict[int, float], ballot: Ballot, height: int, width: int, agreement_map: bool
+          ) -> Fusion:
+    """The final vote of the ``used`` crowd assignments (indices into ``prep.crowd``), its agreement and its
+    tables."""
     classes = spec.draw_ids
     reasons: list[str] = []
     passing = {c: ballot.passes(c, used) for c in classes}
     vote = {c: ballot.tallies[c].region(passing[c]) for c in classes}
+    gold = prep.gold
     golden = {c: gold[0].layers.get(c) for c in classes} if gold else None
     if cfg.use_golden and golden is not None:
         regions, source = golden, "golden"
@@ -440,7 +496,7 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
     if source == "vote" and not agreement_map and used:  # the share alone: from the tallies, without pixels
         shares, unanimous = None, (height * width - ballot.split_pixels(used, passing, classes)) / (height * width)
     else:
-        shares, unanimous = _agreement(mask, [crowd[k].layers for k in used], classes, agreement_map)
+        shares, unanimous = _agreement(mask, [prep.crowd_layers(k) for k in used], classes, agreement_map)
     class_rows, disputed = [], []
     tallied_ious = {c: ballot.tallies[c].ious(passing[c]) for c in classes}
     for c in classes:
@@ -453,24 +509,28 @@ def _vote(photo_id: str, crowd: list[AssignmentLayers], used: list[int], gold: l
         pairwise = [v for v in pairwise if not math.isnan(v)]
         if source == "vote" and not math.isnan(agreement) and agreement < needed[c]:
             disputed.append(spec.classes[c].name)
-        class_rows.append({"photo_id": photo_id, "class": spec.classes[c].name, "pixels": area(regions[c]),
-                           "drawn_by": sum(c in crowd[k].layers for k in used), "agreement": agreement,
+        class_rows.append({"photo_id": prep.photo_id, "class": spec.classes[c].name, "pixels": area(regions[c]),
+                           "drawn_by": sum(prep.boxes[c][k] is not None for k in used), "agreement": agreement,
                            "pairwise_iou": float(np.mean(pairwise)) if pairwise else math.nan,
                            "disputed": spec.classes[c].name in disputed,
                            "gold_iou": layer_iou(vote[c], golden[c]) if golden is not None else math.nan})
     if disputed:
         reasons.append("disputed:" + ",".join(disputed))
     status = "needs_reannotation" if reasons else "accepted"
-    tallied = {a.assignment: k for k, a in enumerate(crowd)} if source == "vote" else {}
-    used_keys = {crowd[k].assignment for k in used}
+    tallied = {key: k for k, (key, _) in enumerate(prep.crowd)}
+    used_keys = {prep.crowd[k][0] for k in used}
+    layers = {a.assignment: a.layers for a in prep.aside}
     for r in rows.values():
         k = tallied.get(r["assignment"])
-        ious = {c: layer_iou(layers[r["assignment"]].get(c), regions[c]) if k is None
-                else tallied_ious[c][k] for c in classes}
+        if source == "vote" and k is not None:
+            ious = {c: tallied_ious[c][k] for c in classes}
+        else:
+            own = layers[r["assignment"]] if k is None else prep.crowd_layers(k)
+            ious = {c: layer_iou(own.get(c), regions[c]) for c in classes}
         r.update(used=r["assignment"] in used_keys, mean_iou=mean_iou(list(ious.values()), 1.0),
                  **{f"iou_{spec.classes[c].name}": v for c, v in ious.items()})
     return Fusion(mask, shares, source, status, reasons, list(rows.values()), scores, class_rows, unanimous,
-                  [crowd[k].assignment for k in used], painted_box(regions.values()))
+                  [prep.crowd[k][0] for k in used], painted_box(regions.values()))
 
 
 def painted_box(layers: Iterable[Layer | None]) -> Bounds | None:
@@ -584,13 +644,24 @@ def rasterise_photo(photo: Any, rows: list[tuple[Any, ...]], shapes_by: dict[str
     return layers, rejected, repairs
 
 
+def prepare(photo: Any, rows: list[tuple[Any, ...]], shapes_by: dict[str, list[dict[str, Any]]], spec: Spec,
+            cfg: MergeConfig) -> Prepared:
+    """``prepare_photo`` of one photo's assignments (``rows``: their ``todo_rows``) as ``rasterise_photo`` makes
+    them, with the shapes it rejected or repaired and the classes each assignment drew."""
+    layers, rejected, repairs = rasterise_photo(photo, rows, shapes_by, cfg.min_shape_area_px)
+    return replace(prepare_photo(photo.photo_id, layers, spec, cfg), rejections=rejected, repairs=repairs,
+                   drawn={key: drawn_classes(shapes_by.get(key, []), spec) for key, *_ in rows})
+
+
 def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.DataFrame, spec: Spec,
                 cfg: MergeConfig, weights: dict[tuple[str, int], float], out_dir: Path | None,
-                agreement_maps: bool = True) -> MergeResult:
+                agreement_maps: bool = True, ballots: Ballots | None = None) -> MergeResult:
     """Merge a batch of photos. With ``out_dir`` None this is a scoring pass: only ``scores`` is filled.
 
     ``assignments`` and ``shapes`` hold only rows of these photos. Masks go to ``out_dir/<photo key>.png`` and,
     when ``agreement_maps``, agreement maps to ``out_dir/<photo key>.agreement.png`` (else agreement_path is "").
+    With ``ballots``, a photo prepared before is read from there (``shapes`` need not hold its shapes), and one
+    prepared now is kept there.
     """
     shapes_by: dict[str, list[dict[str, Any]]] = {}
     for s in records(shapes):
@@ -601,16 +672,19 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
     photo_rows, assign_rows, score_rows, class_rows, rejected, repairs = [], [], [], [], [], []
     for p in photos.itertuples(index=False):
         todo = sorted(todo_by.get(p.photo_id, []), key=lambda r: r[0])  # by assignment key
-        layers, bad, fixed = rasterise_photo(p, todo, shapes_by, cfg.min_shape_area_px)
-        result = fuse_photo(p.photo_id, layers, spec, cfg, weights, p.height, p.width, final=out_dir is not None,
+        prep = None if ballots is None else ballots.load(p.photo_id)
+        if prep is None:
+            prep = prepare(p, todo, shapes_by, spec, cfg)
+            if ballots is not None:
+                ballots.save(p.photo_id, prep)
+        result = vote_photo(prep, spec, cfg, weights, p.height, p.width, final=out_dir is not None,
                             agreement_map=agreement_maps)
         score_rows += result.scores
         if out_dir is None:
             continue
-        rejected += bad
-        repairs += fixed
-        assign_rows += [r | {"drawn": drawn_classes(shapes_by.get(r["assignment"], []), spec)}
-                        for r in result.assignments]
+        rejected += prep.rejections
+        repairs += prep.repairs
+        assign_rows += [r | {"drawn": prep.drawn[r["assignment"]]} for r in result.assignments]
         class_rows += result.classes
         crowd = [r for r in result.assignments if not r["golden"] and r["used"]]
         photo_rows.append(photo_row(
