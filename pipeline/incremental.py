@@ -296,12 +296,13 @@ def merge_keys(photos: pd.DataFrame, assignments: pd.DataFrame, weights: dict[tu
     mine: dict[str, list[str]] = {}
     for (a, c), w in sorted(weights.items()):
         mine.setdefault(a, []).append(repr((c, w)))
-    people = {a: _hash(*v) for a, v in mine.items()}  # annotators with no weight weigh 1: nothing to key
-    weighed: dict[str, str] = {}
-    if people:
-        own = assignments.sort_values("assignment")
-        weighed = own["annotator_id"].map(people).fillna("").groupby(own["photo_id"]).agg("".join).to_dict()
-    return [_hash(salt, c, weighed.get(p, "")) for p, c in zip(photos["photo_id"], contents, strict=True)]
+    people = {a: _hash(a, *v) for a, v in mine.items()}  # annotators with no weight weigh 1: nothing to key
+    weighed: dict[str, list[str]] = {}  # per photo, its annotators with their weights, in any order
+    pairs = zip(assignments["photo_id"].tolist(), assignments["annotator_id"].tolist(), strict=True)
+    for p, a in pairs if people else ():
+        if a in people:
+            weighed.setdefault(p, []).append(people[a])
+    return [_hash(salt, c, *sorted(weighed.get(p, []))) for p, c in zip(photos["photo_id"], contents, strict=True)]
 
 
 BALLOT_SETTINGS = {"min_shape_area_px", "swaps", "swap_margin", "ban"}

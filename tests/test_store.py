@@ -138,6 +138,9 @@ def test_merge_keys_follow_a_photos_own_inputs_and_weights(tables):
     assert len(set(base)) == 2 and base == inc.merge_keys(photos, assignments, {}, spec, cfg, True)
     only_b = inc.merge_keys(photos, assignments, {("b", 1): 0.5}, spec, cfg, True)
     assert only_b[0] != base[0] and only_b[1] == base[1]  # b annotated p1 only
+    swapped = [inc.merge_keys(photos, assignments, {("a", 1): x, ("b", 1): y}, spec, cfg, True)[0]
+               for x, y in ((0.5, 0.7), (0.7, 0.5))]
+    assert swapped[0] != swapped[1]  # a's and b's weights exchanged
     shapes = inc.merge_keys(photos, assignments.assign(shape_digest=["d1", "d2", "changed"]), {}, spec, cfg, True)
     assert shapes[0] == base[0] and shapes[1] != base[1]
     moved = assignments.assign(shape_offset=[100, 200, 300])  # the same shapes, placed elsewhere in a store

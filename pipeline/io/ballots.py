@@ -3,8 +3,8 @@
 The scoring pass prepares every photo and keeps it here; the final vote, a later build's re-vote with new weights or
 a new quorum, and any further EM pass read it back instead of rasterising again. One file per photo, named by its
 ballot key (``incremental.ballot_keys``): the pickle deflated with run-length matching (zlib-ng's ``Z_RLE``), which
-suits the tallies' label windows (~1.5 MB of labels a FullHD photo, ~25 KB on disk). Files are written atomically,
-so a build killed half-way leaves whole files or none.
+suits the tallies' label windows (~14 KB a photo for the 20,000-photo benchmark crowd). Files are written
+atomically, so a build killed half-way leaves whole files or none.
 """
 
 from __future__ import annotations
