@@ -102,7 +102,7 @@ def main() -> None:
                       None, True, ballots)
         rows.append(["merge: scoring pass (photos prepared and kept)", ms])
         m, ms = timed("merge", n, args.profile, merge.merge_batch, photos, assignments, shapes.iloc[:0], spec,
-                      cfg.merge, {}, Path(tmp), cfg.agreement_maps, ballots)
+                      cfg.merge, {}, Path(tmp), cfg.agreement_maps, ballots.found())
         rows.append(["merge: final vote (prepared photos read back, masks written)", ms])
         kept = b.with_faces(photos, ingest.find_faces(photos.iloc[:0], cfg.ingest))
         published = b.published_table(kept, m.photos, pd.DataFrame({"photo_id": kept["photo_id"], "split": "train"}))

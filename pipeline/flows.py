@@ -139,6 +139,7 @@ def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, pa
 @task(name="score-batch", **CACHED)
 def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots, spec: Spec,
                 cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
+    ballots = ballots.found()
     shapes = unprepared_shapes(assignments, drawn, ballots)
     scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None, ballots=ballots).scores
     get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
@@ -160,6 +161,7 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
+    ballots = ballots.found()
     shapes = unprepared_shapes(assignments, drawn, ballots)
     result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks,
                                cfg.agreement_maps, ballots)
@@ -168,8 +170,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
 
 
 def unprepared_shapes(assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots) -> pd.DataFrame:
-    """The shapes of the photos that ``ballots`` holds no prepared form of: the only ones a merge pass rasterises."""
-    return drawn.read(assignments[isin(assignments["photo_id"], ballots.missing(assignments["photo_id"].unique()))])
+    """The shapes of the photos ``ballots`` found no prepared form of: the only ones a merge pass rasterises."""
+    return drawn.read(assignments[~isin(assignments["photo_id"], ballots.present)])
 
 
 @importable
@@ -627,9 +629,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         stage = "merge" if final else "score"
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
         if plan.todo:  # photos these batches rasterise and tally, and photos whose prepared form they read back
-            todo = [ids[r] for bt in plan.todo for r in bt.rows]
-            fresh = len(Ballots(layout.ballots, ballot_of).missing(todo))
-            clock.count("rasterise", fresh, len(todo) - fresh)
+            todo = {ids[r] for bt in plan.todo for r in bt.rows}
+            ready = len(Ballots(layout.ballots, {i: ballot_of[i] for i in todo}).found().present)
+            clock.count("rasterise", len(todo) - ready, ready)
         jobs = ((p, a, drawn, Ballots(layout.ballots, {i: ballot_of[i] for i in p["photo_id"]}))
                 for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo]))
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, ahead=ahead,

@@ -125,7 +125,8 @@ def test_a_vote_from_kept_prepared_photos_equals_a_fresh_one(gold_crowd, tmp_pat
         box = Ballots(tmp_path / "ballots", {p: f"b-{p}" for p in photos["photo_id"]})
         fresh = merge_batch(photos, assignments, shapes, SPEC, cfg, weights, tmp_path / "fresh", maps)
         merge_batch(photos, assignments, shapes, SPEC, cfg, {}, None, ballots=box)  # a scoring pass keeps them
-        assert not box.missing(photos["photo_id"])
+        box = box.found()
+        assert box.present == set(photos["photo_id"])
         kept = merge_batch(photos, assignments, shapes.iloc[:0], SPEC, cfg, weights, tmp_path / "kept", maps, box)
         for name in ("assignments", "classes", "rejections", "repairs", "scores"):
             pd.testing.assert_frame_equal(getattr(kept, name), getattr(fresh, name))

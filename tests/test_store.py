@@ -216,8 +216,13 @@ def test_routed_rows_reads_back_the_rows_of_the_photos_asked_for(tmp_path):
 def test_ballots_keep_a_prepared_photo_and_name_a_file_they_cannot_read(tmp_path):
     box = Ballots(tmp_path / "ballots", {"p1": "k1", "p2": "k2"})
     box.save("p1", {"labels": np.arange(1000, dtype=np.uint8) // 100})
-    assert box.missing(["p1", "p2"]) == {"p2"} and box.load("p2") is None
+    assert box.load("p1") is None  # not looked for yet
+    box = box.found()
+    assert box.present == {"p1"} and box.load("p2") is None
     np.testing.assert_array_equal(box.load("p1")["labels"], np.arange(1000, dtype=np.uint8) // 100)
     box.path("p2").write_bytes(b"not a ballot")
     with pytest.raises(ValueError, match=r"k2\.ballot: not a readable prepared photo"):
-        box.load("p2")
+        box.found().load("p2")
+    box.path("p1").unlink()
+    with pytest.raises(FileNotFoundError, match=r"k1\.ballot"):  # gone since it was found: no shapes were read for it
+        box.load("p1")

@@ -10,8 +10,7 @@ atomically, so a build killed half-way leaves whole files or none.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +38,23 @@ def decode(data: bytes, path: Path) -> Any:
 
 @dataclass(frozen=True)
 class Ballots:
-    """The prepared photos of a batch: where they live, and each photo's ballot key."""
+    """The prepared photos of a batch: where they live, each photo's ballot key, and (``found``) which exist."""
 
     folder: Path
     keys: dict[str, str]  # photo id -> ballot key
+    present: frozenset[str] = frozenset()  # the photos ``found`` found a file for
 
     def path(self, photo_id: str) -> Path:
         return self.folder / f"{self.keys[photo_id]}{SUFFIX}"
 
-    def missing(self, photo_ids: Iterable[str]) -> set[str]:
-        """The photos without a prepared file."""
-        return {p for p in photo_ids if not self.path(p).exists()}
+    def found(self) -> Ballots:
+        """These ballots, with ``present`` the photos that have a file now."""
+        return replace(self, present=frozenset(p for p in self.keys if self.path(p).exists()))
 
     def load(self, photo_id: str) -> Any | None:
-        """The photo's prepared form, or None when it has none."""
-        try:
-            data = self.path(photo_id).read_bytes()
-        except FileNotFoundError:
-            return None
-        return decode(data, self.path(photo_id))
+        """The photo's prepared form when ``found`` found it, else None. A file gone since is an error, not a photo
+        to prepare again: its caller read no shapes for it."""
+        return decode(self.path(photo_id).read_bytes(), self.path(photo_id)) if photo_id in self.present else None
 
     def save(self, photo_id: str, prepared: Any) -> None:
         write_atomic(self.path(photo_id), encode(prepared))

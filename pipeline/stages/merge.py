@@ -660,8 +660,8 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, shapes: pd.Data
 
     ``assignments`` and ``shapes`` hold only rows of these photos. Masks go to ``out_dir/<photo key>.png`` and,
     when ``agreement_maps``, agreement maps to ``out_dir/<photo key>.agreement.png`` (else agreement_path is "").
-    With ``ballots``, a photo prepared before is read from there (``shapes`` need not hold its shapes), and one
-    prepared now is kept there.
+    With ``ballots``, a photo they found (``Ballots.found``) is read back from there (``shapes`` need not hold its
+    shapes), and one prepared now is kept there.
     """
     shapes_by: dict[str, list[dict[str, Any]]] = {}
     for s in records(shapes):
