@@ -220,9 +220,10 @@ def test_ballots_keep_a_prepared_photo_and_name_a_file_they_cannot_read(tmp_path
     box = box.found()
     assert box.present == {"p1"} and box.load("p2") is None
     np.testing.assert_array_equal(box.load("p1")["labels"], np.arange(1000, dtype=np.uint8) // 100)
-    box.path("p2").write_bytes(b"not a ballot")
-    with pytest.raises(ValueError, match=r"k2\.ballot: not a readable prepared photo"):
-        box.found().load("p2")
+    for damaged in (b"not a ballot", box.path("p1").read_bytes()[:-5] + b"\0" * 5):
+        box.path("p2").write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"k2\.ballot: not a readable prepared photo"):
+            box.found().load("p2")
     box.path("p1").unlink()
     with pytest.raises(FileNotFoundError, match=r"k1\.ballot"):  # gone since it was found: no shapes were read for it
         box.load("p1")

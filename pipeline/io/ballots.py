@@ -2,36 +2,48 @@
 
 The scoring pass prepares every photo and keeps it here; the final vote, a later build's re-vote with new weights or
 a new quorum, and any further EM pass read it back instead of rasterising again. One file per photo, named by its
-ballot key (``incremental.ballot_keys``): the pickle deflated with run-length matching (zlib-ng's ``Z_RLE``), which
-suits the tallies' label windows (~14 KB a photo for the 20,000-photo benchmark crowd). Files are written
+ballot key (``incremental.ballot_keys``): the pickle's length, then the pickle compressed with zstd (Arrow's codec),
+which suits the tallies' label windows: for the 20,000-photo benchmark crowd, ~1 MB of pickle a photo becomes
+7.5 KB (150 MB in all), written in 0.39 ms and read back in 0.17 ms with the pickling (zlib-ng's run-length deflate:
+12.4 KB, and ~0.2 ms more). Files are written
 atomically, so a build killed half-way leaves whole files or none.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from zlib_ng import zlib_ng
+import pyarrow as pa
 
 from pipeline.store import write_atomic
 
 SUFFIX = ".ballot"
 
 
+CODEC = pa.Codec("zstd", compression_level=3)
+HEADER = struct.Struct("<4sQ")  # a mark, and the pickle's length, which the codec needs to decompress
+MARK = b"CSB1"
+MAX_LENGTH = 1 << 32  # no prepared photo comes near: a longer length is a damaged file, not one to allocate for
+
+
 def encode(prepared: Any) -> bytes:
     """The file bytes of a prepared photo."""
-    deflate = zlib_ng.compressobj(1, zlib_ng.DEFLATED, 15, 8, zlib_ng.Z_RLE)
-    return deflate.compress(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)) + deflate.flush()
+    data = pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(MARK, len(data)) + CODEC.compress(data, asbytes=True)
 
 
 def decode(data: bytes, path: Path) -> Any:
     """A prepared photo from ``encode``'s bytes (those of ``path``, named in the error)."""
     try:
-        return pickle.loads(zlib_ng.decompress(data))
-    except (zlib_ng.error, pickle.UnpicklingError, EOFError, ValueError) as e:
+        mark, length = HEADER.unpack_from(data)
+        if mark != MARK or length > MAX_LENGTH:
+            raise ValueError("no prepared photo's header")
+        return pickle.loads(CODEC.decompress(data[HEADER.size:], decompressed_size=length, asbytes=True))
+    except (struct.error, OSError, pa.ArrowException, pickle.UnpicklingError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: not a readable prepared photo ({e}); delete it and the build makes it "
                          "again") from None
 
