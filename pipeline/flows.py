@@ -139,8 +139,7 @@ def faces_batch(batch: pd.DataFrame, cfg: Config, items: list[str], key: str, pa
 @task(name="score-batch", **CACHED)
 def score_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots, spec: Spec,
                 cfg: Config, weights: dict[tuple[str, int], float], items: list[str], key: str, part: str) -> str:
-    ballots = ballots.found()
-    shapes = unprepared_shapes(assignments, drawn, ballots)
+    ballots, shapes = unprepared_shapes(assignments, drawn, ballots)
     scores = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, None, ballots=ballots).scores
     get_run_logger().info("scored %d photos' %d assignments", len(photos), len(assignments))
     return str(store.save_part(scores, items, Path(part)))
@@ -161,17 +160,19 @@ def merge_batch(photos: pd.DataFrame, assignments: pd.DataFrame, drawn: ShapeSto
     """Merge a batch; its masks go to a folder named like its result, so both are reused or pruned together."""
     masks = Path(part).with_suffix("")
     masks.mkdir(parents=True, exist_ok=True)
-    ballots = ballots.found()
-    shapes = unprepared_shapes(assignments, drawn, ballots)
+    ballots, shapes = unprepared_shapes(assignments, drawn, ballots)
     result = merge.merge_batch(photos, assignments, shapes, spec, cfg.merge, weights, masks,
                                cfg.agreement_maps, ballots)
     get_run_logger().info("merged %d photos", len(result.photos))
     return str(store.save_part(result, items, Path(part)))
 
 
-def unprepared_shapes(assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots) -> pd.DataFrame:
-    """The shapes of the photos ``ballots`` found no prepared form of: the only ones a merge pass rasterises."""
-    return drawn.read(assignments[~isin(assignments["photo_id"], ballots.present)])
+def unprepared_shapes(assignments: pd.DataFrame, drawn: ShapeStore, ballots: Ballots
+                      ) -> tuple[Ballots, pd.DataFrame]:
+    """A merge task's ballots as found now (``Ballots.found``), and the shapes of the photos they have no prepared
+    form of: the only ones the task rasterises."""
+    ballots = ballots.found()
+    return ballots, drawn.read(assignments[~isin(assignments["photo_id"], ballots.present)])
 
 
 @importable

@@ -2,11 +2,10 @@
 
 The scoring pass prepares every photo and keeps it here; the final vote, a later build's re-vote with new weights or
 a new quorum, and any further EM pass read it back instead of rasterising again. One file per photo, named by its
-ballot key (``incremental.ballot_keys``): the pickle's length, then the pickle compressed with zstd (Arrow's codec),
-which suits the tallies' label windows: for the 20,000-photo benchmark crowd, ~1 MB of pickle a photo becomes
-7.5 KB (150 MB in all), written in 0.39 ms and read back in 0.17 ms with the pickling (zlib-ng's run-length deflate:
-12.4 KB, and ~0.2 ms more). Files are written
-atomically, so a build killed half-way leaves whole files or none.
+ballot key (``incremental.ballot_keys``): a header (a mark and the pickle's length), then the pickle compressed with
+zstd (Arrow's codec). For the 20,000-photo benchmark crowd ~1 MB of pickle a photo becomes 7.5 KB (150 MB in all),
+written in 0.39 ms and read back in 0.17 ms with the pickling (zlib-ng's run-length deflate: 12.4 KB, ~0.2 ms more).
+Files are written atomically, so a build killed half-way leaves whole files or none.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import pyarrow as pa
 from pipeline.store import write_atomic
 
 SUFFIX = ".ballot"
-
-
 CODEC = pa.Codec("zstd", compression_level=3)
 HEADER = struct.Struct("<4sQ")  # a mark, and the pickle's length, which the codec needs to decompress
 MARK = b"CSB1"
@@ -66,7 +63,10 @@ class Ballots:
     def load(self, photo_id: str) -> Any | None:
         """The photo's prepared form when ``found`` found it, else None. A file gone since is an error, not a photo
         to prepare again: its caller read no shapes for it."""
-        return decode(self.path(photo_id).read_bytes(), self.path(photo_id)) if photo_id in self.present else None
+        if photo_id not in self.present:
+            return None
+        path = self.path(photo_id)
+        return decode(path.read_bytes(), path)
 
     def save(self, photo_id: str, prepared: Any) -> None:
         write_atomic(self.path(photo_id), encode(prepared))
