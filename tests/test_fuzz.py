@@ -19,15 +19,18 @@ from xml.sax.saxutils import quoteattr
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from pipeline.config import Config, load_config
 from pipeline.errors import CrowdsegError
-from pipeline.io.annotations import read_annotations
+from pipeline.io.annotations import Line, plain_line, read_annotations
 from pipeline.io.coco import read_coco
 from pipeline.io.cvat import read_cvat
+from pipeline.io.formats import Assignment
 from pipeline.io.label_studio import read_label_studio
 from pipeline.io.labelme import read_labelme
 from pipeline.io.manifest import read_manifest
+from pipeline.io.shapes import compact
 from pipeline.io.toloka import read_toloka
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.polygons import ShapeRejected, clean_shape, rasterise
@@ -177,3 +180,40 @@ def test_the_spec_loader_returns_a_spec_or_one_line(doc):
     with tempfile.TemporaryDirectory() as tmp:
         spec = _survives(lambda: load_spec(_in(tmp, "s.yaml", doc)))
     assert spec is None or isinstance(spec, Spec)
+
+
+plain_ring = st.lists(st.one_of(st.lists(st.one_of(coord, st.booleans()), min_size=2, max_size=2), anything),
+                      max_size=6)
+near_plain = st.fixed_dictionaries(
+    {"photo_id": st.text(max_size=4), "annotator_id": st.text(max_size=4),
+     "shapes": st.lists(st.fixed_dictionaries({"label": st.sampled_from(LABELS), "points": plain_ring},
+                                              optional={"holes": st.lists(plain_ring, max_size=2), "z": anything}),
+                        max_size=3)},
+    optional={"golden": st.one_of(st.booleans(), anything), "image_width": st.one_of(st.integers(-2, 3000), anything),
+              "assignment_id": st.one_of(st.none(), st.text(max_size=3), anything), "submitted_at": anything,
+              "extra": anything})
+
+
+@given(line=st.one_of(near_plain.map(json.dumps), jsonl_line))
+def test_a_line_read_without_pydantic_reads_as_pydantic_reads_it(line):
+    fast = plain_line(line)
+    if fast is None:  # pydantic reads it
+        return
+    try:
+        slow = Line.of(Assignment.model_validate_json(line))
+    except ValidationError as e:
+        raise AssertionError(f"read without pydantic, refused by it: {e}") from None
+    assert fast[:5] == slow[:5] and len(fast.shapes) == len(slow.shapes)
+    for (label, points, holes), (label2, points2, holes2) in zip(fast.shapes, slow.shapes, strict=True):
+        assert label == label2 and len(holes) == len(holes2)
+        for mine, theirs in zip([points, *holes], [compact(points2), *map(compact, holes2)], strict=True):
+            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape and mine.tobytes() == theirs.tobytes()
+
+
+def test_a_plain_line_is_read_without_pydantic():
+    line = json.dumps({"photo_id": "p1", "annotator_id": "a1", "golden": True, "image_width": 720, "note": {"x": 1},
+                       "shapes": [{"label": "skin", "points": [[1, 2.5], [3, 4], [0.1, 9]], "holes": [[[1, 1]] * 3]}]})
+    a = plain_line(line)
+    assert a is not None and a[:5] == ("p1", "a1", "", True, (720, 0))
+    assert a.shapes[0][1].tolist() == [[1.0, 2.5], [3.0, 4.0], [0.1, 9.0]] and a.shapes[0][2][0].shape == (3, 2)
+    assert plain_line(line.replace("2.5", '"2.5"')) is None  # a number as a string: pydantic's to read
