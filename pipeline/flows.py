@@ -646,7 +646,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
 
     contents = inc.photo_contents(voted, to_merge)
     ballot_of = dict(zip(ids, inc.ballot_keys(contents, spec, cfg), strict=True))
-    used.update(f"{layout.ballots}/{k}" for k in ballot_of.values())
+    ballots = layout.ballots
+    used.update(f"{ballots}/{k}" for k in ballot_of.values())
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
     crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
     estimate = len(voted) and not b.all_pinned(pinned, crowd, spec.draw_ids)

@@ -135,9 +135,9 @@ def gallery_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], ga
     if not gallery:
         return intro + '<p class=nodata>No flagged photos to show.</p>'
     shown = mine[isin(mine["subject_id"], set(gallery))]
-    per_photo = dict(list(shown.groupby("subject_id", sort=False)))
+    per_photo = findings_by_photo(shown)
     facts = photo_facts(tables["agreement"], set(gallery))
-    cards = "".join(card(pid, thumbs, per_photo.get(pid), facts.get(pid, "")) for pid, thumbs in gallery.items())
+    cards = "".join(card(pid, thumbs, per_photo.get(pid, []), facts.get(pid, "")) for pid, thumbs in gallery.items())
     return intro + _legend(summary) + _filters(shown) + f'<div class=gallery id=cards>{cards}</div>'
 
 
@@ -218,19 +218,27 @@ def rejections_section(rejections: pd.DataFrame) -> str:
 
 # ---- gallery parts ----------------------------------------------------------------------------------------------
 
-def card(photo_id: str, thumbs: list[Thumb], findings: pd.DataFrame | None, facts: str) -> str:
-    """One gallery card: merged thumb large, annotator thumbs beside it, findings, decision buttons."""
-    rows = findings if findings is not None else pd.DataFrame(columns=["check", "severity", "message"])
-    rows = rows.assign(_rank=rows["severity"].map({s: i for i, s in enumerate(SEVERITIES)}).fillna(len(SEVERITIES)))
-    rows = rows.sort_values(["_rank", "check"], kind="stable")
-    keys = sorted({f"{c}/{s}" for c, s in zip(rows["check"].astype(str), rows["severity"].astype(str), strict=True)})
-    worst = str(rows["severity"].iloc[0]) if len(rows) else "info"
+def findings_by_photo(findings: pd.DataFrame) -> dict[str, list[tuple[str, str, str]]]:
+    """Each photo's (check, severity, message) rows, worst severity first, then by check, else in table order."""
+    rank = findings["severity"].map({s: i for i, s in enumerate(SEVERITIES)}).fillna(len(SEVERITIES))
+    ordered = findings.assign(_rank=rank).sort_values(["_rank", "check"], kind="stable")
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for pid, *row in zip(ordered["subject_id"], ordered["check"], ordered["severity"], ordered["message"],
+                         strict=True):
+        out.setdefault(pid, []).append(tuple(map(str, row)))
+    return out
+
+
+def card(photo_id: str, thumbs: list[Thumb], findings: list[tuple[str, str, str]], facts: str) -> str:
+    """One gallery card: merged thumb large, annotator thumbs beside it, its findings (``findings_by_photo``),
+    decision buttons."""
+    keys = sorted({f"{c}/{s}" for c, s, _ in findings})
+    worst = findings[0][1] if findings else "info"
     figs = [f'<figure class="{"merged" if i == 0 else "annotator"}"><img alt="{escape(cap)}" src="{escape(uri)}">'
             f'<figcaption title="{escape(cap)}">{escape(cap)}</figcaption></figure>'
             for i, (cap, uri) in enumerate(thumbs)]
-    items = "".join(f'<li><span class="badge sev-{escape(str(s))}">{escape(str(s))}</span><span class=check>'
-                    f"{escape(str(c))}</span><span class=msg>{escape(str(m))}</span></li>"
-                    for c, s, m in zip(rows["check"], rows["severity"], rows["message"], strict=True))
+    items = "".join(f'<li><span class="badge sev-{escape(s)}">{escape(s)}</span><span class=check>'
+                    f"{escape(c)}</span><span class=msg>{escape(m)}</span></li>" for c, s, m in findings)
     buttons = "".join(f'<button type=button data-decision={d} aria-pressed=false>{label}</button>'
                       for d, label in DECISIONS)
     return (f'<article class=card data-photo="{escape(photo_id)}" data-keys="{escape(json.dumps(keys))}">'
