@@ -78,7 +78,7 @@ SHAPE_KEYS = frozenset(Shape.model_fields)
 
 
 def plain_line(line: str) -> Line | None:
-    """A line read without pydantic (~2x faster, points straight into arrays) when it holds only what ``Assignment``
+    """A line read without pydantic (1.8x faster, points straight into arrays) when it holds only what ``Assignment``
     takes as it is: strings, a boolean, positive integers, and rings of [x, y] JSON numbers. Anything else (a
     number as a string, a missing field, a bad value) gives None, and pydantic reads the line and says what is
     wrong. Both give the same values: a JSON number becomes the nearest float64 either way."""
