@@ -58,9 +58,14 @@ def check_lock(out: Path) -> None:
 
 
 SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-              "PREFECT_API_BLOCKS_REGISTER_ON_START": "false", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"}
+              "PREFECT_API_BLOCKS_REGISTER_ON_START": "false", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+              "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+              "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false", "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "false"}
 """The embedded server's settings. A build saves no block, so the server registers no block types: checking whether
-they changed first imported every installed Prefect collection (``prefect_dask`` brings Dask's ``distributed``)."""
+they changed first imported every installed Prefect collection (``prefect_dask`` brings Dask's ``distributed``).
+Nobody can add an automation to this private server or read its event feed, so it neither stores events nor
+evaluates triggers on them, nor vacuums old ones: ~20% of its CPU in a 2,000-photo build (8.1-8.6 -> 6.1-7.3 s).
+Task and flow run states are still recorded (``task_run_recorder``)."""
 SERVER_PORTS = range(8000, 9000)
 PORT_IN_USE = 3  # uvicorn's exit status when its port is taken
 
