@@ -621,6 +621,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     manifest = manifest[["photo_id", "path", "mask"]]  # what later stages read of it
     to_merge, repeated = merge.one_per_annotator(to_merge)
     pinned = b.pinned_weights(cfg)
+    ballot_dir = layout.ballots  # the prepared photos (``pipeline.io.ballots``)
 
     def merge_pass(t: Task, final: bool, weights: dict[tuple[str, int], float], photos: pd.DataFrame,
                    assignments: pd.DataFrame) -> tuple[list[str], list[Any]]:
@@ -631,9 +632,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         plan, pool = pooled_plan(keys, stage, layout.cache / "merge", cfg)
         if plan.todo:  # photos these batches rasterise and tally, and photos whose prepared form they read back
             todo = {ids[r] for bt in plan.todo for r in bt.rows}
-            ready = len(Ballots(layout.ballots, {i: ballot_of[i] for i in todo}).found().present)
+            ready = len(Ballots(ballot_dir, {i: ballot_of[i] for i in todo}).found().present)
             clock.count("rasterise", len(todo) - ready, ready)
-        jobs = ((p, a, drawn, Ballots(layout.ballots, {i: ballot_of[i] for i in p["photo_id"]}))
+        jobs = ((p, a, drawn, Ballots(ballot_dir, {i: ballot_of[i] for i in p["photo_id"]}))
                 for p, a in b.merge_jobs(photos, assignments, [bt.rows for bt in plan.todo]))
         parts = run_stage(t, plan, jobs, spec, cfg, weights, stage=stage, clock=clock, used=used, ahead=ahead,
                           runner=pool)
@@ -646,8 +647,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
 
     contents = inc.photo_contents(voted, to_merge)
     ballot_of = dict(zip(ids, inc.ballot_keys(contents, spec, cfg), strict=True))
-    ballots = layout.ballots
-    used.update(f"{ballots}/{k}" for k in ballot_of.values())
+    used.update(f"{ballot_dir}/{k}" for k in ballot_of.values())
     weights: dict[tuple[str, int], float] = {}  # the first scoring pass weighs everyone alike, pinned or not
     crowd = set(to_merge.loc[~to_merge["golden"].astype(bool), "annotator_id"])
     estimate = len(voted) and not b.all_pinned(pinned, crowd, spec.draw_ids)
