@@ -605,12 +605,12 @@ def table_stages(folder: Path) -> dict[str, Any]:
 
     from pipeline import build as b
     from pipeline import incremental as inc
-    from pipeline import store
+    from pipeline import rows, store
     from pipeline.config import load_config
     from pipeline.flows import in_flight, write_report_files
     from pipeline.report.write import write_csv
     from pipeline.stages import accounting, dedup, merge, qa, review, skill, split
-    from pipeline.tables import REJECTION_COLUMNS, concat
+    from pipeline.tables import REJECTION_COLUMNS, concat, isin
     from pipeline.tuning import release_memory
 
     steps: list[dict[str, Any]] = []
@@ -661,8 +661,10 @@ def table_stages(folder: Path) -> dict[str, Any]:
     step("merge pass inputs (merge_jobs, pickled for the process pool)", t)
 
     t = time.perf_counter()
-    parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed, lambda rs: b.settled(rs, spec, cfg.merge))
-    m = b.combine(parts, spec)
+    spill = b.MergeSpill(folder / "merged")
+    parts = inc.gather(plan["parts"], plan["ids"], merge.MergeResult.summed,
+                       lambda rs: spill.keep(b.settled(rs, spec, cfg.merge)))
+    m = spill.merged(parts, spec)
     del parts
     step("merge result (gather and settle batches, combine)", t)
 
@@ -690,10 +692,10 @@ def table_stages(folder: Path) -> dict[str, Any]:
     step("split (split_strata, assign_splits)", t)
 
     t = time.perf_counter()
-    annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
-    ledger = accounting.balance(len(manifest), submitted, published,
-                                int(m.assignments["photo_id"].isin(published["photo_id"]).sum()), rejections,
-                                duplicates)
+    annotators = b.annotator_table(m.assignments, m.repairs, skills, rejections, spec, cfg.merge.min_agreement,
+                                   cfg.merge.ban)
+    used = rows.count(m.assignments, lambda a: isin(a["photo_id"], published["photo_id"]))
+    ledger = accounting.balance(len(manifest), submitted, published, used, rejections, duplicates)
     step("accounting (annotator_table, balance)", t)  # the flow frees the heap after annotator_table
 
     t = time.perf_counter()

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config, MergeConfig, SplitConfig
 from pipeline.incremental import Batching
+from pipeline.rows import ChunkWriter, Rows, added_up, chunks, ordered
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
-from pipeline.stages.skill import add_sums
+from pipeline.stages.skill import IOU_ONE, add_sums
 from pipeline.tables import (
     CROWD,
     REJECTION_COLUMNS,
@@ -27,6 +28,7 @@ from pipeline.tables import (
     isin,
     keyed_hash,
     rejection,
+    shared_categories,
     sorted_by,
 )
 
@@ -99,6 +101,11 @@ class Layout:
     def index(self) -> Path:
         """The hash index a later build can check its uploads against (``dedup.index``)."""
         return self.out / "work" / "index.parquet"
+
+    @property
+    def merged(self) -> Path:
+        """This build's merge result's assignment and class rows (``MergeSpill``), while the build reads them."""
+        return self.out / "work" / "merged"
 
 
 def resolve_spec(cfg: Config) -> Spec:
@@ -297,21 +304,39 @@ def _class_rows(photos: pd.DataFrame, spec: Spec) -> list[dict[str, object]]:
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(21)]
 
 
-def threshold_table(classes: pd.DataFrame, spec: Spec, current: dict[int, float]) -> pd.DataFrame:
+def threshold_table(classes: Rows, spec: Spec, current: dict[int, float]) -> pd.DataFrame:
     """The threshold explorer: per class and agreement threshold, the share of the photos drawing the class that
-    would be accepted, and on gold photos the mean IoU of the crowd's vote with the gold answer among those."""
+    would be accepted, and on gold photos the mean IoU of the crowd's vote with the gold answer among those.
+
+    Counted a chunk of class rows at a time; gold IoUs are summed in fixed point (``IOU_ONE``), so the table does
+    not depend on how the rows are chunked."""
+    grid = {c.id: sorted({*THRESHOLD_GRID, current[c.id]}) for c in spec.classes[1:]}
+    names = {c.name: c.id for c in spec.classes[1:]}
+    sums = {c: np.zeros((len(ts), 3), np.int64) for c, ts in grid.items()}  # accepted, gold accepted, gold IoU
+    photos = dict.fromkeys(grid, 0)
+    for chunk in chunks(classes):
+        rows = chunk.loc[chunk["agreement"].notna(), ["class", "agreement", "gold_iou"]]
+        for name, own in rows.groupby("class", observed=True, sort=False):
+            c = names.get(str(name))
+            if c is None:
+                continue
+            agreement = own["agreement"].to_numpy(np.float64)
+            gold_iou = own["gold_iou"].to_numpy(np.float64)
+            gold = ~np.isnan(gold_iou)
+            fixed = np.rint(np.where(gold, gold_iou, 0.0) * IOU_ONE).astype(np.int64)
+            photos[c] += len(own)
+            for i, t in enumerate(grid[c]):
+                ok = agreement >= t - 1e-9
+                sums[c][i] += [int(ok.sum()), int((ok & gold).sum()), int(fixed[ok & gold].sum())]
     rows = []
-    for c in spec.classes[1:]:
-        own = classes[(classes["class"] == c.name) & classes["agreement"].notna()]
-        gold = own[own["gold_iou"].notna()]
-        for t in sorted({*THRESHOLD_GRID, current[c.id]}):
-            accepted = gold[gold["agreement"] >= t - 1e-9]
-            rows.append({"class": c.name, "threshold": t, "photos": len(own),
-                         "accepted_share": round(float((own["agreement"] >= t - 1e-9).mean()), 4) if len(own)
-                         else float("nan"),
-                         "gold_photos": len(accepted),
-                         "gold_iou": round(float(accepted["gold_iou"].mean()), 4) if len(accepted) else float("nan"),
-                         "current": t == current[c.id]})
+    for c, ts in grid.items():
+        n = photos[c]
+        for (accepted, gold_photos, gold_iou), t in zip(sums[c].tolist(), ts, strict=True):
+            rows.append({"class": spec.classes[c].name, "threshold": t, "photos": n,
+                         "accepted_share": round(accepted / n, 4) if n else float("nan"),
+                         "gold_photos": gold_photos,
+                         "gold_iou": round(gold_iou / IOU_ONE / gold_photos, 4) if gold_photos else float("nan"),
+                         "current": t == current[c]})
     return pd.DataFrame(rows, columns=["class", "threshold", "photos", "accepted_share", "gold_photos", "gold_iou",
                                        "current"])
 
@@ -383,6 +408,43 @@ def combine(parts: list[MergeResult], spec: Spec) -> MergeResult:
     return MergeResult(**{n: by_photo(pieces.pop(n)) for n in names[:-1]}, scores=scores)
 
 
+@dataclass(frozen=True)
+class Merged:
+    """A build's whole merge result: ``MergeResult``'s tables, its per-assignment and per-class rows on disk."""
+
+    photos: pd.DataFrame
+    assignments: Rows
+    scores: pd.DataFrame
+    classes: Rows
+    rejections: pd.DataFrame
+    repairs: pd.DataFrame
+
+
+class MergeSpill:
+    """Puts the assignment and class rows of each settled part of a build's merge result in ``folder`` as the part
+    comes (``settled``), so they are never held whole, and adds up the parts' score sums as they come (at 200k
+    photos each part's come to ~30k rows, 72 MB over all parts); then joins the rest into one ``Merged``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.assignments = ChunkWriter(folder / "assignments", ("photo_id", "assignment"))
+        self.classes = ChunkWriter(folder / "classes", ("photo_id", "class"))
+        self.scores: list[pd.DataFrame] = []
+
+    def keep(self, m: MergeResult) -> MergeResult:
+        """Save ``m``'s assignment and class rows and add its score sums; ``m`` without them."""
+        self.assignments.add(m.assignments)
+        self.classes.add(m.classes)
+        self.scores = [add_sums([*self.scores, m.scores])]
+        return replace(m, **{n: getattr(m, n).iloc[:0].copy() for n in ("assignments", "classes", "scores")})  # a
+        # slice, even an empty one, would keep the rows' arrays
+
+    def merged(self, parts: list[MergeResult], spec: Spec) -> Merged:
+        """The kept parts joined (``combine``: empties ``parts``), with every row saved and score added so far."""
+        m = combine(parts, spec)
+        return Merged(m.photos, self.assignments.table(m.assignments), add_sums([m.scores, *self.scores]),
+                      self.classes.table(m.classes), m.rejections, m.repairs)
+
+
 def settled(parts: list[MergeResult], spec: Spec, cfg: MergeConfig) -> MergeResult:
     """Merge batches' (``summed``) results joined as the build holds them: today's thresholds applied, compact, and
     the class rows in (photo, class) order, as the report writes them. A build settles its batches a few dozen at a
@@ -405,16 +467,6 @@ def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:
     builds they came from; a column categorical in each stays categorical (with every table's categories)."""
     table = pd.concat(shared_categories([t for t in tables if len(t)] or tables[:1]), ignore_index=True)
     return table if is_sorted(table["photo_id"]) else table.sort_values("photo_id", kind="stable", ignore_index=True)
-
-
-def shared_categories(tables: list[pd.DataFrame]) -> list[pd.DataFrame]:
-    """The tables with each column that is categorical in all of them given the same sorted categories, so that
-    joining them keeps it categorical (pandas joins differing categories as plain values)."""
-    if len(tables) < 2:
-        return tables
-    shared = [c for c in tables[0].columns if all(isinstance(t[c].dtype, pd.CategoricalDtype) for t in tables)]
-    union = {c: sorted(set().union(*(t[c].cat.categories for t in tables))) for c in shared}
-    return [t.assign(**{c: t[c].cat.set_categories(union[c]) for c in shared}) for t in tables] if shared else tables
 
 
 def apply_thresholds(m: MergeResult, spec: Spec, cfg: MergeConfig) -> MergeResult:
@@ -473,27 +525,49 @@ def write_weights(weights: dict[tuple[str, int], float], path: Path) -> None:
 SWAPPER_RATE = 0.3  # share of an annotator's photos with left and right swapped that marks a habit
 
 
-def annotator_table(m: MergeResult, skills: pd.DataFrame, rejections: pd.DataFrame, spec: Spec,
-                    min_agreement: float, ban: list[str]) -> pd.DataFrame:
-    """Per annotator: photos, agreement, pooled per-class skill, swaps, spam score, repairs, rejections, status."""
-    crowd = m.assignments.loc[~m.assignments["golden"].astype(bool),
-                              ["annotator_id", "photo_id", "agreement", "mean_iou", "swapped", "excluded"]]
-    if crowd.empty:
+def annotator_table(assignments: Rows, repairs: pd.DataFrame, skills: pd.DataFrame, rejections: pd.DataFrame,
+                    spec: Spec, min_agreement: float, ban: list[str]) -> pd.DataFrame:
+    """Per annotator: photos, agreement, pooled per-class skill, swaps, spam score, repairs, rejections, status.
+
+    Summed a chunk of merge's assignment rows at a time; agreements and IoUs in fixed point (``IOU_ONE``), so the
+    table does not depend on how the rows are chunked."""
+    sums = added_up(map(annotator_sums, chunks(assignments)), ["annotator_id"]).set_index("annotator_id")
+    if sums.empty:
         return pd.DataFrame(columns=["annotator_id", "photos", "agreement", "mean_iou", "swaps", "excluded",
                                      "spam_score", "shapes_repaired", "shapes_rejected", "status"])
-    table = crowd.groupby("annotator_id").agg(
-        photos=("photo_id", "nunique"), agreement=("agreement", "mean"), mean_iou=("mean_iou", "mean"),
-        swaps=("swapped", "sum"), excluded=("excluded", lambda e: int((e != "").sum())),
-        spam_score=("agreement", lambda a: float((a.fillna(1.0) < SPAM_AGREEMENT).mean())))
+    table = pd.DataFrame({
+        "photos": sums["photos"],
+        "agreement": (sums["agreement"] / IOU_ONE / sums["agreement_n"]).where(sums["agreement_n"] > 0),
+        "mean_iou": (sums["mean_iou"] / IOU_ONE / sums["mean_iou_n"]).where(sums["mean_iou_n"] > 0),
+        "swaps": sums["swaps"], "excluded": sums["excluded"], "spam_score": sums["spam"] / sums["rows"]})
+    table.index.name = "annotator_id"
     if len(skills):
         wide = skills.assign(name=skills["class_id"].map(lambda c: f"skill_{spec.classes[c].name}")).pivot(
             index="annotator_id", columns="name", values="skill")
         table = table.join(wide[[f"skill_{c.name}" for c in spec.classes[1:] if f"skill_{c.name}" in wide]])
-    table["shapes_repaired"] = m.repairs.groupby("annotator_id").size().reindex(table.index, fill_value=0)
+    table["shapes_repaired"] = repairs.groupby("annotator_id").size().reindex(table.index, fill_value=0)
     shapes_rejected = rejections[rejections["item"] == "shape"].groupby("annotator_id").size()
     table["shapes_rejected"] = shapes_rejected.reindex(table.index, fill_value=0)
     table["status"] = [annotator_status(a, r, min_agreement, ban) for a, r in table.iterrows()]
     return table.round(4).reset_index().sort_values("annotator_id", ignore_index=True)
+
+
+def annotator_sums(assignments: pd.DataFrame) -> pd.DataFrame:
+    """Per crowd annotator of some of merge's assignment rows: the counts and fixed-point sums ``annotator_table``
+    adds up (a photo's rows are never split between two chunks, so photos add up too)."""
+    crowd = assignments.loc[~assignments["golden"].astype(bool).to_numpy()]
+    agreement, mean_iou = crowd["agreement"].astype(float), crowd["mean_iou"].astype(float)
+    columns = pd.DataFrame({
+        "annotator_id": crowd["annotator_id"].astype(str).to_numpy(object), "photo_id": crowd["photo_id"].to_numpy(),
+        "agreement": np.rint(agreement.fillna(0.0).to_numpy() * IOU_ONE).astype(np.int64),
+        "agreement_n": agreement.notna().to_numpy(np.int64),
+        "mean_iou": np.rint(mean_iou.fillna(0.0).to_numpy() * IOU_ONE).astype(np.int64),
+        "mean_iou_n": mean_iou.notna().to_numpy(np.int64),
+        "swaps": crowd["swapped"].astype(bool).to_numpy(np.int64),
+        "excluded": (crowd["excluded"] != "").to_numpy(np.int64),
+        "spam": (agreement.fillna(1.0) < SPAM_AGREEMENT).to_numpy(np.int64), "rows": 1})
+    by = columns.groupby("annotator_id", sort=True)
+    return by.sum(numeric_only=True).assign(photos=by["photo_id"].nunique()).reset_index()
 
 
 def annotator_status(annotator: str, row: pd.Series, min_agreement: float, ban: list[str]) -> str:
@@ -534,10 +608,11 @@ JSON_TABLES = ("duplicates", "rejected_photos", "findings")
 """Tables also written as JSON records, for tools that do not read CSV."""
 
 
-def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult, skills: pd.DataFrame,
+def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeResult | Merged, skills: pd.DataFrame,
                   annotators: pd.DataFrame, findings: pd.DataFrame, classes: pd.DataFrame, published: pd.DataFrame,
-                  decisions: pd.DataFrame, spec: Spec, cfg: Config, key: bytes) -> dict[str, pd.DataFrame]:
-    """The tables written under ``reports/``; ``photo_map`` is private and never published."""
+                  decisions: pd.DataFrame, spec: Spec, cfg: Config, key: bytes) -> dict[str, Rows]:
+    """The tables written under ``reports/``; ``photo_map`` is private and never published. Merge's assignment and
+    class rows stay where they are (a build's on disk: ``Merged``)."""
     from pipeline.stages.export import image_name
     from pipeline.stages.merge import class_agreement
 
@@ -545,14 +620,14 @@ def report_tables(rejections: pd.DataFrame, duplicates: pd.DataFrame, m: MergeRe
         image_name=[image_name(p, key) for p in published["photo_id"]])
     rejections = rejections.sort_values(["stage", "item", "file", "row", "photo_id"], ignore_index=True)
     agreement = sorted_by(m.photos.drop(columns=["mask_path", "agreement_path"]), ["photo_id"])
-    class_rows = sorted_by(m.classes, ["photo_id", "class"])
+    class_rows = ordered(m.classes, ["photo_id", "class"])
     return {
         "rejections": rejections,
         "rejected_photos": rejections[rejections["item"] == "photo"].reset_index(drop=True),
         "duplicates": duplicates,
         "agreement": agreement,
         "class_agreement": class_rows,
-        "assignments": sorted_by(m.assignments, ["photo_id", "assignment"]),
+        "assignments": ordered(m.assignments, ["photo_id", "assignment"]),
         "annotators": annotators,
         "skills": skills,
         "repairs": m.repairs.sort_values(["assignment", "index", "repair"], ignore_index=True),

@@ -29,7 +29,7 @@ from prefect.utilities.callables import get_call_parameters
 
 from pipeline import build as b
 from pipeline import incremental as inc
-from pipeline import store
+from pipeline import rows, store
 from pipeline.config import Config, DatasetConfig
 from pipeline.errors import CrowdsegError
 from pipeline.io.annotations import read_annotations
@@ -323,7 +323,7 @@ def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame
     """Report thumbnails of flagged photos: made once per ``keys`` entry (see ``thumb_keys``), then read from the
     cache; shapes are read only when a thumbnail is made."""
     layout.thumbs.mkdir(parents=True, exist_ok=True)
-    rows = reviewed.set_index("photo_id", drop=False)
+    photo_rows = reviewed.set_index("photo_id", drop=False)
     mine = assignments[isin(assignments["photo_id"], ids)]
     own = {k: g for k, g in mine.groupby("photo_id")}
     used = {k: g for k, g in outcome[isin(outcome["photo_id"], ids)].groupby("photo_id")}
@@ -335,12 +335,12 @@ def make_thumbnails(ids: list[str], keys: dict[str, str], reviewed: pd.DataFrame
         return {k: g for k, g in shapes.groupby(shapes["assignment"].map(photo_of))}
 
     def masks(pid: str) -> Callable[[], dict[str, np.ndarray]]:
-        return lambda: b.annotator_masks(rows.loc[pid], own.get(pid, mine.iloc[:0]),
+        return lambda: b.annotator_masks(photo_rows.loc[pid], own.get(pid, mine.iloc[:0]),
                                          drew().get(pid, frame([], SHAPE_COLUMNS)), used.get(pid, outcome.iloc[:0]),
                                          spec, cfg.merge.min_shape_area_px)
 
-    return {pid: gallery_thumbs(rows.at[pid, "path"], rows.at[pid, "mask_path"], masks(pid), spec, layout.thumbs,
-                                keys[pid]) for pid in ids}
+    return {pid: gallery_thumbs(photo_rows.at[pid, "path"], photo_rows.at[pid, "mask_path"], masks(pid), spec,
+                                layout.thumbs, keys[pid]) for pid in ids}
 
 
 def thumb_keys(photo_ids: list[str], merge_keys: dict[str, str]) -> dict[str, str]:
@@ -643,7 +643,9 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
         return keys, inc.gather(parts, ids, skill.score_sums, skill.add_sums)
 
     def settle(parts: list[merge.MergeResult]) -> merge.MergeResult:
-        return b.settled(parts, spec, cfg.merge)
+        return spill.keep(b.settled(parts, spec, cfg.merge))
+
+    spill = b.MergeSpill(layout.merged)  # the final vote's assignment and class rows go to disk as they come
 
     contents = inc.photo_contents(voted, to_merge)
     ballot_of = dict(zip(ids, inc.ballot_keys(contents, spec, cfg), strict=True))
@@ -664,7 +666,7 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
                           stage="trusted masks", clock=clock, used=used)
         merged_parts += inc.gather(parts, takes["photo_id"].tolist(), merge.MergeResult.summed, settle)
     key_of = dict(zip(ids, merge_keys, strict=True)) | dict(zip(takes["photo_id"], trusted_keys, strict=True))
-    m = b.combine(merged_parts, spec)
+    m = spill.merged(merged_parts, spec)
     del merged_parts
     b.write_weights(weights, layout.weights)
     skills = call(estimate_skills, m.scores, cfg).skills_
@@ -695,14 +697,15 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     del kept  # reviewed holds what the later stages read of it
     published = b.in_dataset(reviewed)
     lap(clock, "split")
-    annotators = b.annotator_table(m, skills, rejections, spec, cfg.merge.min_agreement, cfg.merge.ban)
+    annotators = b.annotator_table(m.assignments, m.repairs, skills, rejections, spec, cfg.merge.min_agreement,
+                                   cfg.merge.ban)
     release_memory()  # the table's temporaries (at 200k photos, ~150 MB of heap) before QA makes its own
     findings = run_qa.submit(*quoted((qa.QAInputs(reviewed, m.assignments, m.classes, m.repairs, annotators,
                                                    duplicates, spec, cfg.qa, cfg.split.ratios),), None))
+    used_assignments = rows.count(m.assignments, lambda a: isin(a["photo_id"], published["photo_id"]))
     ledger = accounting.balance(len(manifest) + int((rejected["item"] == "photo").sum()),
-                                submitted + int((rejected["item"] == "assignment").sum()),
-                                published, int(isin(m.assignments["photo_id"], published["photo_id"]).sum()),
-                                rejections, duplicates)  # before publishing: a build that lost an input stops here
+                                submitted + int((rejected["item"] == "assignment").sum()), published,
+                                used_assignments, rejections, duplicates)  # before publishing: a lost input stops it
     export_plan, pool = pooled_plan(inc.export_keys(published, key_of, spec, cfg, pseudonym), "export",
                                     layout.cache / "export", cfg)
     exported = run_stage(export_batch, export_plan, ((published.iloc[bt.rows],) for bt in export_plan.todo), spec,
@@ -716,11 +719,13 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     shown = flagged_photos(findings, cfg.qa.gallery_limit)
     flagged = b.batches(pd.DataFrame({"photo_id": shown}), batching)
     shown_keys = thumb_keys(shown, key_of)
+    outcome = rows.where(m.assignments, lambda a: isin(a["photo_id"], shown))  # merge's rows of those photos
     thumbs = make_thumbnails.map([f["photo_id"].tolist() for f in flagged],
                                  unmapped(shown_keys), unmapped(reviewed),
                                  unmapped(b.routed_rows(layout.routed, shown)),
-                                 unmapped(drawn), unmapped(m.assignments), unmapped(spec), unmapped(cfg),
+                                 unmapped(drawn), unmapped(outcome), unmapped(spec), unmapped(cfg),
                                  unmapped(layout)).result()
+    del outcome
     del reviewed  # the report does not read it
     lap(clock, "thumbnails")
     summary = b.summary(spec, cfg, ledger, published, findings, decisions, build_id, split_report.as_dict())
@@ -730,6 +735,8 @@ def build_flow(cfg: Config, spec: Spec) -> dict[str, Any]:
     paths = dict(zip(manifest["photo_id"], manifest["path"], strict=True))
     gallery = {k: v for part in thumbs for k, v in part.items()}
     report = call(write_reports, summary, tables, paths, gallery, clock.table(), layout)
+    del tables
+    shutil.rmtree(layout.merged, ignore_errors=True)
     store.prune([*layout.cache.iterdir(), layout.prefect], {Path(p).stem for p in used})
     store.prune([layout.thumbs], {thumb_file(layout.thumbs, k, spec).stem for k in shown_keys.values()})
     files.save([*map(str, inc.input_files(cfg)), *manifest["path"], *manifest["mask"], *sample_files])

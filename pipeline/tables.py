@@ -118,3 +118,13 @@ def as_categories(df: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     """``df`` with these text columns as categoricals: a few distinct values over many rows, each stored once. The
     categories are in sorted order, so sorting by such a column orders rows as the plain text would."""
     return df.assign(**{c: df[c].astype("category") for c in columns})
+
+
+def shared_categories(tables: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """The tables with each column that is categorical in all of them given the same sorted categories, so that
+    joining them keeps it categorical (pandas joins differing categories as plain values)."""
+    if len(tables) < 2:
+        return tables
+    shared = [c for c in tables[0].columns if all(isinstance(t[c].dtype, pd.CategoricalDtype) for t in tables)]
+    union = {c: sorted(set().union(*(t[c].cat.categories for t in tables))) for c in shared}
+    return [t.assign(**{c: t[c].cat.set_categories(union[c]) for c in shared}) for t in tables] if shared else tables

@@ -43,7 +43,8 @@ def merge_crowd(folder: Path, out: Path, cfg: MergeConfig) -> tuple[pd.DataFrame
         weights = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit(scores).weights()
     m = combine([merge_batch(*job, SPEC, cfg, weights, out).summed() for job in jobs], SPEC)
     skills = PooledSkill(cfg.skill_prior_photos, cfg.gold_weight).fit_sums(m.scores).skills_
-    return m.photos, m.assignments, annotator_table(m, skills, m.rejections, SPEC, cfg.min_agreement, cfg.ban)
+    table = annotator_table(m.assignments, m.repairs, skills, m.rejections, SPEC, cfg.min_agreement, cfg.ban)
+    return m.photos, m.assignments, table
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,8 @@ def test_dataset_tree_is_complete(builds):
         rows = json.loads((out / "reports" / f"{name}.json").read_text())
         assert len(rows) == len(pd.read_csv(out / "reports" / f"{name}.csv")) > 0
     assert (out / "work" / "index.parquet").exists()
+    assert not (out / "work" / "merged").exists(), "merge's stored rows are let go once the report is written"
+    assert len(pd.read_csv(out / "reports" / "assignments.csv")) > 0
     assert (out / "reports" / "summary.md").read_text().startswith("# crowdseg build: easyportrait")
     timings = pd.read_csv(out / "reports" / "timings.csv")
     assert list(timings["stage"]) == [*ledger["timings"], "total", *(f"{k} items" for k in ledger["work"])]

@@ -18,6 +18,7 @@ import pandas as pd
 from pipeline.errors import CrowdsegError
 from pipeline.report import plots
 from pipeline.report.gallery import FLAG_LEVELS, FLAG_RANK, Thumb, jpeg_uri, oriented_thumbnail
+from pipeline.rows import Rows, select
 from pipeline.spec import load_spec
 from pipeline.tables import isin
 
@@ -33,7 +34,7 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src
        "base-uri 'none'; form-action 'none'")
 
 
-def render_report(summary: dict[str, Any], tables: dict[str, pd.DataFrame], paths: dict[str, str],
+def render_report(summary: dict[str, Any], tables: dict[str, Rows], paths: dict[str, str],
                   gallery: dict[str, list[Thumb]], timings: pd.DataFrame | None = None,
                   figures: plots.FigureCache | None = None) -> str:
     """The QA report page. ``paths`` maps photo ids to files (for duplicate examples); ``gallery`` maps each
@@ -108,12 +109,12 @@ def summary_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame]) ->
     )
 
 
-def plots_section(summary: dict[str, Any], tables: dict[str, pd.DataFrame], figures: plots.FigureCache) -> str:
+def plots_section(summary: dict[str, Any], tables: dict[str, Rows], figures: plots.FigureCache) -> str:
     """Agreement per class, class frequency per split, annotators, duplicates."""
     classes = tables["classes"]
     order = [str(c) for c in classes["class"]] if "class" in classes else []
     min_agreement = summary.get("config", {}).get("qa", {}).get("min_annotator_agreement")
-    drawn = [figures.draw(plots.agreement_by_class, tables["class_agreement"], order,
+    drawn = [figures.draw(plots.agreement_by_class, select(tables["class_agreement"], ["class", "agreement"]), order,
                           current_thresholds(tables["thresholds"])),
              figures.draw(plots.class_frequency, tables["class_by_split"]),
              figures.draw(plots.annotators, tables["annotators"], min_agreement),

@@ -6,11 +6,12 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
 
+from pipeline.rows import Rows, chunks
 from pipeline.store import code_version, write_atomic
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -21,10 +22,18 @@ def neutralize(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write a table as UTF-8 CSV with stable float formatting and formula-safe text cells.
+def write_csv(table: Rows, path: Path) -> None:
+    """Write a table as UTF-8 CSV with stable float formatting and formula-safe text cells, a chunk at a time (a
+    stored table's: ``pipeline.rows``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        for i, df in enumerate(chunks(table)):
+            write_rows(defused(df), f, header=i == 0)
 
-    Only the columns that hold a risky cell are copied, so writing a large table does not double it in memory."""
+
+def defused(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every risky text cell ``neutralize``d. Only the columns that hold one are copied, so a large
+    table is not doubled in memory."""
     out = df
     for col in df.columns:
         values = df[col]
@@ -42,14 +51,17 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
             text = values.to_numpy(dtype=object, copy=True)
             text[risky] = [neutralize(v) for v in text[risky]]
             out = out.assign(**{col: text})
-    floats = [c for c in out.columns if isinstance(out[c].dtype, np.dtype) and out[c].dtype.kind == "f"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        step = max(1, CSV_CELLS // max(1, len(out.columns)))
-        for at in range(0, max(len(out), 1), step):
-            rows = out.iloc[at: at + step]
-            rows = rows.assign(**{c: format_floats(rows[c].to_numpy()) for c in floats})
-            rows.to_csv(f, index=False, header=at == 0, lineterminator="\n", float_format=FLOAT_FORMAT)
+    return out
+
+
+def write_rows(df: pd.DataFrame, f: TextIO, header: bool) -> None:
+    """``df`` as CSV rows into ``f`` (after a header line if ``header``), ``CSV_CELLS`` cells at a time."""
+    floats = [c for c in df.columns if isinstance(df[c].dtype, np.dtype) and df[c].dtype.kind == "f"]
+    step = max(1, CSV_CELLS // max(1, len(df.columns)))
+    for at in range(0, max(len(df), 1), step):
+        rows = df.iloc[at: at + step]
+        rows = rows.assign(**{c: format_floats(rows[c].to_numpy()) for c in floats})
+        rows.to_csv(f, index=False, header=header and at == 0, lineterminator="\n", float_format=FLOAT_FORMAT)
 
 
 FLOAT_FORMAT = "%.6g"
@@ -65,7 +77,7 @@ def format_floats(values: np.ndarray) -> list[str]:
     return ["" if v != v else FLOAT_FORMAT % v for v in values.tolist()]
 
 
-def write_tables(tables: Mapping[str, pd.DataFrame], folder: Path, ledger: Path) -> None:
+def write_tables(tables: Mapping[str, Rows], folder: Path, ledger: Path) -> None:
     """``write_csv`` each table to ``folder/<name>.csv``, except where that file already holds the same table.
 
     ``ledger`` keeps, per file written, a fingerprint of its table (columns, dtypes, every value, and this module's
@@ -93,12 +105,18 @@ HASH_ROWS = 100_000
 Python string per text cell: ~230 MB for merge's 925k assignment rows at 200k photos, the report's peak."""
 
 
-def fingerprint(df: pd.DataFrame, salt: str = "") -> str:
-    """A digest of a table's columns, dtypes and values, in order."""
-    digest = hashlib.sha256(json.dumps([salt, list(map(str, df.columns)), list(map(str, df.dtypes))]).encode())
-    for at in range(0, len(df), HASH_ROWS):  # the same row hashes as all at once
-        digest.update(pd.util.hash_pandas_object(df.iloc[at: at + HASH_ROWS], index=False).to_numpy().tobytes())
+def fingerprint(table: Rows, salt: str = "") -> str:
+    """A digest of a table's columns, dtypes and values, in order (the same however a stored table is chunked)."""
+    digest = hashlib.sha256(json.dumps([salt, list(map(str, table.columns)), dtypes(table)]).encode())
+    for df in chunks(table):
+        for at in range(0, len(df), HASH_ROWS):  # the same row hashes as all at once
+            digest.update(pd.util.hash_pandas_object(df.iloc[at: at + HASH_ROWS], index=False).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def dtypes(table: Rows) -> list[str]:
+    """A table's column types, as text (a stored table's: its empty form's, which its chunks share)."""
+    return list(map(str, (table if isinstance(table, pd.DataFrame) else table.empty).dtypes))
 
 
 def _holds(path: Path, entry: list[Any] | None, digest: str) -> bool:

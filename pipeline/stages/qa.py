@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import QAConfig
+from pipeline.rows import Rows, added_up, chunks, where
 from pipeline.spec import Spec
 from pipeline.stages.anatomy import FACE_WIDTH, measure_columns, violations
 from pipeline.tables import CROWD, FINDING_COLUMNS, frame, isin, positions
@@ -26,11 +27,12 @@ Finding = dict[str, Any]
 @dataclass
 class QAInputs:
     """Everything the checks may read. ``photos`` holds the published photos with ingest signals, merge results
-    and their split; ``classes`` the per-photo, per-class agreement; ``repairs`` the polygon repairs."""
+    and their split; ``assignments`` merge's per-assignment rows and ``classes`` the per-photo, per-class
+    agreement (each maybe stored, read a chunk at a time: ``pipeline.rows``); ``repairs`` the polygon repairs."""
 
     photos: pd.DataFrame
-    assignments: pd.DataFrame
-    classes: pd.DataFrame
+    assignments: Rows
+    classes: Rows
     repairs: pd.DataFrame
     annotators: pd.DataFrame
     duplicates: pd.DataFrame
@@ -160,8 +162,7 @@ def _few(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("low_class_agreement", "annotation", "warning")
 def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
-    rows = q.classes[q.classes["disputed"].astype(bool)]
-    rows = rows[isin(rows["photo_id"], q.photos["photo_id"])]
+    rows = where(q.classes, lambda k: k["disputed"].astype(bool) & isin(k["photo_id"], q.photos["photo_id"]))
     return [found(c, r.photo_id, round(float(r.agreement), 4), "", f"{r['class']}: annotators agree at "
                   f"{r.agreement:.2f}") for _, r in rows.iterrows()]
 
@@ -169,8 +170,8 @@ def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
 @check("class_missing", "annotation", "warning")
 def _class_missing(q: QAInputs, c: Check) -> list[Finding]:
     used = q.photos.set_index("photo_id")["n_used"]
-    rows = q.classes.loc[(q.classes["pixels"] == 0) & (q.classes["drawn_by"] > 0),  # the few rows that can fail
-                         ["photo_id", "class", "drawn_by", "pixels"]]
+    rows = where(q.classes, lambda k: (k["pixels"] == 0) & (k["drawn_by"] > 0),  # the few rows that can fail
+                 ["photo_id", "class", "drawn_by", "pixels"])
     rows = rows[isin(rows["photo_id"], used.index)]
     half = rows["photo_id"].map(used).astype(float) / 2
     bad = rows["drawn_by"] > half
@@ -197,7 +198,8 @@ ROWS_AT_ONCE = 10_000
 
 @check("excluded_assignments", "annotation", "info")
 def _excluded(q: QAInputs, c: Check) -> list[Finding]:
-    a = q.assignments[q.assignments["excluded"].ne("") & q.assignments["excluded"].notna()]
+    a = where(q.assignments, lambda a: a["excluded"].ne("") & a["excluded"].notna(),
+              ["photo_id", "annotator_id", "excluded"])
     a = a[isin(a["photo_id"], q.photos["photo_id"])]
     who = (a["annotator_id"].astype(str) + " (" + a["excluded"].astype(str) + ")").groupby(a["photo_id"], sort=True)
     return [found(c, pid, len(names), "", "left out: " + ", ".join(names)) for pid, names in who.agg(list).items()]
@@ -263,10 +265,15 @@ def miss_rates(q: QAInputs) -> pd.DataFrame:
 
     Annotators already flagged as spammers or banned are left out: their misses are not news.
     """
-    px = q.photos.set_index("photo_id")
+    px = q.photos[["photo_id", *pixel_columns(q.spec)]].set_index("photo_id")
     skip = set(q.annotators.loc[q.annotators["status"].isin(["spammer", "banned"]), "annotator_id"])
-    a = q.assignments  # read column by column, without copying its rows
-    photo = positions(a["photo_id"], px.index)
+    rows = added_up((chunk_misses(a, px, skip, q.spec) for a in chunks(q.assignments)), ["annotator_id", "class"])
+    return rows.assign(rate=rows["missed"] / rows["photos"])
+
+
+def chunk_misses(a: pd.DataFrame, px: pd.DataFrame, skip: set[str], spec: Spec) -> pd.DataFrame:
+    """``miss_rates``' counts over some assignment rows (``px``: the photos by id)."""
+    photo = positions(a["photo_id"], px.index)  # read column by column, without copying the rows
     keep = (~a["golden"].astype(bool).to_numpy() & (photo >= 0)) & ~isin(a["annotator_id"], skip).to_numpy()
     photo = photo[keep]
     annotators, names = pd.factorize(a["annotator_id"], sort=True)  # names nobody kept has get no row below
@@ -274,43 +281,44 @@ def miss_rates(q: QAInputs) -> pd.DataFrame:
     sets, combos = pd.factorize(a["drawn"])  # few distinct sets of classes: split each once
     drawn_by_set = [set(str(c).split(",")) for c in combos] + [set()]  # code -1, a missing value: none
     sets = sets[keep]
-    parts = []
-    for k in q.spec.classes[1:]:
+    parts = [pd.DataFrame({"annotator_id": pd.Series(dtype=object), "class": pd.Series(dtype=object),
+                           "photos": pd.Series(dtype=np.int64), "missed": pd.Series(dtype=np.int64)})]
+    for k in spec.classes[1:]:
         has = px[f"px_{k.name}"].to_numpy()[photo] > 0
         missed = has & ~np.array([k.name in d for d in drawn_by_set], bool)[sets]
         photos = np.bincount(annotators[has], minlength=len(names))
         mine = photos > 0
-        parts.append(pd.DataFrame({"annotator_id": np.asarray(names)[mine], "class": k.name, "photos": photos[mine],
+        parts.append(pd.DataFrame({"annotator_id": np.asarray(names, dtype=object)[mine], "class": k.name,
+                                   "photos": photos[mine],
                                    "missed": np.bincount(annotators[missed], minlength=len(names))[mine]}))
-    rows = pd.concat(parts or [pd.DataFrame(columns=["annotator_id", "class", "photos", "missed"])])
-    rows = rows.sort_values(["annotator_id", "class"], ignore_index=True)
-    return rows.assign(rate=rows["missed"] / rows["photos"])
+    return pd.concat(parts)
 
 
 # --- dataset ------------------------------------------------------------------------------------------------------
 
-def published(q: QAInputs) -> pd.DataFrame:
-    """The photos in the dataset (QA also sees photos held back or rejected by a reviewer; they have no split)."""
-    return q.photos[q.photos["split"] != ""]
+def published(q: QAInputs, columns: list[str]) -> pd.DataFrame:
+    """These columns of the photos in the dataset (QA also sees photos held back or rejected by a reviewer; they
+    have no split). Only the columns a check reads: at 200k photos all of them come to ~100 MB."""
+    return q.photos.loc[q.photos["split"] != "", columns]
 
 
-def published_crowd(q: QAInputs) -> pd.DataFrame:
-    """The crowd's photos in the dataset: those the split ratios and strata apply to (datasets' samples go to the
-    splits their source allows)."""
-    photos = published(q)
-    return photos[photos["origin_kind"] == CROWD] if "origin_kind" in photos else photos
+def published_crowd(q: QAInputs, columns: list[str]) -> pd.DataFrame:
+    """These columns of the crowd's photos in the dataset: those the split ratios and strata apply to (datasets'
+    samples go to the splits their source allows)."""
+    crowd = q.photos["origin_kind"] == CROWD if "origin_kind" in q.photos else True
+    return q.photos.loc[(q.photos["split"] != "") & crowd, columns]
 
 
 @check("class_absent", "dataset", "warning")
 def _class_absent(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published(q)
+    photos = published(q, pixel_columns(q.spec))
     return [found(c, "dataset", 0, 1, f"no photo has any {k.name} pixel") for k in q.spec.classes[1:]
             if len(photos) and int(photos[f"px_{k.name}"].sum()) == 0]
 
 
 @check("split_ratio", "dataset", "warning")
 def _split_ratio(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published_crowd(q)
+    photos = published_crowd(q, ["split"])
     if photos.empty:
         return []
     share = photos["split"].value_counts(normalize=True)
@@ -320,7 +328,7 @@ def _split_ratio(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("class_presence_by_split", "dataset", "warning")
 def _presence(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published_crowd(q)
+    photos = published_crowd(q, ["split", *pixel_columns(q.spec)])
     out = []
     for k in q.spec.classes[1:]:
         has = photos[f"px_{k.name}"] > 0
@@ -334,18 +342,23 @@ def _presence(q: QAInputs, c: Check) -> list[Finding]:
 
 @check("user_across_splits", "dataset", "error")
 def _user_leak(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published(q)
+    photos = published(q, ["user_id", "split"])
     n = photos.groupby("user_id")["split"].nunique()
     return [found(c, u, int(v), 1, f"user's photos are in {v} splits") for u, v in n[n > 1].items()]
 
 
 @check("duplicate_across_splits", "dataset", "error")
 def _dup_leak(q: QAInputs, c: Check) -> list[Finding]:
-    photos = published(q)
+    photos = published(q, ["photo_id", "split"])
     split = photos.set_index("photo_id")["split"]
     d = q.duplicates[isin(q.duplicates["photo_id"], split.index)]
     n = d.assign(split=d["photo_id"].map(split)).groupby("cluster")["split"].nunique()
     return [found(c, cl, int(v), 1, f"near-duplicate cluster spans {v} splits") for cl, v in n[n > 1].items()]
+
+
+def pixel_columns(spec: Spec) -> list[str]:
+    """The photo table's pixel count of each class but the background."""
+    return [f"px_{k.name}" for k in spec.classes[1:]]
 
 
 def run_checks(q: QAInputs) -> pd.DataFrame:
