@@ -288,7 +288,8 @@ def class_summary(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
 
 def class_by_split(published: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """Per split and class: photos containing the class, their share of the split, and the class's pixel share."""
-    rows = [{"split": split, **row} for split, part in published.groupby("split", sort=True)
+    counts = published[["split", *(f"px_{c.name}" for c in spec.classes)]]  # a split's rows, not all columns
+    rows = [{"split": split, **row} for split, part in counts.groupby("split", sort=True)
             for row in _class_rows(part, spec)[1:]]
     return pd.DataFrame(rows, columns=["split", "class", "photos", "presence", "pixel_share"])
 
