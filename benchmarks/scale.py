@@ -643,13 +643,14 @@ def table_stages(folder: Path) -> dict[str, Any]:
     kept = b.kept_photos(photos, duplicates)
     voted, _ = b.by_origin(kept)
     del photos
+    release_memory()  # as the flow does, before routing copies the assignment rows
     submitted = len(assignments)
     to_merge, orphans = accounting.route_orphans(assignments, set(manifest["photo_id"]), set(),
                                                  dedup.dropped_ids(duplicates))
     del assignments
     manifest = manifest[["photo_id", "path"]]  # as the flow keeps it (it keeps each photo's mask path too)
     to_merge, repeated = merge.one_per_annotator(to_merge)
-    step("route assignments (route_orphans, one_per_annotator)", t, lap=False)
+    step("route assignments (route_orphans, one_per_annotator)", t)  # the flow frees the heap before its merge
 
     t = time.perf_counter()  # a final pass's batches: photos, assignments, and a weight per annotator and class
     batch = b.batching(cfg, "processes").length(len(voted))

@@ -164,8 +164,8 @@ def kept_photos(photos: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
     row's memory)."""
     from pipeline.stages.dedup import dropped_ids
 
-    kept = photos[~isin(photos["photo_id"], dropped_ids(duplicates))].drop(columns="thumb")
-    return kept.sort_values("photo_id", ignore_index=True)
+    narrow = photos.drop(columns="thumb")  # first, so that only the kept columns are copied (at 200k, ~75 MB less)
+    return sorted_by(narrow[~isin(narrow["photo_id"], dropped_ids(duplicates)).to_numpy()], ["photo_id"])
 
 
 def by_origin(kept: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

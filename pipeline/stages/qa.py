@@ -22,6 +22,9 @@ from pipeline.stages.anatomy import FACE_WIDTH, measure_columns, violations
 from pipeline.tables import CROWD, FINDING_COLUMNS, isin, positions
 
 Finding = dict[str, Any]
+Findings = list[Finding] | pd.DataFrame
+"""What a check returns: a dict per finding (``found``), or, for a check that may find one per photo and class, a
+table of them (``found_all``)."""
 
 
 @dataclass
@@ -46,15 +49,15 @@ class Check:
     id: str
     level: str  # photo, annotation, annotator or dataset
     severity: str  # info, warning or error
-    run: Callable[[QAInputs, Check], list[Finding]]
+    run: Callable[[QAInputs, Check], Findings]
 
 
 REGISTRY: list[Check] = []
 
 
-def check(id: str, level: str, severity: str) -> Callable[[Callable[[QAInputs, Check], list[Finding]]], Check]:
+def check(id: str, level: str, severity: str) -> Callable[[Callable[[QAInputs, Check], Findings]], Check]:
     """Register a check function under an id, a level and a severity."""
-    def register(fn: Callable[[QAInputs, Check], list[Finding]]) -> Check:
+    def register(fn: Callable[[QAInputs, Check], Findings]) -> Check:
         registered = Check(id, level, severity, fn)
         REGISTRY.append(registered)
         return registered
@@ -65,6 +68,13 @@ def found(c: Check, subject: str, value: Any, threshold: Any, message: str) -> F
     """One finding of check ``c``."""
     return {"level": c.level, "subject_id": subject, "check": c.id, "severity": c.severity, "value": value,
             "threshold": threshold, "message": message}
+
+
+def found_all(c: Check, subjects: list[str], values: list[Any], threshold: Any, messages: list[str]) -> pd.DataFrame:
+    """Many findings of check ``c`` as one table, each as ``found`` gives it, without a dict per finding."""
+    return pd.DataFrame({"level": c.level, "subject_id": subjects, "check": c.id, "severity": c.severity,
+                         "value": values, "threshold": threshold, "message": messages}, columns=FINDING_COLUMNS,
+                        dtype=object)
 
 
 def _flag(c: Check, photos: pd.DataFrame, values: pd.Series, bad: pd.Series, threshold: float, what: str
@@ -161,10 +171,13 @@ def _few(q: QAInputs, c: Check) -> list[Finding]:
 
 
 @check("low_class_agreement", "annotation", "warning")
-def _class_agreement(q: QAInputs, c: Check) -> list[Finding]:
-    rows = where(q.classes, lambda k: k["disputed"].astype(bool) & isin(k["photo_id"], q.photos["photo_id"]))
-    return [found(c, r.photo_id, round(float(r.agreement), 4), "", f"{r['class']}: annotators agree at "
-                  f"{r.agreement:.2f}") for _, r in rows.iterrows()]
+def _class_agreement(q: QAInputs, c: Check) -> pd.DataFrame:
+    rows = where(q.classes, lambda k: k["disputed"].astype(bool) & isin(k["photo_id"], q.photos["photo_id"]),
+                 ["photo_id", "class", "agreement"])  # at 200k photos ~140k rows: one finding each
+    agreement = rows["agreement"].astype(float).tolist()
+    return found_all(c, rows["photo_id"].tolist(), [round(a, 4) for a in agreement], "",
+                     [f"{k}: annotators agree at {a:.2f}" for k, a in zip(rows["class"].tolist(), agreement,
+                                                                          strict=True)])
 
 
 @check("class_missing", "annotation", "warning")
