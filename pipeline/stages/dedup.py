@@ -21,7 +21,7 @@ import pandas as pd
 from pipeline.config import DedupConfig
 from pipeline.stages.hamming import near_pairs
 from pipeline.stages.ingest import THUMB_SIDE
-from pipeline.tables import CROWD, DUPLICATE_COLUMNS, frame, isin
+from pipeline.tables import CROWD, DUPLICATE_COLUMNS, frame, isin, sorted_by
 
 INDEX_COLUMNS = ["photo_id", "user_id", "submitted_at", "width", "height", "sharpness", "brightness", "sha256",
                  "pixel_hash", "phash", "phash_mirror", "thumb", "origin", "origin_kind"]
@@ -345,7 +345,8 @@ def dropped_ids(duplicates: pd.DataFrame) -> set[str]:
 def index_table(photos: pd.DataFrame, duplicates: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
     """The hash index a later build checks its uploads against: the previous index plus this build's keepers."""
     dropped = dropped_ids(duplicates)
-    fresh = with_origin(photos).loc[~isin(photos["photo_id"], dropped), INDEX_COLUMNS]
-    parts = [fresh] + ([with_origin(previous).loc[~isin(previous["photo_id"], photos["photo_id"]), INDEX_COLUMNS]]
-                       if previous is not None and len(previous) else [])
-    return pd.concat(parts, ignore_index=True).sort_values("photo_id", ignore_index=True)
+    index = with_origin(photos).loc[~isin(photos["photo_id"], dropped).to_numpy(), INDEX_COLUMNS]
+    if previous is not None and len(previous):
+        index = pd.concat([index, with_origin(previous).loc[~isin(previous["photo_id"], photos["photo_id"]).to_numpy(),
+                                                            INDEX_COLUMNS]], ignore_index=True)
+    return sorted_by(index, ["photo_id"])  # one copy of the rows at most (a build's photos come sorted already)
