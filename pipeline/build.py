@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import Config, MergeConfig, SplitConfig
 from pipeline.incremental import Batching
-from pipeline.rows import ChunkWriter, Rows, added_up, chunks, ordered
+from pipeline.rows import ChunkWriter, Rows, added_up, chunks, joined, ordered
 from pipeline.spec import Spec, load_spec
 from pipeline.stages.merge import SPAM_AGREEMENT, MergeResult
 from pipeline.stages.skill import IOU_ONE, add_sums
@@ -28,7 +28,6 @@ from pipeline.tables import (
     isin,
     keyed_hash,
     rejection,
-    shared_categories,
     sorted_by,
 )
 
@@ -436,8 +435,8 @@ class MergeSpill:
         self.assignments.add(m.assignments)
         self.classes.add(m.classes)
         self.scores = [add_sums([*self.scores, m.scores])]
-        return replace(m, **{n: getattr(m, n).iloc[:0].copy() for n in ("assignments", "classes", "scores")})  # a
-        # slice, even an empty one, would keep the rows' arrays
+        emptied = ("assignments", "classes", "scores")  # copied: a slice, even an empty one, keeps the rows' arrays
+        return replace(m, **{n: getattr(m, n).iloc[:0].copy() for n in emptied})
 
     def merged(self, parts: list[MergeResult], spec: Spec) -> Merged:
         """The kept parts joined (``combine``: empties ``parts``), with every row saved and score added so far."""
@@ -466,7 +465,7 @@ def compact(m: MergeResult) -> MergeResult:
 def by_photo(tables: list[pd.DataFrame]) -> pd.DataFrame:
     """Tables of one schema as one, ordered by photo id (a photo's rows keep their order), whichever batches and
     builds they came from; a column categorical in each stays categorical (with every table's categories)."""
-    table = pd.concat(shared_categories([t for t in tables if len(t)] or tables[:1]), ignore_index=True)
+    table = joined(tables)
     return table if is_sorted(table["photo_id"]) else table.sort_values("photo_id", kind="stable", ignore_index=True)
 
 
